@@ -1,0 +1,1 @@
+"""The ``localmesh`` command: typer app, one module per command group, rich output."""

@@ -1,0 +1,44 @@
+"""Fixtures for real components: Postgres, Redis, HTTP backends, the Docker engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.docker import BASE_IMAGE, docker_problem
+from tests.support.services import (
+    HttpBackend,
+    Postgres,
+    Redis,
+    run_http_backend,
+    run_postgres,
+    run_redis,
+)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    with run_postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    with run_redis() as r:
+        yield r
+
+
+@pytest.fixture
+def http_backend() -> Iterator[HttpBackend]:
+    with run_http_backend("backend") as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """The base image tag, once the engine answers; fails loudly otherwise."""
+    problem = docker_problem()
+    if problem is not None:
+        pytest.fail(f"Docker is required for this test and is not available: {problem}")
+    return BASE_IMAGE
