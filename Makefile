@@ -19,8 +19,8 @@ test: venv
 	scripts/test.sh
 
 check: venv
-	$(VENV)/bin/ruff check localmesh tests bench
-	$(VENV)/bin/ruff format --check localmesh tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 clean:

@@ -8,7 +8,7 @@ VENV="${VENV:-.venv}"
 export PATH="$PWD/$VENV/bin:$PATH"
 
 echo "== lint and types"
-ruff check localmesh tests bench
+ruff check .
 mypy
 
 echo "== docker engine and test images"
