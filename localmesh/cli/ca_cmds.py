@@ -1,15 +1,129 @@
-"""Commands: ca init, show, issue-client, trust, untrust (stubs until their issue lands)."""
+"""Commands: ca init, show, issue-client, trust, untrust."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from localmesh.errors import LocalmeshError
+from localmesh.ca import files
+from localmesh.ca.authority import CLIENT_LIFETIME, DAY, CertificateAuthority
+from localmesh.ca.names import client_spiffe_id
+from localmesh.ca.truststore import DebianStore, TrustChange, TrustStores, anchor_file_name
+from localmesh.cli.output import console, print_json
+from localmesh.config.model import MeshSettings
 
-app = typer.Typer(help="The local certificate authority.", no_args_is_help=True)
+app = typer.Typer(
+    help="The local certificate authority (root + intermediate in $LOCALMESH_HOME/ca).\n\n"
+    "Examples:\n\n  localmesh ca init\n\n"
+    "  localmesh ca trust                # browsers, curl, Python trust it\n\n"
+    "  localmesh ca issue-client alice   # spiffe://localmesh/client/alice",
+    no_args_is_help=True,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _say(text: str) -> None:
+    console.print(text, highlight=False, soft_wrap=True)
 
 
 @app.command("init")
-def _init() -> None:
-    """Not implemented yet."""
-    raise LocalmeshError("'ca init' is not implemented yet")
+def _init(json: JsonFlag = False) -> None:
+    """Create the CA if there is none (idempotent); print where it lives."""
+    ca, created = CertificateAuthority.init()
+    info = ca.info()
+    if json:
+        print_json({"created": created, **info.as_dict()})
+        return
+    verb = "created" if created else "already exists:"
+    _say(f"local CA {verb} {info.directory}")
+    _say(f"root {info.root_subject}  sha256 {info.root_fingerprint}")
+    _say("next: `localmesh ca trust` to make browsers and tools trust it")
+
+
+@app.command("show")
+def _show(json: JsonFlag = False) -> None:
+    """Print the root and intermediate, name constraints, and whether the host trusts it."""
+    ca = CertificateAuthority.load()
+    info = ca.info()
+    anchor = DebianStore().local_dir / anchor_file_name(info.root_fingerprint)
+    data = {**info.as_dict(), "trusted_system_store": anchor.exists()}
+    if json:
+        print_json(data)
+        return
+    _say(f"directory     {info.directory}")
+    _say(f"root          {info.root_subject}")
+    _say(f"  sha256      {info.root_fingerprint}")
+    _say(f"  expires     {info.root_not_after:%Y-%m-%d}")
+    _say(f"intermediate  {info.intermediate_subject}")
+    _say(f"  expires     {info.intermediate_not_after:%Y-%m-%d}")
+    _say(f"permits DNS   {', '.join(info.permitted_dns)}")
+    _say(f"permits IP    {', '.join(info.permitted_ip)}")
+    _say(f"system store  {'trusted' if anchor.exists() else 'not trusted'}")
+
+
+@app.command("issue-client")
+def _issue_client(
+    name: Annotated[str, typer.Argument(help="Who it is for, e.g. alice or ci-runner.")],
+    trust_domain: Annotated[
+        str, typer.Option(help="The mesh's trust domain (mesh.trust_domain).")
+    ] = MeshSettings().trust_domain,
+    days: Annotated[float, typer.Option(help="Lifetime in days.")] = CLIENT_LIFETIME / DAY,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory for NAME.pem, NAME-key.pem [default: $LOCALMESH_HOME/clients]."
+        ),
+    ] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Issue a client certificate; ingress policies name it spiffe://<trust_domain>/client/NAME."""
+    spiffe = client_spiffe_id(trust_domain, name)
+    ca = CertificateAuthority.load()
+    directory = files.ensure_private_dir(out or files.localmesh_home() / "clients")
+    issued = ca.issue_client(trust_domain, name, lifetime=days * DAY)
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    issued.write(cert, key)
+    if json:
+        print_json(
+            {
+                "identity": spiffe,
+                "cert": str(cert),
+                "key": str(key),
+                "ca": str(ca.root_path),
+                "not_after": issued.not_after.isoformat(),
+            }
+        )
+        return
+    _say(f"issued {spiffe} (valid until {issued.not_after:%Y-%m-%d})")
+    _say(f"cert  {cert}\nkey   {key}")
+    _say(
+        f"try:  curl --cert {cert} --key {key} --cacert {ca.root_path} https://app.localhost:8443/"
+    )
+
+
+def _report(changes: list[TrustChange], json: bool) -> None:
+    if json:
+        print_json([{"store": c.store, "action": c.action, "detail": c.detail} for c in changes])
+        return
+    for change in changes:
+        _say(str(change))
+
+
+@app.command("trust")
+def _trust(json: JsonFlag = False) -> None:
+    """Trust the root: Debian/Ubuntu system store, NSS when certutil exists, macOS command.
+
+    Prints every file, database and command it changed.
+    """
+    ca, _ = CertificateAuthority.init()
+    info = ca.info()
+    _report(TrustStores().install(ca.root_pem, info.root_fingerprint, ca.root_path), json)
+
+
+@app.command("untrust")
+def _untrust(json: JsonFlag = False) -> None:
+    """Remove every localmesh root that `trust` installed (works without the CA directory)."""
+    _report(TrustStores().uninstall(files.ca_dir() / "root.pem"), json)
