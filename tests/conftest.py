@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from localmesh.ca.authority import CertificateAuthority
 from tests.support.docker import BASE_IMAGE, docker_problem
 from tests.support.services import (
     HttpBackend,
@@ -33,6 +34,17 @@ def redis_server() -> Iterator[Redis]:
 def http_backend() -> Iterator[HttpBackend]:
     with run_http_backend("backend") as b:
         yield b
+
+
+@pytest.fixture
+def local_ca(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> CertificateAuthority:
+    """A fresh local CA in a temporary LOCALMESH_HOME (never the user's ~/.localmesh)."""
+    home = tmp_path_factory.mktemp("localmesh-home")
+    monkeypatch.setenv("LOCALMESH_HOME", str(home))
+    ca, _ = CertificateAuthority.init()
+    return ca
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ so ``untrust`` works even after the CA directory was deleted.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 from localmesh.errors import CAError
 
 ANCHOR_PREFIX = "localmesh-"
+_RUN_PARTS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 NSS_NICK_PREFIX = "localmesh development CA"
 
 
@@ -143,21 +145,42 @@ class DebianStore:
         if not anchors:
             return [TrustChange(name, "unchanged", f"no localmesh root in {self.local_dir}")]
         changes = []
+        removed_pems = []
         for anchor in anchors:
             try:
                 anchor.unlink()
             except PermissionError as exc:
                 raise _permission_error(anchor, exc) from exc
             changes.append(TrustChange(name, "removed", str(anchor)))
+            removed_pems.append(self.etc_certs / f"{anchor.stem}.pem")
         # update-ca-certificates rebuilds the bundle but leaves the links it made for a
-        # removed local anchor (its .pem link and the OpenSSL hash link to that) dangling.
+        # removed local anchor (its .pem link and the OpenSSL hash link to that) dangling,
+        # and does not tell its hooks (Debian's Java keystore) about the removal: we do both.
         for link in sorted(self.etc_certs.iterdir()):
             if link.is_symlink() and Path(os.readlink(link)).name.startswith(ANCHOR_PREFIX):
                 link.unlink()
                 changes.append(TrustChange(name, "removed", f"link {link}"))
         self._update()
         changes.append(TrustChange(name, "removed", f"ran update-ca-certificates ({self.bundle})"))
+        for hook in self._hooks():
+            removal = "".join(f"-{pem}\n" for pem in removed_pems)
+            proc = subprocess.run(
+                [str(hook)], input=removal, capture_output=True, text=True, check=False, timeout=120
+            )
+            outcome = "" if proc.returncode == 0 else f" (it failed: exit {proc.returncode})"
+            changes.append(TrustChange(name, "removed", f"told hook {hook}{outcome}"))
         return changes
+
+    def _hooks(self) -> list[Path]:
+        """What ``run-parts`` would run: executable files with plain names, in order."""
+        hooks_dir = self.prefix / "etc/ca-certificates/update.d"
+        if not hooks_dir.is_dir():
+            return []
+        return [
+            p
+            for p in sorted(hooks_dir.iterdir())
+            if p.is_file() and os.access(p, os.X_OK) and _RUN_PARTS_NAME.match(p.name)
+        ]
 
     def _in_bundle(self, root_pem: bytes) -> bool:
         try:
