@@ -1,0 +1,353 @@
+"""The control plane: load, compile, publish, watch, and keep the last known good.
+
+Life of a config change::
+
+    mesh.yaml edited ─▶ FileWatch sees new content (polled, settled)
+        ─▶ source.load()          ConfigError ─┐
+        ─▶ compile_snapshot()     ConfigError ─┤  rejected: logged with file:line,
+        ─▶ apply(snapshot)  RuntimeStartError ─┘  kept in status/events, metric++;
+        ─▶ active: persisted as last good, event "snapshot"   traffic stays on the old one
+
+The data plane's ``apply`` swaps atomically or raises and keeps its old state, so at every
+moment exactly one snapshot serves, and a failure anywhere above leaves it in place.
+
+At start, a mesh.yaml that does not load or compile falls back to the inputs persisted
+by the last run (``LastGoodStore``): the runtime serves them, says so in ``/status`` and
+the log, and applies the file as soon as an edit makes it valid again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from localmesh.config.model import MeshConfig
+from localmesh.errors import ConfigError, LocalmeshError, Problem, RuntimeStartError
+from localmesh.runtime.controlplane.compile import Discovered, Inputs, compile_snapshot
+from localmesh.runtime.controlplane.events import EventBus
+from localmesh.runtime.controlplane.lastgood import LastGoodStore
+from localmesh.runtime.controlplane.watch import FileWatch, fingerprint, same_content
+from localmesh.runtime.snapshot import Snapshot
+from localmesh.runtime.telemetry import MeshMetrics
+
+log = logging.getLogger("localmesh.controlplane")
+
+Apply = Callable[[Snapshot], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """One successful load: the inputs and every file they were read from."""
+
+    inputs: Inputs
+    files: tuple[Path, ...]
+
+
+class Source(Protocol):
+    """Where inputs come from (host mode: one mesh.yaml; container mode adds compose)."""
+
+    label: str
+
+    def paths(self) -> tuple[Path, ...]:
+        """Files to watch even when nothing could be loaded yet."""
+        ...
+
+    def load(self) -> Loaded:
+        """Read and validate the inputs; raise ``ConfigError`` (with positions) if bad."""
+        ...
+
+
+def config_files(config: MeshConfig) -> set[Path]:
+    """Every file a loaded config has positions in: mesh.yaml and the files it includes."""
+    files: set[Path] = set()
+    for svc in config.services:
+        positions = [svc.position, *(r.position for r in svc.routes)]
+        files.update(Path(p.file) for p in positions if p is not None)
+    for host in config.ingress.hosts:
+        positions = [host.position, *(r.position for r in host.routes)]
+        files.update(Path(p.file) for p in positions if p is not None)
+    files.update(Path(p.position.file) for p in config.policies if p.position is not None)
+    return files
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why the latest attempt did not become active."""
+
+    message: str
+    problems: tuple[Problem, ...]
+    at: float
+    trigger: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "problems": [p.as_dict() for p in self.problems],
+            "at": self.at,
+            "trigger": self.trigger,
+        }
+
+
+@dataclass
+class Counters:
+    applied: int = 0
+    rejected: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class _Active:
+    snapshot: Snapshot
+    inputs: Inputs
+    since: float
+    from_persisted: bool
+    persisted_created: float | None = None
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        source: Source,
+        apply: Apply,
+        *,
+        store: LastGoodStore | None,
+        metrics: MeshMetrics,
+        events: EventBus,
+        reserved: Iterable[tuple[str, int]] = (),
+        poll_interval: float = 0.25,
+        settle: float = 0.05,
+    ) -> None:
+        self.source = source
+        self._apply = apply
+        self.store = store
+        self.metrics = metrics
+        self.events = events
+        self.reserved = tuple(reserved)
+        self.poll_interval = poll_interval
+        self.settle = settle
+        self.discovered = Discovered()
+        self.counters = Counters()
+        self.last_error: Rejection | None = None
+        self.started = time.time()
+        self._active: _Active | None = None
+        self._watch = FileWatch()
+        self._lock = asyncio.Lock()
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._active.snapshot if self._active else None
+
+    @property
+    def serving_persisted(self) -> bool:
+        return bool(self._active and self._active.from_persisted)
+
+    @property
+    def watched(self) -> tuple[Path, ...]:
+        return self._watch.paths
+
+    def status(self) -> dict[str, Any]:
+        active = self._active
+        snap = active.snapshot if active else None
+        return {
+            "source": self.source.label,
+            "mode": "host" if active is None or active.inputs.host_mode else "container",
+            "snapshot": None
+            if snap is None or active is None
+            else {
+                "version": snap.version,
+                "hash": snap.hash,
+                "origin": snap.origin,
+                "created": snap.created,
+                "active_since": active.since,
+            },
+            "serving_persisted": self.serving_persisted,
+            "persisted_created": active.persisted_created if active else None,
+            "last_error": self.last_error.as_dict() if self.last_error else None,
+            "reloads": {
+                "applied": self.counters.applied,
+                "rejected": self.counters.rejected,
+                "unchanged": self.counters.unchanged,
+            },
+            "watching": [str(p) for p in self.watched],
+            "uptime": time.time() - self.started,
+        }
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def start(self) -> Snapshot:
+        """Serve the current config, or the persisted one when it is broken.
+
+        Raises ``ConfigError`` when the config is broken and nothing was persisted, and
+        ``RuntimeStartError`` when the data plane cannot bind.
+        """
+        persisted = self.store.load() if self.store else None
+        base_version = persisted.version if persisted else 0
+        seen = {p.absolute(): fingerprint(p) for p in self.source.paths()}
+        try:
+            loaded = await asyncio.to_thread(self.source.load)
+            snapshot = self._compile(loaded.inputs, base_version + 1, self.source.label)
+        except ConfigError as exc:
+            if persisted is None:
+                raise
+            self._reject(exc, "start")
+            self._watch.reset([*seen, *_problem_files(exc)], seen)
+            snapshot = self._compile(persisted.inputs, base_version + 1, "persisted")
+            await self._apply(snapshot)
+            self._activate(snapshot, persisted.inputs, from_persisted=True)
+            assert self._active is not None
+            self._active.persisted_created = persisted.created
+            log.warning(
+                "%s is invalid; serving the last good configuration persisted at %s "
+                "(version %d) until it is fixed",
+                self.source.label,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(persisted.created)),
+                persisted.version,
+            )
+            self.events.emit(
+                "persisted",
+                version=snapshot.version,
+                persisted_version=persisted.version,
+                persisted_created=persisted.created,
+                error=str(exc),
+            )
+            return snapshot
+        await self._apply(snapshot)
+        self._watch.reset([*seen, *loaded.files], seen)
+        self._activate(snapshot, loaded.inputs, from_persisted=False)
+        return snapshot
+
+    # -- reload ---------------------------------------------------------------------------
+
+    async def reload(self, trigger: str = "manual") -> bool:
+        """Load, compile and apply the current files; False (and nothing changes) if bad."""
+        async with self._lock:
+            paths = {*self.watched, *(p.absolute() for p in self.source.paths())}
+            seen = {p: fingerprint(p) for p in paths}
+            try:
+                loaded = await asyncio.to_thread(self.source.load)
+                version = self._next_version()
+                snapshot = self._compile(loaded.inputs, version, self.source.label)
+            except ConfigError as exc:
+                self._watch.reset([*paths, *_problem_files(exc)], seen)
+                self._reject(exc, trigger)
+                return False
+            self._watch.reset([*(p.absolute() for p in self.source.paths()), *loaded.files], seen)
+            return await self._publish(snapshot, loaded.inputs, trigger)
+
+    async def update_discovered(self, discovered: Discovered) -> bool:
+        """Recompile the active inputs with new endpoints/sources (scale up or down)."""
+        async with self._lock:
+            self.discovered = discovered
+            if self._active is None:
+                return False
+            inputs = self._active.inputs
+            try:
+                snapshot = self._compile(inputs, self._next_version(), "discovery")
+            except ConfigError as exc:
+                self._reject(exc, "discovery")
+                return False
+            return await self._publish(snapshot, inputs, "discovery", keep_persisted=True)
+
+    async def watch_forever(self) -> None:
+        """Poll the watched files; reload once a change has settled. Cancel to stop."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            changed = self._watch.changed()
+            if not changed:
+                continue
+            before = {p: fingerprint(p) for p in changed}
+            await asyncio.sleep(self.settle)
+            if not same_content(before, {p: fingerprint(p) for p in changed}):
+                continue  # still being written: look again next poll
+            names = ", ".join(p.name for p in changed)
+            await self.reload(f"changed: {names}")
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _next_version(self) -> int:
+        return (self._active.snapshot.version if self._active else 0) + 1
+
+    def _compile(self, inputs: Inputs, version: int, origin: str) -> Snapshot:
+        return compile_snapshot(
+            inputs, self.discovered, version=version, origin=origin, reserved=self.reserved
+        )
+
+    async def _publish(
+        self, snapshot: Snapshot, inputs: Inputs, trigger: str, keep_persisted: bool = False
+    ) -> bool:
+        active = self._active
+        if active is not None and snapshot.hash == active.snapshot.hash:
+            self.counters.unchanged += 1
+            if not keep_persisted:
+                active.from_persisted = False
+                active.persisted_created = None
+                self.last_error = None
+            return True
+        try:
+            await self._apply(snapshot)
+        except RuntimeStartError as exc:
+            self._reject(exc, trigger)
+            return False
+        from_persisted = keep_persisted and active is not None and active.from_persisted
+        self._activate(snapshot, inputs, from_persisted=from_persisted)
+        if from_persisted and active is not None:
+            assert self._active is not None
+            self._active.persisted_created = active.persisted_created
+        return True
+
+    def _activate(self, snapshot: Snapshot, inputs: Inputs, *, from_persisted: bool) -> None:
+        self._active = _Active(snapshot, inputs, time.time(), from_persisted)
+        self.counters.applied += 1
+        if not from_persisted:
+            self.last_error = None
+        self.metrics.config_reload(True, snapshot.version)
+        if self.store is not None:
+            try:
+                self.store.save(
+                    inputs, version=snapshot.version, hash=snapshot.hash, created=snapshot.created
+                )
+            except OSError as exc:
+                log.error("could not persist the last good config to %s: %s", self.store.path, exc)
+        log.info(
+            "snapshot %d (%s) active from %s: %d listeners, %d clusters",
+            snapshot.version,
+            snapshot.hash,
+            snapshot.origin,
+            len(snapshot.listeners),
+            len(snapshot.endpoints),
+        )
+        self.events.emit(
+            "snapshot",
+            version=snapshot.version,
+            hash=snapshot.hash,
+            origin=snapshot.origin,
+            serving_persisted=from_persisted,
+            endpoints={k: [e.address for e in v] for k, v in snapshot.endpoints.items()},
+        )
+
+    def _reject(self, exc: LocalmeshError, trigger: str) -> None:
+        problems = tuple(exc.problems) if isinstance(exc, ConfigError) else ()
+        self.last_error = Rejection(exc.message, problems, time.time(), trigger)
+        self.counters.rejected += 1
+        self.metrics.config_reload(False)
+        current = self._active.snapshot.version if self._active else None
+        keep = f"still serving version {current}" if current else "nothing active yet"
+        for problem in problems or (Problem(exc.message),):
+            log.error("config rejected (%s; %s): %s", trigger, keep, problem)
+        self.events.emit("rejected", trigger=trigger, active_version=current, **_error(exc))
+
+
+def _problem_files(exc: ConfigError) -> list[Path]:
+    return [Path(p.position.file).absolute() for p in exc.problems if p.position is not None]
+
+
+def _error(exc: LocalmeshError) -> dict[str, Any]:
+    problems = exc.problems if isinstance(exc, ConfigError) else []
+    return {"message": exc.message, "problems": [p.as_dict() for p in problems]}
