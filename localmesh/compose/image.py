@@ -171,12 +171,15 @@ def mesh_image_tag(base: str | None = None) -> str:
 
 
 def ensure_mesh_image(
-    client: Any, base: str | None = None, progress: BuildProgress | None = None
-) -> tuple[str, bool]:
-    """The image for the installed localmesh: ``(tag, built)``; built only when missing."""
-    recipe = image_recipe(base)
+    client: Any, recipe: ImageRecipe, progress: BuildProgress | None = None
+) -> bool:
+    """Make the image ``recipe.tag`` unless it exists; True when it was built.
+
+    Takes the recipe rather than recomputing it, so the tag ``generate`` wrote is the one
+    built even if the package changes meanwhile (an editable install being edited).
+    """
     if _image_exists(client, recipe.tag):
-        return recipe.tag, False
+        return False
     progress = progress or _Quiet()
     progress.phase(f"inspecting base image {recipe.base}")
     target = _probe_target(client, recipe.base)
@@ -190,7 +193,7 @@ def ensure_mesh_image(
         progress.phase(f"building {recipe.tag}")
         _build(client, context, recipe, progress)
     _prune_older(client, recipe.tag)
-    return recipe.tag, True
+    return True
 
 
 class _Quiet:
@@ -238,16 +241,27 @@ _PROBE = (
 
 def _probe_target(client: Any, base: str) -> Target:
     """Ask the base image itself for its Python version, machine and glibc."""
+    container = None
     try:
-        out = client.containers.run(
-            base, ["python3", "-c", _PROBE], entrypoint=[], remove=True, network_disabled=True
+        if not _image_exists(client, base):
+            client.images.pull(base)
+        container = client.containers.create(
+            base, ["python3", "-c", _PROBE], entrypoint=[], network_disabled=True
         )
+        container.start()
+        status = container.wait(timeout=60)
+        out = container.logs(stdout=True, stderr=True)
+        if status.get("StatusCode") != 0:
+            raise docker.errors.DockerException(out.decode(errors="replace").strip() or "failed")
     except docker.errors.DockerException as exc:
         raise DockerError(
             f"cannot use base image {base}: {_last_line(str(exc))}",
             hint=f"pull it (docker pull {base}) or pick another with --base-image / "
             f"${BASE_IMAGE_ENV}: a Debian-based image with python3",
         ) from None
+    finally:
+        if container is not None:
+            container.remove(force=True)
     python, machine, glibc = out.decode().split()
     major, minor = glibc.split(".")[:2]
     return Target(python=python, machine=machine, glibc=(int(major), int(minor)))

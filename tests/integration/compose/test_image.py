@@ -35,8 +35,9 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_image_runs_the_installed_cli_and_is_built_once(docker_engine: str) -> None:
     client = engine.connect()
-    tag, _ = image.ensure_mesh_image(client, docker_engine, Recorder())
-    assert tag.startswith("localmesh-mesh:")
+    recipe = image.image_recipe(docker_engine)
+    tag = recipe.tag
+    image.ensure_mesh_image(client, recipe, Recorder())
     out = subprocess.run(
         ["docker", "run", "--rm", tag, "--version"], capture_output=True, text=True, check=True
     )
@@ -58,7 +59,7 @@ def test_image_runs_the_installed_cli_and_is_built_once(docker_engine: str) -> N
     )
     assert len(tools.stdout.split()) == 2
     again = Recorder()
-    assert image.ensure_mesh_image(client, docker_engine, again) == (tag, False)
+    assert image.ensure_mesh_image(client, recipe, again) is False
     assert again.phases == []
 
 
@@ -76,7 +77,7 @@ def base_without_venv(docker_engine: str) -> Iterator[str]:
 def test_build_failure_reports_the_log_tail(base_without_venv: str, tmp_path: Path) -> None:
     progress = Recorder()
     with pytest.raises(DockerError) as caught:
-        image.ensure_mesh_image(engine.connect(), base_without_venv, progress)
+        image.ensure_mesh_image(engine.connect(), image.image_recipe(base_without_venv), progress)
     err = caught.value
     assert "building the mesh image" in err.message
     assert "  | " in err.message
@@ -97,7 +98,7 @@ def test_base_image_without_python_is_refused_with_a_hint(docker_engine: str) ->
     )
     try:
         with pytest.raises(DockerError) as caught:
-            image.ensure_mesh_image(engine.connect(), tag, Recorder())
+            image.ensure_mesh_image(engine.connect(), image.image_recipe(tag), Recorder())
     finally:
         client.images.remove(tag, force=True)
     assert "cannot use base image" in caught.value.message
