@@ -1,24 +1,266 @@
-"""Commands: init, validate, analyze (stubs until their issue lands)."""
+"""Commands about mesh.yaml: ``init`` (write the inferred one), ``validate``, ``analyze``.
+
+All three read the compose project the way ``docker compose`` would (``-f``,
+``--env-file``, ``-p``, ``--profile``), because mesh.yaml names compose services and a
+reference is only right or wrong against the real project. Without a compose file (host
+mode), ``validate`` and ``analyze`` check mesh.yaml on its own.
+"""
 
 from __future__ import annotations
 
-import typer
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
 
-from localmesh.errors import LocalmeshError
+import typer
+from rich.markup import escape
+
+from localmesh.cli.output import console, err_console, print_json
+from localmesh.compose.project import ComposeProject, discover_files, load_project
+from localmesh.config import analyze, infer_mesh, load_mesh_file, parse_mesh_text, render_inferred
+from localmesh.config.model import MeshConfig
+from localmesh.errors import ConfigError, LocalmeshError
+
+DEFAULT_MESH = Path("mesh.yaml")
+
+Files = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "-f", "--file", metavar="FILE", help="Compose file (repeatable), like docker compose -f."
+    ),
+]
+EnvFiles = Annotated[
+    list[Path] | None,
+    typer.Option("--env-file", metavar="FILE", help="Compose env file (repeatable)."),
+]
+ProjectName = Annotated[str | None, typer.Option("-p", "--project-name", help="Project name.")]
+Profiles = Annotated[
+    list[str] | None,
+    typer.Option("--profile", metavar="NAME", help="Compose profile to enable (repeatable)."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+NoCompose = Annotated[
+    bool, typer.Option("--no-compose", help="Check mesh.yaml alone (host mode): no compose.")
+]
+MeshIn = Annotated[
+    Path | None,
+    typer.Option("--mesh", help="The mesh.yaml to read (default ./mesh.yaml).", metavar="PATH"),
+]
+
+
+def _project(
+    files: list[Path] | None,
+    env_files: list[Path] | None,
+    project_name: str | None,
+    profiles: list[str] | None,
+    *,
+    required: bool,
+) -> ComposeProject | None:
+    """The compose project, or None when there is none here and none was asked for."""
+    if not files and not required:
+        try:
+            discover_files(Path.cwd())
+        except ConfigError:
+            return None
+    return load_project(files or (), env_files or (), project_name, profiles or ())
+
+
+def _load(mesh: Path | None, project: ComposeProject | None) -> tuple[MeshConfig, Path | None]:
+    """mesh.yaml if given or present, else the mesh inferred from compose."""
+    path = mesh or DEFAULT_MESH
+    if mesh is not None or path.exists():
+        return load_mesh_file(path, project), path
+    if project is None:
+        raise LocalmeshError(
+            "no mesh.yaml and no compose project here: nothing to check",
+            hint="run in the project directory, or pass --mesh PATH or -f compose.yaml",
+        )
+    return infer_mesh(project), None
+
+
+def _summary(config: MeshConfig) -> str:
+    meshed = sum(1 for s in config.services if s.meshed)
+    routes = sum(len(s.routes) for s in config.services) + sum(
+        len(h.routes) for h in config.ingress.hosts
+    )
+    parts = [
+        f"{len(config.services)} services ({meshed} meshed)",
+        f"{routes} routes",
+        f"{len(config.policies)} policies",
+        f"{len(config.ingress.hosts)} ingress hosts",
+    ]
+    return ", ".join(parts)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a failure never leaves half a mesh.yaml."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".mesh-", suffix=".yaml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def register(app: typer.Typer) -> None:
     @app.command("init")
-    def _init() -> None:
-        """Not implemented yet."""
-        raise LocalmeshError("'init' is not implemented yet")
+    def _init(
+        *,
+        files: Files = None,
+        env_files: EnvFiles = None,
+        project_name: ProjectName = None,
+        profiles: Profiles = None,
+        mesh: Annotated[Path, typer.Option("--mesh", help="Where to write it.")] = DEFAULT_MESH,
+        force: Annotated[bool, typer.Option("--force", help="Overwrite mesh.yaml.")] = False,
+        stdout: Annotated[bool, typer.Option("--stdout", help="Print, do not write.")] = False,
+    ) -> None:
+        """Write a commented mesh.yaml inferred from the compose project.
+
+        Every service is meshed; protocols are guessed from ports and images
+        (5432 postgres, 6379 redis, MySQL/Mongo/memcached tcp, otherwise http).
+
+        Examples:
+
+          localmesh init                       # ./mesh.yaml from ./compose.yaml
+
+          localmesh init -f compose.yaml -f compose.prod.yaml --mesh prod-mesh.yaml
+
+          localmesh init --stdout | less
+        """
+        project = _project(files, env_files, project_name, profiles, required=True)
+        assert project is not None
+        text = render_inferred(project)
+        parse_mesh_text(text, str(mesh), project)  # never write what validate would reject
+        if stdout:
+            typer.echo(text, nl=False)
+            return
+        if mesh.exists() and not force:
+            raise LocalmeshError(
+                f"{mesh} already exists; not overwriting it",
+                hint="pass --force to replace it, or --stdout to compare",
+            )
+        _write_atomic(mesh, text)
+        config = infer_mesh(project)
+        console.print(f"[green]wrote[/] {mesh}: {_summary(config)}", highlight=False)
+        for svc in config.services:
+            ports = ", ".join(f"{p.port}/{p.protocol.value}" for p in svc.ports) or "no ports"
+            state = "" if svc.meshed else " [yellow](not meshed)[/]"
+            console.print(f"  {svc.name}: {ports}{state}", highlight=False)
+        console.print("next: edit it, then `localmesh validate`", highlight=False)
 
     @app.command("validate")
-    def _validate() -> None:
-        """Not implemented yet."""
-        raise LocalmeshError("'validate' is not implemented yet")
+    def _validate(
+        *,
+        mesh: MeshIn = None,
+        files: Files = None,
+        env_files: EnvFiles = None,
+        project_name: ProjectName = None,
+        profiles: Profiles = None,
+        no_compose: NoCompose = False,
+        as_json: Json = False,
+    ) -> None:
+        """Check mesh.yaml against its schema and the compose project; exit 2 if invalid.
+
+        Every problem is listed as file:line:col with the key, what was expected and a
+        hint. Nothing is written.
+
+        Examples:
+
+          localmesh validate
+
+          localmesh validate --mesh staging.yaml -f compose.yaml
+
+          localmesh validate --json | jq '.problems[].message'
+        """
+        project = (
+            None
+            if no_compose
+            else _project(files, env_files, project_name, profiles, required=bool(files))
+        )
+        try:
+            config, path = _load(mesh, project)
+        except ConfigError as exc:
+            if not as_json:
+                raise
+            print_json(_validate_json(False, mesh or DEFAULT_MESH, project, None, exc))
+            raise typer.Exit(exc.exit_code) from None
+        if as_json:
+            print_json(_validate_json(True, path, project, config, None))
+            return
+        what = str(path) if path else "the mesh inferred from compose (no mesh.yaml)"
+        console.print(f"[green]valid[/]: {what}: {_summary(config)}", highlight=False)
 
     @app.command("analyze")
-    def _analyze() -> None:
-        """Not implemented yet."""
-        raise LocalmeshError("'analyze' is not implemented yet")
+    def _analyze(
+        *,
+        mesh: MeshIn = None,
+        files: Files = None,
+        env_files: EnvFiles = None,
+        project_name: ProjectName = None,
+        profiles: Profiles = None,
+        no_compose: NoCompose = False,
+        as_json: Json = False,
+    ) -> None:
+        """Warn about valid but suspicious setups; exit 0 (2 if mesh.yaml is invalid).
+
+        Looks for unreachable services, shadowed routes, policies that deny everything,
+        retries that a timeout makes impossible, UDP ports and network_mode: host
+        services the mesh cannot carry.
+
+        Examples:
+
+          localmesh analyze
+
+          localmesh analyze --json | jq -r '.findings[].code'
+        """
+        project = (
+            None
+            if no_compose
+            else _project(files, env_files, project_name, profiles, required=bool(files))
+        )
+        config, path = _load(mesh, project)
+        findings = analyze(config, project)
+        if as_json:
+            print_json(
+                {
+                    "mesh": str(path) if path else None,
+                    "findings": [
+                        {
+                            "code": f.code,
+                            "message": f.message,
+                            "file": f.position.file if f.position else None,
+                            "line": f.position.line if f.position else None,
+                            "column": f.position.column if f.position else None,
+                        }
+                        for f in findings
+                    ],
+                }
+            )
+            return
+        if not findings:
+            console.print(f"[green]no findings[/]: {_summary(config)}", highlight=False)
+            return
+        for f in findings:
+            err_console.print(f"[yellow]warning[/]: {escape(str(f))}", highlight=False)
+        console.print(f"{len(findings)} findings: {_summary(config)}", highlight=False)
+
+
+def _validate_json(
+    valid: bool,
+    path: Path | None,
+    project: ComposeProject | None,
+    config: MeshConfig | None,
+    error: ConfigError | None,
+) -> dict[str, object]:
+    return {
+        "valid": valid,
+        "mesh": str(path) if path else None,
+        "compose_files": [str(f) for f in project.files] if project else [],
+        "services": [s.name for s in config.services] if config else [],
+        "problems": [p.as_dict() for p in error.problems] if error else [],
+    }

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from localmesh.ca.names import check_client_name, check_permitted, parse_host
 from localmesh.compose.project import ComposeProject
 from localmesh.config import values
 from localmesh.config.infer import InferredService, guess_protocol, infer_services
@@ -69,7 +70,7 @@ from localmesh.config.model import (
     UpstreamTLS,
 )
 from localmesh.config.yamlnodes import MapNode, Node, Scalar, SeqNode, describe, parse_yaml
-from localmesh.errors import ConfigError, Position, Problem
+from localmesh.errors import CAError, ConfigError, Position, Problem
 
 TOP_KEYS = ("mesh", "services", "policies", "ingress")
 MESH_KEYS = (
@@ -480,12 +481,29 @@ def _enum(r: _Reader, node: Node, path: str, kind: type[EnumT]) -> EnumT | None:
 
 def _trust_domain(r: _Reader, node: Node, path: str) -> str | None:
     text = r.string(node, path)
-    if text is not None and not values.is_hostname(text):
+    if text is not None and (text != text.lower() or not values.is_hostname(text)):
         r.error(
-            node, path, f"invalid trust domain '{text}'", "a DNS-like name: localmesh, example.org"
+            node,
+            path,
+            f"invalid trust domain '{text}'",
+            "lower-case letters, digits, '-' and dots, e.g. localmesh or shop.local",
         )
         return None
     return text
+
+
+def _cert_host(r: _Reader, node: Node, path: str) -> str | None:
+    """A host the local CA can certify (its root is name-constrained to dev names)."""
+    text = r.string(node, path)
+    if text is None:
+        return None
+    try:
+        host = parse_host(text)
+        check_permitted(host)
+    except CAError as exc:
+        r.error(node, path, exc.message, exc.hint)
+        return None
+    return host.value
 
 
 def _host(r: _Reader, node: Node, path: str) -> str | None:
@@ -1886,11 +1904,9 @@ def _read_ingress(r: _Reader, node: Node) -> Ingress:
     if "extra_cert_hosts" in fields:
         hosts: list[str] = []
         for ipath, item in r.listed(fields["extra_cert_hosts"][1], "ingress.extra_cert_hosts"):
-            text = r.string(item, ipath)
-            if text is not None and not values.is_hostname(text, wildcard=True):
-                r.error(item, ipath, f"invalid host name '{text}'")
-            elif text is not None:
-                hosts.append(text.lower())
+            text = _cert_host(r, item, ipath)
+            if text is not None:
+                hosts.append(text)
         got["extra_cert_hosts"] = tuple(hosts)
     if "hosts" in fields:
         got["hosts"] = _read_hosts(r, fields["hosts"][1])
@@ -1923,15 +1939,7 @@ def _read_hosts(r: _Reader, node: Node) -> tuple[IngressHost, ...]:
         if fields is None or "host" not in fields or "routes" not in fields:
             continue
         host_node = fields["host"][1]
-        host = r.string(host_node, f"{path}.host")
-        if host is not None and not values.is_hostname(host, wildcard=True):
-            r.error(
-                host_node,
-                f"{path}.host",
-                f"invalid host name '{host}'",
-                "e.g. shop.localhost or *.shop.localhost",
-            )
-            host = None
+        host = _cert_host(r, host_node, f"{path}.host")
         client_certs = ClientCerts.OFF
         if "client_certs" in fields:
             cc = _enum(r, fields["client_certs"][1], f"{path}.client_certs", ClientCerts)
@@ -2136,9 +2144,13 @@ def _check_references(
     for src in r.sources:
         if src.name in services or src.name == INGRESS_SOURCE:
             continue
-        if src.name.startswith(SPIFFE_PREFIX) or (
-            src.name.startswith(CLIENT_PREFIX) and len(src.name) > len(CLIENT_PREFIX)
-        ):
+        if src.name.startswith(SPIFFE_PREFIX):
+            continue
+        if src.name.startswith(CLIENT_PREFIX):
+            try:
+                check_client_name(src.name[len(CLIENT_PREFIX) :])
+            except CAError as exc:
+                r.error(src.at, src.path, exc.message, exc.hint)
             continue
         r.error(
             src.at,
