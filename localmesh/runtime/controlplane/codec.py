@@ -11,13 +11,18 @@ the process (admin API, CLI), while the persisted file keeps them (0600, our own
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 import types
 import typing
 from collections.abc import Mapping
 from enum import Enum
 from functools import cache
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
+
+if TYPE_CHECKING:
+    from localmesh.runtime.snapshot import Snapshot
 
 T = TypeVar("T")
 
@@ -109,6 +114,33 @@ def _decode(tp: Any, data: Json, where: str) -> Any:
             raise ValueError(f"{where}: expected {tp.__name__}")
         return data
     raise TypeError(f"{where}: unsupported type {tp!r}")
+
+
+def content_hash(snapshot: Snapshot) -> str:
+    """A hash of what a snapshot does, stable across processes and restarts.
+
+    ``Snapshot.hash`` hashes ``repr()``, and a frozenset's repr order depends on the
+    per-process string hash seed, so equal snapshots can hash differently in two runs
+    (or even in one). This hashes the canonical JSON instead, without source positions:
+    an edit that only moves lines (a comment added on top) changes nothing.
+    """
+    doc = [
+        _strip_positions(encode(snapshot.config)),
+        encode(snapshot.listeners),
+        encode(snapshot.endpoints),
+        encode(snapshot.sources),
+        encode(snapshot.vips),
+    ]
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _strip_positions(data: Json) -> Json:
+    if isinstance(data, dict):
+        return {k: _strip_positions(v) for k, v in data.items() if k != "position"}
+    if isinstance(data, list):
+        return [_strip_positions(v) for v in data]
+    return data
 
 
 def is_secret_name(name: str) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +58,7 @@ class EventBus:
                 queue.get_nowait()
             queue.put_nowait(None)
 
-    async def subscribe(self, after: int | None = None) -> AsyncIterator[Event]:
+    async def subscribe(self, after: int | None = None) -> AsyncGenerator[Event, None]:
         """Events from now on; with ``after``, first those in history newer than it."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue(self._queue_size)
         self._queues.add(queue)

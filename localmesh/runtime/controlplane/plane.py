@@ -28,10 +28,11 @@ from typing import Any, Protocol
 
 from localmesh.config.model import MeshConfig
 from localmesh.errors import ConfigError, LocalmeshError, Problem, RuntimeStartError
+from localmesh.runtime.controlplane.codec import content_hash
 from localmesh.runtime.controlplane.compile import Discovered, Inputs, compile_snapshot
 from localmesh.runtime.controlplane.events import EventBus
-from localmesh.runtime.controlplane.lastgood import LastGoodStore
-from localmesh.runtime.controlplane.watch import FileWatch, fingerprint, same_content
+from localmesh.runtime.controlplane.lastgood import LastGoodStore, Persisted
+from localmesh.runtime.controlplane.watch import FileWatch, Fingerprint, fingerprint, same_content
 from localmesh.runtime.snapshot import Snapshot
 from localmesh.runtime.telemetry import MeshMetrics
 
@@ -73,6 +74,40 @@ def config_files(config: MeshConfig) -> set[Path]:
         files.update(Path(p.file) for p in positions if p is not None)
     files.update(Path(p.position.file) for p in config.policies if p.position is not None)
     return files
+
+
+@dataclass(frozen=True, slots=True)
+class Initial:
+    """What the runtime starts from: freshly loaded inputs, or the persisted ones, or both
+    (a fresh load that may still fail to compile falls back to the persisted inputs)."""
+
+    loaded: Loaded | None
+    error: ConfigError | None
+    persisted: Persisted | None
+    seen: dict[Path, Fingerprint]
+
+    @property
+    def inputs(self) -> Inputs:
+        chosen = (
+            self.loaded.inputs if self.loaded else self.persisted.inputs if self.persisted else None
+        )
+        assert chosen is not None
+        return chosen
+
+
+async def load_initial(source: Source, store: LastGoodStore | None) -> Initial:
+    """Load the inputs once before anything starts (the runtime needs the mesh settings
+    to build metrics and bind the admin API); raise ``ConfigError`` if there is neither a
+    valid config nor a persisted one."""
+    persisted = store.load() if store else None
+    seen = {p.absolute(): fingerprint(p) for p in source.paths()}
+    try:
+        loaded = await asyncio.to_thread(source.load)
+    except ConfigError as exc:
+        if persisted is None:
+            raise
+        return Initial(None, exc, persisted, seen)
+    return Initial(loaded, None, persisted, seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +197,7 @@ class ControlPlane:
             if snap is None or active is None
             else {
                 "version": snap.version,
-                "hash": snap.hash,
+                "hash": content_hash(snap),
                 "origin": snap.origin,
                 "created": snap.created,
                 "active_since": active.since,
@@ -181,46 +216,51 @@ class ControlPlane:
 
     # -- start ----------------------------------------------------------------------------
 
-    async def start(self) -> Snapshot:
-        """Serve the current config, or the persisted one when it is broken.
+    async def start(self, initial: Initial) -> Snapshot:
+        """Serve the loaded config, or the persisted one when it is broken.
 
         Raises ``ConfigError`` when the config is broken and nothing was persisted, and
         ``RuntimeStartError`` when the data plane cannot bind.
         """
-        persisted = self.store.load() if self.store else None
-        base_version = persisted.version if persisted else 0
-        seen = {p.absolute(): fingerprint(p) for p in self.source.paths()}
-        try:
-            loaded = await asyncio.to_thread(self.source.load)
-            snapshot = self._compile(loaded.inputs, base_version + 1, self.source.label)
-        except ConfigError as exc:
-            if persisted is None:
-                raise
-            self._reject(exc, "start")
-            self._watch.reset([*seen, *_problem_files(exc)], seen)
-            snapshot = self._compile(persisted.inputs, base_version + 1, "persisted")
-            await self._apply(snapshot)
-            self._activate(snapshot, persisted.inputs, from_persisted=True)
-            assert self._active is not None
-            self._active.persisted_created = persisted.created
-            log.warning(
-                "%s is invalid; serving the last good configuration persisted at %s "
-                "(version %d) until it is fixed",
-                self.source.label,
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(persisted.created)),
-                persisted.version,
-            )
-            self.events.emit(
-                "persisted",
-                version=snapshot.version,
-                persisted_version=persisted.version,
-                persisted_created=persisted.created,
-                error=str(exc),
-            )
-            return snapshot
+        persisted = initial.persisted
+        version = (persisted.version if persisted else 0) + 1
+        seen = initial.seen
+        error = initial.error
+        if initial.loaded is not None:
+            try:
+                snapshot = self._compile(initial.loaded.inputs, version, self.source.label)
+            except ConfigError as exc:
+                if persisted is None:
+                    raise
+                error = exc
+            else:
+                await self._apply(snapshot)
+                self._watch.reset([*seen, *initial.loaded.files], seen)
+                self._activate(snapshot, initial.loaded.inputs, from_persisted=False)
+                return snapshot
+        assert error is not None
+        assert persisted is not None
+        self._reject(error, "start")
+        self._watch.reset([*seen, *_problem_files(error)], seen)
+        snapshot = self._compile(persisted.inputs, version, "persisted")
         await self._apply(snapshot)
-        self._watch.reset([*seen, *loaded.files], seen)
-        self._activate(snapshot, loaded.inputs, from_persisted=False)
+        self._activate(snapshot, persisted.inputs, from_persisted=True)
+        assert self._active is not None
+        self._active.persisted_created = persisted.created
+        log.warning(
+            "%s is invalid; serving the last good configuration persisted at %s "
+            "(version %d) until it is fixed",
+            self.source.label,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(persisted.created)),
+            persisted.version,
+        )
+        self.events.emit(
+            "persisted",
+            version=snapshot.version,
+            persisted_version=persisted.version,
+            persisted_created=persisted.created,
+            error=str(error),
+        )
         return snapshot
 
     # -- reload ---------------------------------------------------------------------------
@@ -283,7 +323,7 @@ class ControlPlane:
         self, snapshot: Snapshot, inputs: Inputs, trigger: str, keep_persisted: bool = False
     ) -> bool:
         active = self._active
-        if active is not None and snapshot.hash == active.snapshot.hash:
+        if active is not None and content_hash(snapshot) == content_hash(active.snapshot):
             self.counters.unchanged += 1
             if not keep_persisted:
                 active.from_persisted = False
@@ -311,14 +351,17 @@ class ControlPlane:
         if self.store is not None:
             try:
                 self.store.save(
-                    inputs, version=snapshot.version, hash=snapshot.hash, created=snapshot.created
+                    inputs,
+                    version=snapshot.version,
+                    hash=content_hash(snapshot),
+                    created=snapshot.created,
                 )
             except OSError as exc:
                 log.error("could not persist the last good config to %s: %s", self.store.path, exc)
         log.info(
             "snapshot %d (%s) active from %s: %d listeners, %d clusters",
             snapshot.version,
-            snapshot.hash,
+            content_hash(snapshot),
             snapshot.origin,
             len(snapshot.listeners),
             len(snapshot.endpoints),
@@ -326,7 +369,7 @@ class ControlPlane:
         self.events.emit(
             "snapshot",
             version=snapshot.version,
-            hash=snapshot.hash,
+            hash=content_hash(snapshot),
             origin=snapshot.origin,
             serving_persisted=from_persisted,
             endpoints={k: [e.address for e in v] for k, v in snapshot.endpoints.items()},

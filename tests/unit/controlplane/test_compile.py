@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +23,7 @@ from localmesh.config.model import (
     StaticEndpoint,
 )
 from localmesh.errors import ConfigError
+from localmesh.runtime.controlplane.codec import content_hash
 from localmesh.runtime.controlplane.compile import (
     Discovered,
     Inputs,
@@ -61,11 +66,47 @@ def test_host_mode_listeners_use_listen_or_the_offset_default() -> None:
 def test_same_inputs_hash_the_same_and_a_change_hashes_differently() -> None:
     a = compile_snapshot(Inputs(rich_config()), version=1, origin="x", now=1.0)
     b = compile_snapshot(Inputs(rich_config()), version=2, origin="y", now=2.0)
-    assert a.hash == b.hash
-    changed = dataclasses.replace(
-        rich_config(), mesh=dataclasses.replace(rich_config().mesh, name="other")
+    assert content_hash(a) == content_hash(b)
+    config = rich_config()
+    changed = dataclasses.replace(config, mesh=dataclasses.replace(config.mesh, name="other"))
+    assert content_hash(compile_snapshot(Inputs(changed), version=3, origin="x")) != content_hash(a)
+
+
+def test_content_hash_ignores_set_order_and_positions() -> None:
+    config = rich_config()
+    route = config.services[0].routes[0]
+    assert route.retries is not None
+    reordered = dataclasses.replace(
+        route,
+        retries=dataclasses.replace(route.retries, retry_on=frozenset(["reset", "5xx"])),
+        position=pos(99),
     )
-    assert compile_snapshot(Inputs(changed), version=3, origin="x").hash != a.hash
+    api = dataclasses.replace(config.services[0], routes=(reordered,), position=pos(1))
+    moved = dataclasses.replace(config, services=(api, *config.services[1:]))
+    a = compile_snapshot(Inputs(config), version=1, origin="t")
+    b = compile_snapshot(Inputs(moved), version=1, origin="t")
+    assert content_hash(a) == content_hash(b)
+
+
+def test_content_hash_is_the_same_in_another_process() -> None:
+    """Snapshot.hash (repr-based) is not: frozenset order follows the string hash seed."""
+    code = (
+        "from localmesh.runtime.controlplane.codec import content_hash;"
+        "from localmesh.runtime.controlplane.compile import Inputs, compile_snapshot;"
+        "from tests.unit.controlplane.fixtures import rich_config;"
+        "print(content_hash(compile_snapshot(Inputs(rich_config()), version=1, origin='t')))"
+    )
+    here = content_hash(compile_snapshot(Inputs(rich_config()), version=1, origin="t"))
+    for seed in ("1", "2", "3"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[3],
+        )
+        assert out.stdout.strip() == here
 
 
 def test_unmeshed_services_get_no_listener() -> None:

@@ -1,0 +1,229 @@
+"""Reload decisions on real mesh.yaml files: reject bad edits, apply good ones, fall back to
+the persisted last good config at start. The data plane here is a recorder of applied
+snapshots (its real counterpart is exercised in tests/integration/controlplane)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from localmesh.errors import ConfigError, RuntimeStartError
+from localmesh.runtime.controlplane.events import EventBus
+from localmesh.runtime.controlplane.lastgood import LastGoodStore
+from localmesh.runtime.controlplane.plane import ControlPlane, load_initial
+from localmesh.runtime.controlplane.sources import MeshFileSource
+from localmesh.runtime.snapshot import Snapshot
+from localmesh.runtime.telemetry import MeshMetrics
+
+GOOD = """\
+mesh:
+  name: shop
+services:
+  api:
+    ports: [{{port: 8000, listen: "127.0.0.1:{port}"}}]
+    endpoints: ["127.0.0.1:9001"]
+    timeout: {timeout}
+"""
+BAD = GOOD.replace("timeout: {timeout}", "timeout: {timeout}\n    retires: 3")
+
+
+class Recorder:
+    """Stands in for DataPlane.apply: records snapshots, can be told to refuse one."""
+
+    def __init__(self) -> None:
+        self.applied: list[Snapshot] = []
+        self.refuse: str | None = None
+
+    async def __call__(self, snapshot: Snapshot) -> None:
+        if self.refuse:
+            raise RuntimeStartError(self.refuse)
+        self.applied.append(snapshot)
+
+
+def write(path: Path, text: str) -> None:
+    """Atomic replace, like most editors; bumps mtime so a same-second edit is seen."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def until(cond: Callable[[], bool], limit: float = 3.0) -> float:
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > limit:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.mesh = tmp / "mesh.yaml"
+        self.state = tmp / ".localmesh"
+        self.recorder = Recorder()
+        self.events = EventBus()
+        self.metrics = MeshMetrics("shop", "localmesh")
+        self.plane: ControlPlane | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> ControlPlane:
+        source = MeshFileSource(self.mesh)
+        store = LastGoodStore(self.state)
+        initial = await load_initial(source, store)
+        plane = ControlPlane(
+            source,
+            self.recorder,
+            store=store,
+            metrics=self.metrics,
+            events=self.events,
+            poll_interval=0.05,
+            settle=0.01,
+        )
+        await plane.start(initial)
+        self.plane = plane
+        self.task = asyncio.create_task(plane.watch_forever())
+        return plane
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    await e.stop()
+
+
+async def test_good_edit_applies_bad_edit_is_rejected_and_kept_out(env: Env) -> None:
+    write(env.mesh, GOOD.format(port=18001, timeout="5s"))
+    plane = await env.start()
+    assert [s.version for s in env.recorder.applied] == [1]
+    assert plane.status()["snapshot"]["version"] == 1
+
+    write(env.mesh, BAD.format(port=18001, timeout="5s"))
+    await until(lambda: plane.last_error is not None)
+    assert [s.version for s in env.recorder.applied] == [1]  # nothing applied
+    err = plane.status()["last_error"]
+    assert err["problems"][0]["file"] == str(env.mesh)
+    assert err["problems"][0]["line"] == 8
+    assert "retires" in err["message"]
+    assert "did you mean 'retries'" in str(err["problems"][0]["hint"])
+    assert plane.status()["reloads"]["rejected"] == 1
+
+    write(env.mesh, GOOD.format(port=18001, timeout="7s"))
+    took = await until(lambda: len(env.recorder.applied) == 2)
+    assert took < 1.0
+    assert env.recorder.applied[-1].version == 2
+    assert env.recorder.applied[-1].config.services[0].timeout == 7.0
+    assert plane.last_error is None
+    assert [e.type for e in env.events.recent()] == ["snapshot", "rejected", "snapshot"]
+
+
+async def test_touching_or_rewriting_the_same_bytes_does_nothing(env: Env) -> None:
+    text = GOOD.format(port=18001, timeout="5s")
+    write(env.mesh, text)
+    plane = await env.start()
+    os.utime(env.mesh)
+    write(env.mesh, text)
+    await asyncio.sleep(0.3)
+    assert len(env.recorder.applied) == 1
+    assert plane.status()["reloads"] == {"applied": 1, "rejected": 0, "unchanged": 0}
+
+
+async def test_a_bind_failure_rejects_the_snapshot_and_keeps_the_old_one(env: Env) -> None:
+    write(env.mesh, GOOD.format(port=18001, timeout="5s"))
+    plane = await env.start()
+    env.recorder.refuse = "cannot bind 127.0.0.1:18002: address in use"
+    write(env.mesh, GOOD.format(port=18002, timeout="5s"))
+    await until(lambda: plane.last_error is not None)
+    assert plane.snapshot is not None
+    assert plane.snapshot.version == 1
+    assert "address in use" in plane.status()["last_error"]["message"]
+    # the persisted state is still version 1's inputs
+    persisted = LastGoodStore(env.state).load()
+    assert persisted is not None
+    assert persisted.version == 1
+
+
+async def test_restart_with_a_broken_file_serves_the_persisted_config(env: Env) -> None:
+    write(env.mesh, GOOD.format(port=18001, timeout="5s"))
+    await env.start()
+    await env.stop()
+
+    write(env.mesh, BAD.format(port=18001, timeout="9s"))
+    second = Env(env.mesh.parent)
+    plane = await second.start()
+    try:
+        status = plane.status()
+        assert status["serving_persisted"] is True
+        assert status["persisted_created"] is not None
+        assert status["snapshot"]["origin"] == "persisted"
+        assert status["snapshot"]["version"] == 2  # versions keep counting across restarts
+        assert status["last_error"]["problems"][0]["line"] == 8
+        applied = second.recorder.applied
+        assert [s.config.services[0].timeout for s in applied] == [5.0]
+        assert [e.type for e in second.events.recent()] == ["rejected", "snapshot", "persisted"]
+
+        write(env.mesh, GOOD.format(port=18001, timeout="9s"))
+        await until(lambda: len(applied) == 2)
+        assert plane.status()["serving_persisted"] is False
+        assert plane.last_error is None
+        assert applied[-1].config.services[0].timeout == 9.0
+    finally:
+        await second.stop()
+
+
+async def test_restart_fixed_to_the_persisted_content_stops_saying_persisted(env: Env) -> None:
+    good = GOOD.format(port=18001, timeout="5s")
+    write(env.mesh, good)
+    await env.start()
+    await env.stop()
+    write(env.mesh, BAD.format(port=18001, timeout="5s"))
+    second = Env(env.mesh.parent)
+    plane = await second.start()
+    try:
+        write(env.mesh, good)  # same inputs as persisted: same hash, nothing to apply
+        await until(lambda: plane.last_error is None)
+        assert plane.status()["serving_persisted"] is False
+        assert len(second.recorder.applied) == 1
+    finally:
+        await second.stop()
+
+
+async def test_no_valid_config_and_nothing_persisted_fails_with_the_config_error(
+    env: Env,
+) -> None:
+    write(env.mesh, BAD.format(port=18001, timeout="5s"))
+    with pytest.raises(ConfigError) as info:
+        await env.start()
+    assert info.value.problems[0].position is not None
+    assert info.value.problems[0].position.line == 8
+
+
+async def test_a_compile_error_at_start_also_falls_back(env: Env) -> None:
+    write(env.mesh, GOOD.format(port=18001, timeout="5s"))
+    await env.start()
+    await env.stop()
+    # valid mesh.yaml, but web's default host-mode listener (8001 + 10000) is api's socket
+    clash = GOOD.format(port=18001, timeout="5s") + (
+        '  web:\n    ports: [8001]\n    endpoints: ["127.0.0.1:9002"]\n'
+    )
+    write(env.mesh, clash)
+    second = Env(env.mesh.parent)
+    plane = await second.start()
+    try:
+        assert plane.serving_persisted
+        assert (
+            "wants 127.0.0.1:18001, already used by listener api:8000"
+            in plane.status()["last_error"]["message"]
+        )
+    finally:
+        await second.stop()
