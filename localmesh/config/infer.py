@@ -1,8 +1,10 @@
 """Zero-config: the mesh a compose project implies when there is no mesh.yaml.
 
-Every service is meshed, with the ports it declares (``ports`` targets and ``expose``),
-or its image's well-known port when it declares none. A port's protocol is guessed from
-the port number, then from the image, else HTTP:
+Every service is meshed, with the ports it declares (``ports`` targets and ``expose``).
+When it declares none, the server it runs gives them away: its image (``postgres:15``),
+its command (``redis-server``) or its healthcheck (``curl http://127.0.0.1:8000/healthz``,
+``pg_isready``, ``redis-cli ping``). A port's protocol is guessed from the port number,
+then from the image, else HTTP:
 
 - 5432 -> postgres, 6379 -> redis (mesh upstreams with protocol-aware extras);
 - well-known non-HTTP ports (MySQL 3306, MongoDB 27017, memcached 11211, AMQP 5672, ...)
@@ -120,6 +122,61 @@ def guess_protocol(port: int, image: str | None) -> tuple[Protocol, str]:
     return Protocol.HTTP, "default"
 
 
+# Servers recognisable from a command or healthcheck word: (protocol, default port).
+SERVER_COMMANDS: Mapping[str, tuple[Protocol, int]] = {
+    "redis-server": (Protocol.REDIS, 6379),
+    "redis-cli": (Protocol.REDIS, 6379),
+    "valkey-server": (Protocol.REDIS, 6379),
+    "postgres": (Protocol.POSTGRES, 5432),
+    "pg_isready": (Protocol.POSTGRES, 5432),
+    "mysqld": (Protocol.TCP, 3306),
+    "mysqladmin": (Protocol.TCP, 3306),
+    "memcached": (Protocol.TCP, 11211),
+}
+_LOCAL_URL = re.compile(r"https?://(?:127\.0\.0\.1|localhost|0\.0\.0\.0|\[::1\]):([0-9]{1,5})\b")
+_PORT_FLAG = re.compile(r"^(?:-p|--port)(?:=([0-9]{1,5}))?$")
+
+
+def _words(value: Any) -> list[str]:
+    """A compose command or healthcheck test as words (``CMD-SHELL`` strings split)."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list):
+        return [w for item in value if isinstance(item, str) for w in item.split()]
+    return []
+
+
+def _port_flag(words: list[str], start: int) -> int | None:
+    """``-p 6380`` / ``--port=6380`` after a server word."""
+    for i in range(start + 1, len(words)):
+        m = _PORT_FLAG.match(words[i])
+        if m:
+            text = m.group(1) or (words[i + 1] if i + 1 < len(words) else "")
+            return int(text) if text.isdigit() and 0 < int(text) <= 65535 else None
+    return None
+
+
+def ports_from_process(svc: Mapping[str, Any]) -> list[InferredPort]:
+    """Ports a service without declared ports evidently serves, from command/healthcheck."""
+    found: dict[int, InferredPort] = {}
+    health = svc.get("healthcheck")
+    test = _words(health.get("test")) if isinstance(health, Mapping) else []
+    for source, words in (("command", _words(svc.get("command"))), ("healthcheck", test)):
+        for i, word in enumerate(words):
+            server = SERVER_COMMANDS.get(word.rsplit("/", 1)[-1])
+            if server is not None:
+                port = _port_flag(words, i) or server[1]
+                found.setdefault(port, InferredPort(PortSpec(port, server[0]), f"{source} {word}"))
+            for m in _LOCAL_URL.finditer(word):
+                port = int(m.group(1))
+                if 0 < port <= 65535:
+                    protocol = WELL_KNOWN_PORTS.get(port, Protocol.HTTP)
+                    found.setdefault(
+                        port, InferredPort(PortSpec(port, protocol), f"{source} {m.group(0)}")
+                    )
+    return [found[p] for p in sorted(found)]
+
+
 def infer_service(name: str, svc: Mapping[str, Any]) -> InferredService:
     """One compose service as the mesh sees it with no mesh.yaml."""
     tcp, udp = declared_ports(svc)
@@ -129,18 +186,19 @@ def infer_service(name: str, svc: Mapping[str, Any]) -> InferredService:
         return InferredService(
             Service(name=name, meshed=False),
             (),
-            note=f"network_mode: {network_mode}: the mesh cannot intercept its traffic",
+            note=f"it uses network_mode: {network_mode}, which the mesh cannot intercept",
             udp_ports=tuple(udp),
         )
     ports: list[InferredPort] = []
     for port in tcp:
         protocol, reason = guess_protocol(port, image)
         ports.append(InferredPort(PortSpec(port, protocol), reason))
-    if not tcp and image:
-        known = IMAGE_DEFAULTS.get(image_name(image))
-        if known is not None:
-            protocol, port = known
-            ports.append(InferredPort(PortSpec(port, protocol), f"image {image_name(image)}"))
+    known = IMAGE_DEFAULTS.get(image_name(image)) if image else None
+    if not tcp and known is not None and image:
+        protocol, port = known
+        ports.append(InferredPort(PortSpec(port, protocol), f"image {image_name(image)}"))
+    elif not tcp:
+        ports = ports_from_process(svc)
     service = Service(name=name, ports=tuple(p.spec for p in ports))
     return InferredService(service, tuple(ports), udp_ports=tuple(udp))
 

@@ -145,7 +145,9 @@ SPIFFE_PREFIX = "spiffe://"
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    # short words differ by a larger share per typo (GTE/GET): be more lenient with them
+    cutoff = 0.6 if len(word) <= 4 else 0.75
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return f"did you mean '{close[0]}'?" if close else None
 
 
@@ -183,7 +185,7 @@ class _ServiceDraft:
     service: Service
     key: Scalar
     wrote_ports: tuple[PortSpec, ...] = ()
-    wrote_meshed: bool = False
+    meshed_at: Position | None = None  # where `meshed:` is written, if it is
     routes_at: Position | None = None
     route_keys: list[tuple[str, str, Position]] = field(default_factory=list)  # l7-only uses
     health_at: Position | None = None
@@ -274,9 +276,9 @@ class _Reader:
 
     def choice(self, node: Node, path: str, choices: Sequence[str]) -> str | None:
         if not isinstance(node, Scalar) or node.value is None or isinstance(node.value, bool):
-            hint = (node.quirk if isinstance(node, Scalar) else None) or _one_of(choices)
-            if isinstance(node, Scalar) and isinstance(node.value, bool):
-                hint = f"{_one_of(choices)} (quote it: '{node.text}' is a boolean)"
+            hint = node.quirk if isinstance(node, Scalar) else None
+            if isinstance(node, Scalar) and node.value is False and "off" in choices:
+                hint = "write off: false is a boolean, not one of these words"
             self.expected(node, path, "one of " + ", ".join(choices), hint)
             return None
         text = node.text
@@ -574,7 +576,7 @@ def _read_service(
     image = _compose_image(project, name)
     got: dict[str, object] = {}
     if "meshed" in fields:
-        draft.wrote_meshed = True
+        draft.meshed_at = fields["meshed"][1].position
         meshed = r.boolean(fields["meshed"][1], f"{path}.meshed")
         if meshed is not None:
             got["meshed"] = meshed
@@ -1253,7 +1255,7 @@ def _read_route(
         destinations = dests or ()
     got: dict[str, object] = {}
     if "rewrite" in fields:
-        rw = _read_rewrite(r, fields["rewrite"][1], f"{path}.rewrite", matches, fields.get("match"))
+        rw = _read_rewrite(r, fields["rewrite"][1], f"{path}.rewrite", matches)
         ok &= rw is not None
         got["rewrite_prefix"] = rw
     if "headers" in fields:
@@ -1600,7 +1602,6 @@ def _read_rewrite(
     node: Node,
     path: str,
     matches: tuple[RequestMatch, ...],
-    match_field: tuple[Scalar, Node] | None,
 ) -> str | None:
     fields = r.mapping(
         node, path, ("prefix",), required=("prefix",), what="a rewrite: {prefix: /new}"
@@ -1613,7 +1614,7 @@ def _read_rewrite(
     bad = not matches or any(m.path is None or m.path.kind is MatchKind.REGEX for m in matches)
     if bad:
         r.error(
-            match_field[0] if match_field else node,
+            node,
             path,
             "rewrite.prefix replaces the matched path prefix, so every match needs "
             "path.prefix or path.exact",
@@ -2070,10 +2071,10 @@ def _merge_with_compose(
         svc = draft.service
         wrote = {p.port for p in draft.wrote_ports}
         ports = draft.wrote_ports + tuple(p for p in base.ports if p.port not in wrote)
-        meshed = svc.meshed if draft.wrote_meshed else base.meshed
-        if draft.wrote_meshed and svc.meshed and not base.meshed:
+        meshed = svc.meshed if draft.meshed_at else base.meshed
+        if draft.meshed_at and svc.meshed and not base.meshed:
             r.error(
-                draft.key,
+                draft.meshed_at,
                 f"services.{name}.meshed",
                 f"service '{name}' cannot be meshed: {inf.note}",
                 "remove meshed: true; the mesh leaves it alone",
@@ -2185,8 +2186,7 @@ def _check_references(
                     at,
                     path,
                     f"'{key}' needs an http port; '{name}' speaks {protos}",
-                    "routes on TCP services may only split traffic (route) by source "
-                    "(match.sources)",
+                    "a route on a TCP service may only use match.sources and route",
                 )
             if (
                 draft.health_at is not None

@@ -140,7 +140,7 @@ def parse_yaml(text: str, filename: str) -> Node | None:
     try:
         root = loader.get_single_node()
     except yaml.composer.ComposerError as exc:
-        if "expected a single document" in str(exc.problem):
+        if "expected a single document" in str(exc.context):
             mark = exc.problem_mark
             pos = _mark_position(filename, mark) if mark else Position(filename, 1, 1)
             raise ConfigError(
@@ -172,7 +172,9 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, filename: str) -> Problem:
     pos = _mark_position(filename, mark) if mark else Position(filename, 1, 1)
     what = exc.problem or exc.context or "invalid YAML"
     hint = None
-    if "mapping values are not allowed" in what:
+    if "expected <block end>" in what:
+        hint = "check the indentation of this line against the lines above"
+    elif "mapping values are not allowed" in what:
         hint = "a value containing ': ' must be quoted"
     elif "found character '\\t'" in what:
         hint = "indent with spaces, not tabs"
