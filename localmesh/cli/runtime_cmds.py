@@ -1,29 +1,370 @@
-"""Commands: run, status, config, logs (stubs until their issue lands)."""
+"""Commands: ``run`` (the runtime, host mode) and ``status``, ``config``, ``logs``.
+
+``run`` is the runtime process itself. The other three are clients of its admin API
+(``--admin HOST:PORT`` or ``$LOCALMESH_ADMIN``, default 127.0.0.1:15000), so they work the
+same against a host-mode runtime and against the mesh container of ``localmesh up``.
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from localmesh.cli.output import console, err_console, print_json
+from localmesh.config.values import parse_duration
 from localmesh.errors import LocalmeshError
+
+DEFAULT_ADMIN = "127.0.0.1:15000"
+
+Admin = Annotated[
+    str,
+    typer.Option(
+        "--admin",
+        envvar="LOCALMESH_ADMIN",
+        metavar="HOST:PORT",
+        help="Admin API of the running mesh (env LOCALMESH_ADMIN).",
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+class AdminClient:
+    """A tiny blocking client of the admin API (stdlib only: the CLI starts fast)."""
+
+    def __init__(self, address: str, timeout: float = 5.0) -> None:
+        base = address if "://" in address else f"http://{address}"
+        self.base = base.rstrip("/")
+        self.address = address
+        self.timeout = timeout
+
+    def _open(self, path: str, timeout: float | None) -> Any:
+        try:
+            return urllib.request.urlopen(f"{self.base}{path}", timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            return exc  # a JSON error document with a status; callers read it
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise LocalmeshError(
+                f"cannot reach the admin API at {self.address}: {reason}",
+                hint="is `localmesh run` (or `localmesh up`) running? "
+                "Point --admin or LOCALMESH_ADMIN at it",
+            ) from None
+
+    def get(self, path: str) -> Any:
+        with self._open(path, self.timeout) as response:
+            return json.loads(response.read().decode())
+
+    def lines(self, path: str) -> Iterator[bytes]:
+        """A streaming endpoint, line by line, until the server closes it."""
+        with self._open(path, None) as response:
+            yield from response
 
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
-    def _run() -> None:
-        """Not implemented yet."""
-        raise LocalmeshError("'run' is not implemented yet")
+    def _run(
+        *,
+        mesh: Annotated[
+            Path, typer.Option("--mesh", metavar="PATH", help="The mesh.yaml to serve.")
+        ] = Path("mesh.yaml"),
+        state_dir: Annotated[
+            Path | None,
+            typer.Option(
+                "--state-dir",
+                metavar="DIR",
+                help="Where the last good config is kept (default: .localmesh/ beside mesh.yaml).",
+            ),
+        ] = None,
+        admin: Annotated[
+            str | None,
+            typer.Option(
+                "--admin",
+                metavar="HOST:PORT",
+                help="Bind the admin API here (default: mesh.admin_bind:admin_port, "
+                "127.0.0.1:15000).",
+            ),
+        ] = None,
+        access_log: Annotated[
+            str,
+            typer.Option(
+                "--access-log",
+                metavar="-|off|PATH",
+                help="JSON access log: stdout (-), a file, or off (still kept for `logs`).",
+            ),
+        ] = "-",
+        drain: Annotated[
+            str, typer.Option("--drain-timeout", help="Wait this long for in-flight requests.")
+        ] = "5s",
+    ) -> None:
+        """Run the mesh runtime in host mode: listeners, control plane, admin API.
+
+        Upstreams are the static `endpoints` in mesh.yaml; no Docker needed. Edits to
+        mesh.yaml apply live; a bad edit is rejected and traffic stays on the last good
+        config. SIGHUP reloads now; SIGTERM/Ctrl-C drains and stops (twice: at once).
+
+        Examples:
+
+          localmesh run --mesh mesh.yaml
+
+          localmesh run --mesh bench/mesh.yaml --admin 127.0.0.1:15001 --access-log off
+        """
+        from localmesh.runtime.app import RunOptions, Runtime, run
+
+        try:
+            drain_timeout = parse_duration(drain)
+        except ValueError as exc:
+            raise LocalmeshError(f"--drain-timeout: {exc}", hint="e.g. 5s, 500ms") from None
+        if logging.getLogger().level > logging.INFO:
+            logging.getLogger("localmesh").setLevel(logging.INFO)
+        options = RunOptions(
+            mesh=mesh,
+            state_dir=state_dir,
+            admin=admin,
+            access_log=access_log,
+            drain_timeout=drain_timeout,
+        )
+
+        def ready(runtime: Runtime) -> None:
+            for line in runtime.banner():
+                err_console.print(escape(line), highlight=False)
+
+        run(options, ready)
 
     @app.command("status")
-    def _status() -> None:
-        """Not implemented yet."""
-        raise LocalmeshError("'status' is not implemented yet")
+    def _status(
+        *,
+        admin: Admin = DEFAULT_ADMIN,
+        watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh live.")] = False,
+        interval: Annotated[
+            float, typer.Option("--interval", help="Seconds between refreshes (--watch).")
+        ] = 1.0,
+        json_out: Json = False,
+    ) -> None:
+        """Services, endpoints with health, req/s, error rate, p99, last config error.
+
+        Examples:
+
+          localmesh status
+
+          localmesh status --watch
+
+          LOCALMESH_ADMIN=127.0.0.1:15001 localmesh status --json
+        """
+        client = AdminClient(admin)
+        if json_out:
+            print_json(client.get("/status"))
+            return
+        if not watch:
+            console.print(render_status(client.get("/status")))
+            return
+        with Live(
+            render_status(client.get("/status")), console=console, auto_refresh=False
+        ) as live:
+            try:
+                while True:
+                    time.sleep(interval)
+                    live.update(render_status(client.get("/status")), refresh=True)
+            except KeyboardInterrupt:
+                pass
 
     @app.command("config")
-    def _config() -> None:
-        """Not implemented yet."""
-        raise LocalmeshError("'config' is not implemented yet")
+    def _config(*, admin: Admin = DEFAULT_ADMIN, json_out: Json = False) -> None:
+        """The active compiled snapshot: config, listeners, endpoints (secrets redacted).
+
+        Examples:
+
+          localmesh config
+
+          localmesh config --json | jq '.listeners'
+        """
+        doc = AdminClient(admin).get("/config")
+        if json_out:
+            print_json(doc)
+        else:
+            console.print_json(data=doc)
 
     @app.command("logs")
-    def _logs() -> None:
-        """Not implemented yet."""
-        raise LocalmeshError("'logs' is not implemented yet")
+    def _logs(
+        *,
+        admin: Admin = DEFAULT_ADMIN,
+        service: Annotated[
+            str | None, typer.Option("--service", "-s", help="Only calls from or to it.")
+        ] = None,
+        status: Annotated[
+            str | None,
+            typer.Option("--status", help="Only these statuses: 503, 5xx, '4xx,503'."),
+        ] = None,
+        limit: Annotated[int, typer.Option("--limit", "-n", help="How many recent records.")] = 50,
+        follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+        json_out: Json = False,
+    ) -> None:
+        """The access log (recent records, newest last), filtered by service and status.
+
+        Examples:
+
+          localmesh logs -s api --status 5xx
+
+          localmesh logs -f --json | jq .path
+        """
+        query = {"limit": str(limit)}
+        if service:
+            query["service"] = service
+        if status:
+            query["status"] = status
+        client = AdminClient(admin)
+        if not follow:
+            records = client.get("/logs?" + urllib.parse.urlencode(query))["records"]
+            for record in records:
+                _print_record(record, json_out)
+            return
+        query["follow"] = "1"
+        try:
+            for raw in client.lines("/logs?" + urllib.parse.urlencode(query)):
+                if raw.strip():
+                    _print_record(json.loads(raw), json_out)
+        except KeyboardInterrupt:
+            pass
+
+
+def _print_record(record: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        os.write(1, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+        return
+    console.print(format_record(record), highlight=False, soft_wrap=True)
+
+
+def format_record(record: dict[str, Any]) -> Text:
+    """One access-log record as a line: time, caller → callee, request, status, timing."""
+    when = record.get("time") or record.get("start_time") or ""
+    status = record.get("status")
+    style = (
+        "red"
+        if isinstance(status, int) and status >= 500
+        else ("yellow" if isinstance(status, int) and status >= 400 else "green")
+    )
+    text = Text()
+    text.append(f"{str(when)[:23]:<23} ", style="dim")
+    text.append(f"{record.get('source', '-')} → {record.get('destination', '-')} ")
+    method, path = record.get("method"), record.get("path")
+    if method or path:
+        text.append(f"{method or ''} {path or ''} ")
+    text.append(str(status if status is not None else record.get("protocol", "tcp")), style=style)
+    flags = record.get("flags") or record.get("response_flags")
+    if flags and flags != "-":
+        text.append(f" {flags}", style="yellow")
+    duration = record.get("duration_ms", record.get("duration"))
+    if duration is not None:
+        text.append(f" {duration}ms", style="dim")
+    upstream = record.get("upstream") or record.get("upstream_endpoint")
+    if upstream:
+        text.append(f" → {upstream}", style="dim")
+    return text
+
+
+def render_status(doc: dict[str, Any]) -> Group:
+    """The status document as a header, warnings, and one row per service."""
+    parts: list[Any] = []
+    snap = doc.get("snapshot")
+    ready = (
+        "[green]ready[/]" if doc.get("ready") else f"[red]not ready[/] ({doc.get('ready_reason')})"
+    )
+    if snap:
+        parts.append(
+            Text.from_markup(
+                f"localmesh {doc.get('version', '')} · snapshot [bold]v{snap['version']}[/] "
+                f"({snap['hash']}) from {escape(str(snap['origin']))} · up "
+                f"{_ago(doc.get('uptime', 0))} · {ready}"
+            )
+        )
+    else:
+        parts.append(
+            Text.from_markup(f"localmesh {doc.get('version', '')} · no snapshot · {ready}")
+        )
+    if doc.get("serving_persisted"):
+        parts.append(
+            Text.from_markup(
+                "[yellow]serving the persisted last good config: "
+                f"{escape(str(doc.get('source')))} is invalid[/]"
+            )
+        )
+    err = doc.get("last_error")
+    if err:
+        parts.append(
+            Text.from_markup(
+                f"[red]last config error[/] ({escape(str(err.get('trigger')))}, "
+                f"{_ago(time.time() - float(err.get('at', time.time())))} ago):"
+            )
+        )
+        problems = err.get("problems") or [{"message": err.get("message")}]
+        for p in problems:
+            where = f"{p['file']}:{p['line']}:{p['column']}: " if p.get("file") else ""
+            hint = f" ({p['hint']})" if p.get("hint") else ""
+            parts.append(Text(f"  {where}{p.get('message')}{hint}", style="red"))
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("SERVICE", "LISTENERS", "ENDPOINTS", "REQ/S", "ERRORS", "P99"):
+        table.add_column(
+            column, justify="right" if column in ("REQ/S", "ERRORS", "P99") else "left"
+        )
+    listeners: dict[str, list[str]] = {}
+    for lst in doc.get("listeners", []):
+        listeners.setdefault(lst["service"], []).append(
+            f"{lst['port']}/{lst['protocol']} {lst.get('address') or '[red]unbound[/]'}"
+        )
+    for svc in doc.get("services", []):
+        traffic = svc.get("traffic") or {}
+        rps = traffic.get("requests_per_second")
+        error_rate = traffic.get("error_rate")
+        p99 = traffic.get("p99_ms")
+        table.add_row(
+            svc["name"] if svc.get("meshed", True) else f"[dim]{svc['name']} (unmeshed)[/]",
+            "\n".join(listeners.get(svc["name"], [])) or "-",
+            _endpoints(svc.get("endpoints", [])),
+            f"{rps:.1f}" if rps else "-",
+            _error_cell(error_rate),
+            f"{p99:.1f}ms" if p99 is not None else "-",
+        )
+    parts.append(table)
+    return Group(*parts)
+
+
+def _endpoints(endpoints: list[dict[str, Any]]) -> str:
+    if not endpoints:
+        return "[red]none[/]"
+    cells = []
+    for ep in endpoints:
+        health = str(ep.get("health", "unknown"))
+        color = {"healthy": "green", "unknown": "white"}.get(health, "red")
+        address = ep.get("address") or f"{ep.get('host')}:{ep.get('port')}"
+        cells.append(f"[{color}]{escape(str(address))}[/] {health}")
+    return "\n".join(cells)
+
+
+def _error_cell(rate: float | None) -> str:
+    if rate is None:
+        return "-"
+    color = "green" if rate == 0 else "yellow" if rate < 0.05 else "red"
+    return f"[{color}]{rate * 100:.1f}%[/]"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
