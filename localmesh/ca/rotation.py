@@ -201,3 +201,28 @@ def write_identity_files(directory: Path) -> Callable[[IssuedCert], None]:
         issued.write(directory / "cert.pem", directory / "key.pem")
 
     return write
+
+
+class WorkloadIdentities:
+    """Every service's identity, created on first use and rotated by one ``Rotator``."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        trust_domain: str,
+        rotator: Rotator,
+        lifetime: float = WORKLOAD_LIFETIME,
+    ) -> None:
+        self._ca = ca
+        self._trust_domain = trust_domain
+        self._rotator = rotator
+        self._lifetime = lifetime
+        self._by_service: dict[str, WorkloadIdentity] = {}
+
+    def get(self, service: str) -> WorkloadIdentity:
+        identity = self._by_service.get(service)
+        if identity is None:
+            identity = WorkloadIdentity(self._ca, self._trust_domain, service, self._lifetime)
+            self._rotator.add(identity)
+            self._by_service[service] = identity
+        return identity
