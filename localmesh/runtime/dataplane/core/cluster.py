@@ -1,0 +1,252 @@
+"""Cluster state: endpoints with health, outlier ejection and load, and circuit-breaker counters.
+
+An ``EndpointState`` lives as long as its endpoint stays in the cluster, across snapshots,
+so ejections, health and active requests survive a config reload. A ``ClusterState`` holds
+the endpoints of one service and the counters its circuit breaker decides on:
+
+- **circuit breaking** (Envoy's thresholds): ``max_connections`` open upstream connections,
+  ``max_pending_requests`` requests waiting for one; past either the request is refused
+  (flag ``UO``) instead of queueing without bound.
+- **outlier detection**: an endpoint answering ``consecutive_5xx`` 5xx in a row (or
+  ``consecutive_gateway_errors`` 502/503/504, connect failures and resets count as both) is
+  ejected for ``base_ejection_time`` times the number of its ejections; the count decays by
+  one per ``interval`` without ejection. At most ``max_ejection_percent`` of the endpoints
+  are ejected at once, but always at least one may be (Envoy's rule).
+- **active health checks**: ``unhealthy_threshold`` failed checks in a row take an endpoint
+  out, ``healthy_threshold`` passing ones bring it back.
+
+The list of available endpoints is cached and rebuilt only when something changes (an
+ejection, a health flip, an ejection running out), so a pick costs no filtering.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from localmesh.config.model import ConnectionPool, HealthCheck, OutlierDetection
+
+
+class EndpointState:
+    """One upstream instance and everything the data plane knows about it."""
+
+    __slots__ = (
+        "active_requests",
+        "address",
+        "consecutive_5xx",
+        "consecutive_gateway",
+        "ejected_until",
+        "ejections",
+        "hc_failures",
+        "hc_successes",
+        "healthy",
+        "host",
+        "labels",
+        "port",
+        "total_requests",
+    )
+
+    def __init__(self, host: str, port: int, labels: tuple[tuple[str, str], ...] = ()) -> None:
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+        self.labels = labels
+        self.healthy = True
+        self.active_requests = 0
+        self.total_requests = 0
+        self.consecutive_5xx = 0
+        self.consecutive_gateway = 0
+        self.ejected_until = 0.0
+        self.ejections = 0
+        self.hc_failures = 0
+        self.hc_successes = 0
+
+    def ejected(self, now: float) -> bool:
+        return now < self.ejected_until
+
+    def describe(self, now: float) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "labels": dict(self.labels),
+            "healthy": self.healthy,
+            "ejected": self.ejected(now),
+            "ejected_for": round(max(0.0, self.ejected_until - now), 3),
+            "ejections": self.ejections,
+            "active_requests": self.active_requests,
+            "total_requests": self.total_requests,
+        }
+
+
+class ClusterState:
+    """A service's endpoints, their availability, and the circuit breaker's counters."""
+
+    __slots__ = (
+        "_available",
+        "_refresh_at",
+        "active_requests",
+        "active_retries",
+        "connections",
+        "endpoints",
+        "health_check",
+        "name",
+        "outlier",
+        "pending",
+        "pool",
+        "version",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        pool: ConnectionPool,
+        outlier: OutlierDetection | None,
+        health_check: HealthCheck | None = None,
+    ) -> None:
+        self.name = name
+        self.pool = pool
+        self.outlier = outlier
+        self.health_check = health_check
+        self.endpoints: list[EndpointState] = []
+        self.connections = 0
+        self.pending = 0
+        self.active_requests = 0
+        self.active_retries = 0
+        self.version = 0  # bumped whenever availability may have changed
+        self._available: list[EndpointState] = []
+        self._refresh_at = math.inf
+
+    # -- membership (a new snapshot) --------------------------------------------------------
+
+    def configure(
+        self,
+        pool: ConnectionPool,
+        outlier: OutlierDetection | None,
+        health_check: HealthCheck | None,
+    ) -> None:
+        self.pool, self.outlier, self.health_check = pool, outlier, health_check
+        self._changed()
+
+    def set_endpoints(self, wanted: Iterable[EndpointState]) -> list[EndpointState]:
+        """Keep states of endpoints that stay; return the ones that left (to close pools)."""
+        wanted = list(wanted)
+        keys = {e.address for e in wanted}
+        current = {e.address: e for e in self.endpoints}
+        removed = [e for a, e in current.items() if a not in keys]
+        merged: list[EndpointState] = []
+        for e in wanted:
+            kept = current.get(e.address)
+            if kept is not None and kept.labels != e.labels:
+                kept.labels = e.labels
+            merged.append(kept if kept is not None else e)
+        self.endpoints = merged
+        self._changed()
+        return removed
+
+    # -- availability -----------------------------------------------------------------------
+
+    def available(self, now: float) -> list[EndpointState]:
+        """Endpoints that are healthy and not ejected (cached; rebuilt on change)."""
+        if now >= self._refresh_at:
+            self._rebuild(now)
+        return self._available
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._refresh_at = -math.inf
+
+    def _rebuild(self, now: float) -> None:
+        self._available = [e for e in self.endpoints if e.healthy and not e.ejected(now)]
+        ends = [e.ejected_until for e in self.endpoints if e.ejected(now)]
+        self._refresh_at = min(ends) if ends else math.inf
+        self.version += 1
+
+    # -- circuit breaking -------------------------------------------------------------------
+
+    def can_connect(self) -> bool:
+        return self.connections < self.pool.max_connections
+
+    def can_queue(self) -> bool:
+        return self.pending < self.pool.max_pending_requests
+
+    # -- outlier detection ------------------------------------------------------------------
+
+    def report_status(self, ep: EndpointState, status: int, now: float) -> bool:
+        """Account one response; True when it got the endpoint ejected."""
+        if status < 500:
+            ep.consecutive_5xx = 0
+            ep.consecutive_gateway = 0
+            return False
+        ep.consecutive_5xx += 1
+        if status in (502, 503, 504):
+            ep.consecutive_gateway += 1
+        else:
+            ep.consecutive_gateway = 0
+        return self._maybe_eject(ep, now)
+
+    def report_failure(self, ep: EndpointState, now: float) -> bool:
+        """A connect failure, reset or timeout: a gateway error for outlier detection."""
+        ep.consecutive_5xx += 1
+        ep.consecutive_gateway += 1
+        return self._maybe_eject(ep, now)
+
+    def _maybe_eject(self, ep: EndpointState, now: float) -> bool:
+        od = self.outlier
+        if od is None or ep.ejected(now):
+            return False
+        if ep.consecutive_5xx < od.consecutive_5xx and (
+            ep.consecutive_gateway < od.consecutive_gateway_errors
+        ):
+            return False
+        ejected = sum(1 for e in self.endpoints if e.ejected(now))
+        allowed = max(1, math.floor(len(self.endpoints) * od.max_ejection_percent / 100.0))
+        if ejected >= allowed:
+            return False
+        if ep.ejections and od.interval > 0:  # the multiplier decays while the host behaves
+            quiet = max(0.0, now - ep.ejected_until)
+            ep.ejections = max(0, ep.ejections - int(quiet // od.interval))
+        ep.ejections += 1
+        ep.ejected_until = now + od.base_ejection_time * ep.ejections
+        ep.consecutive_5xx = 0
+        ep.consecutive_gateway = 0
+        self._changed()
+        return True
+
+    # -- active health checks ---------------------------------------------------------------
+
+    def report_check(self, ep: EndpointState, ok: bool) -> bool:
+        """Account one health check; True when the endpoint's health flipped."""
+        hc = self.health_check
+        if hc is None:
+            return False
+        if ok:
+            ep.hc_failures = 0
+            ep.hc_successes += 1
+            if not ep.healthy and ep.hc_successes >= hc.healthy_threshold:
+                ep.healthy = True
+                self._changed()
+                return True
+        else:
+            ep.hc_successes = 0
+            ep.hc_failures += 1
+            if ep.healthy and ep.hc_failures >= hc.unhealthy_threshold:
+                ep.healthy = False
+                self._changed()
+                return True
+        return False
+
+    def describe(self, now: float) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "connections": self.connections,
+            "pending_requests": self.pending,
+            "active_requests": self.active_requests,
+            "endpoints": [e.describe(now) for e in self.endpoints],
+        }
+
+
+def subset_members(
+    endpoints: Sequence[EndpointState], labels: tuple[tuple[str, str], ...]
+) -> list[EndpointState]:
+    """The endpoints carrying every label of a subset."""
+    wanted = set(labels)
+    return [e for e in endpoints if wanted <= set(e.labels)]

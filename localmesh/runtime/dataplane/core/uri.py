@@ -1,0 +1,68 @@
+"""Request targets: split path and query, normalise paths before routing and policy.
+
+Policies and routes match on the normalised path, so ``/admin/../x``, ``//admin`` or
+``/%61dmin`` cannot slip past a rule written for ``/admin`` (Envoy's
+``normalize_path`` + ``merge_slashes``). The upstream receives the normalised path too,
+so what was authorised is what is served. The common path (no dot segment, no double
+slash, no percent sign) is returned untouched without copying.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class BadTarget(ValueError):
+    """The downstream sent a request target we cannot route (answered with 400)."""
+
+
+_UNRESERVED_ESCAPE = re.compile(rb"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """``(path, query)`` of an origin-form or absolute-form request target."""
+    if not target.startswith(b"/"):
+        if target == b"*":
+            return b"*", b""
+        scheme_end = target.find(b"://")
+        if scheme_end <= 0:
+            raise BadTarget("request target is neither a path nor an absolute URL")
+        rest = target[scheme_end + 3 :]
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=-1)
+        target = b"/" if cut < 0 else rest[cut:]
+        if not target.startswith(b"/"):
+            target = b"/" + target
+    hash_at = target.find(b"#")
+    if hash_at >= 0:
+        target = target[:hash_at]
+    q = target.find(b"?")
+    if q < 0:
+        return normalize_path(target), b""
+    return normalize_path(target[:q]), target[q + 1 :]
+
+
+def normalize_path(path: bytes) -> bytes:
+    """Decode escaped unreserved characters, merge slashes, resolve dot segments."""
+    if b"%" not in path and b"//" not in path and b"/." not in path:
+        return path
+    if b"%" in path:
+        path = _UNRESERVED_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), path)
+    out: list[bytes] = []
+    segments = path.split(b"/")
+    for seg in segments[1:-1]:
+        if seg in (b"", b"."):
+            continue
+        if seg == b"..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    last = segments[-1] if len(segments) > 1 else b""
+    if last == b"..":
+        if out:
+            out.pop()
+        last = b""
+    elif last == b".":
+        last = b""
+    out.append(last)
+    return b"/" + b"/".join(out)

@@ -1,0 +1,70 @@
+"""Response flags, reasons, and the bytes of responses the mesh generates itself.
+
+Flags are Envoy's short codes (the ``response_flags`` label and the access log field);
+every locally generated response says why in ``x-localmesh-reason`` and a one-line body, so
+a developer looking at a 503 knows whether the app or the mesh produced it.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+# Envoy response flags.
+NO_FLAGS = "-"
+UPSTREAM_CONNECT_FAILURE = "UF"
+NO_HEALTHY_UPSTREAM = "UH"
+UPSTREAM_OVERFLOW = "UO"
+UPSTREAM_RETRY_LIMIT = "URX"
+UPSTREAM_TIMEOUT = "UT"
+UPSTREAM_TERMINATION = "UC"
+UPSTREAM_RESET = "UR"
+DOWNSTREAM_TERMINATION = "DC"
+FAULT_ABORT = "FI"
+FAULT_DELAY = "DI"
+RATE_LIMITED = "RL"
+DENIED = "UAEX"
+NO_ROUTE = "NR"
+DOWNSTREAM_PROTOCOL_ERROR = "DPE"
+STREAM_IDLE_TIMEOUT = "SI"
+
+
+def join_flags(*flags: str) -> str:
+    """Envoy prints several flags comma-separated; ``-`` when none."""
+    present = [f for f in flags if f and f != NO_FLAGS]
+    return ",".join(present) if present else NO_FLAGS
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d Unknown\r\n" % status
+    return line
+
+
+_STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode()) for s in HTTPStatus}
+
+
+def local_response(
+    status: int,
+    reason: str,
+    detail: str = "",
+    *,
+    close: bool = False,
+    head_only: bool = False,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """A complete plain-text response made by the mesh (never by an upstream)."""
+    text = f"{reason}: {detail}\n" if detail else f"{reason}\n"
+    body = text.encode()
+    parts = [
+        status_line(status),
+        b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body),
+        b"x-localmesh-reason: " + reason.encode() + b"\r\n",
+    ]
+    parts.extend(name + b": " + value + b"\r\n" for name, value in extra)
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)

@@ -1,0 +1,76 @@
+"""Load-balancer picks over cluster state."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from localmesh.config.model import ConnectionPool, LbPolicy, LoadBalancer, OutlierDetection
+from localmesh.runtime.dataplane.core.balancer import Picker
+from localmesh.runtime.dataplane.core.cluster import ClusterState, EndpointState
+
+pytestmark = pytest.mark.unit
+
+
+def make(n: int, labels: list[tuple[tuple[str, str], ...]] | None = None) -> ClusterState:
+    od = OutlierDetection(consecutive_5xx=1, max_ejection_percent=100)
+    c = ClusterState("api", ConnectionPool(), od)
+    c.set_endpoints(
+        EndpointState("10.0.0.1", 9000 + i, labels[i] if labels else ()) for i in range(n)
+    )
+    return c
+
+
+def test_round_robin_visits_each_in_turn() -> None:
+    c = make(3)
+    p = Picker(c, LoadBalancer(LbPolicy.ROUND_ROBIN))
+    picks = [p.pick(0.0) for _ in range(6)]
+    assert Counter(e.address for e in picks if e) == {e.address: 2 for e in c.endpoints}
+
+
+def test_least_request_prefers_idle_endpoints() -> None:
+    c = make(4)
+    for ep in c.endpoints[1:]:
+        ep.active_requests = 10
+    p = Picker(c, LoadBalancer(LbPolicy.LEAST_REQUEST), rng=random.Random(1))
+    picks = Counter(p.pick(0.0) for _ in range(4000))
+    # p2c: the idle one wins whenever it is one of the two draws: 1 - (3/4)^2 = 7/16
+    assert 0.38 < picks[c.endpoints[0]] / 4000 < 0.5
+
+
+def test_random_spreads() -> None:
+    c = make(2)
+    p = Picker(c, LoadBalancer(LbPolicy.RANDOM), rng=random.Random(2))
+    picks = Counter(p.pick(0.0) for _ in range(2000))
+    assert all(800 < n < 1200 for n in picks.values())
+
+
+def test_consistent_hash_is_sticky_and_moves_only_ejected_keys() -> None:
+    c = make(5)
+    p = Picker(c, LoadBalancer(LbPolicy.CONSISTENT_HASH, hash_key="x-user"))
+    keys = [f"user-{i}".encode() for i in range(500)]
+    before = {k: p.pick(0.0, k) for k in keys}
+    assert {k: p.pick(0.0, k) for k in keys} == before
+    assert len(set(before.values())) == 5
+    victim = c.endpoints[2]
+    c.report_failure(victim, now=0.0)
+    after = {k: p.pick(1.0, k) for k in keys}
+    moved = [k for k in keys if after[k] is not before[k]]
+    assert moved
+    assert all(before[k] is victim for k in moved)
+    assert victim not in after.values()
+    # without a key: random among available
+    assert p.pick(1.0, None) in c.available(1.0)
+
+
+def test_subsets_and_no_healthy_endpoint() -> None:
+    v1, v2 = (("version", "v1"),), (("version", "v2"),)
+    c = make(3, [v1, v2, v2])
+    p = Picker(c, LoadBalancer(), labels=v2)
+    assert {p.pick(0.0) for _ in range(10)} == set(c.endpoints[1:])
+    for ep in c.endpoints[1:]:
+        c.report_failure(ep, now=0.0)
+    assert p.pick(0.5) is None
+    assert Picker(c, LoadBalancer(), labels=v1).pick(0.5) is c.endpoints[0]

@@ -1,0 +1,116 @@
+"""Request targets, path normalisation, trace context and request ids."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from localmesh.runtime.dataplane.core.headers import TraceIds, connection_tokens
+from localmesh.runtime.dataplane.core.uri import BadTarget, normalize_path, split_target
+from localmesh.runtime.dataplane.core.wire import join_flags, local_response
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"/a/b?x=1", (b"/a/b", b"x=1")),
+        (b"/a", (b"/a", b"")),
+        (b"http://host:8/p?q", (b"/p", b"q")),
+        (b"http://host", (b"/", b"")),
+        (b"http://host?q=1", (b"/", b"q=1")),
+        (b"/p#frag", (b"/p", b"")),
+    ],
+)
+def test_split_target(target: bytes, expected: tuple[bytes, bytes]) -> None:
+    assert split_target(target) == expected
+
+
+def test_split_target_refuses_nonsense() -> None:
+    with pytest.raises(BadTarget):
+        split_target(b"nonsense")
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (b"/plain/path", b"/plain/path"),
+        (b"/admin/../secret", b"/secret"),
+        (b"//admin", b"/admin"),
+        (b"/a/./b/", b"/a/b/"),
+        (b"/../../etc", b"/etc"),
+        (b"/%61dmin", b"/admin"),
+        (b"/a%2Fb", b"/a%2Fb"),  # an encoded slash stays encoded: not unreserved
+        (b"/a/..", b"/"),
+    ],
+)
+def test_normalize_path(path: bytes, expected: bytes) -> None:
+    assert normalize_path(path) == expected
+
+
+def test_request_ids_are_uuid4_shaped_and_distinct() -> None:
+    ids = TraceIds(random.Random(1))
+    values = {ids.request_id() for _ in range(1000)}
+    assert len(values) == 1000
+    for v in list(values)[:20]:
+        assert re.fullmatch(
+            rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", v
+        )
+
+
+def test_trace_context_generated_when_absent() -> None:
+    tp, extra = TraceIds(random.Random(2)).trace_context(None, None, None, None)
+    assert re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01", tp)
+    names = dict(extra)
+    assert names[b"traceparent"] == tp
+    assert names[b"x-b3-traceid"] == tp[3:35]
+    assert names[b"x-b3-spanid"] == tp[36:52]
+    assert names[b"x-b3-sampled"] == b"1"
+
+
+def test_traceparent_kept_and_b3_derived() -> None:
+    incoming = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-00"
+    tp, extra = TraceIds().trace_context(incoming, None, None, None)
+    assert tp == incoming
+    assert dict(extra) == {
+        b"x-b3-traceid": b"a" * 32,
+        b"x-b3-spanid": b"b" * 16,
+        b"x-b3-sampled": b"0",
+    }
+
+
+def test_b3_kept_and_traceparent_derived() -> None:
+    tp, extra = TraceIds().trace_context(None, b"c" * 16, b"d" * 16, b"1")
+    assert tp == b"00-" + b"0" * 16 + b"c" * 16 + b"-" + b"d" * 16 + b"-01"
+    assert extra == [(b"traceparent", tp)]
+
+
+def test_both_present_are_left_alone() -> None:
+    incoming = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+    assert TraceIds().trace_context(incoming, b"a" * 32, b"b" * 16, b"1") == (incoming, [])
+
+
+def test_malformed_traceparent_is_replaced() -> None:
+    tp, extra = TraceIds().trace_context(b"garbage", None, None, None)
+    assert tp != b"garbage"
+    assert (b"traceparent", tp) in extra
+
+
+def test_connection_tokens() -> None:
+    assert connection_tokens(b"keep-alive, X-Foo ,") == {b"keep-alive", b"x-foo"}
+
+
+def test_local_response_says_why() -> None:
+    raw = local_response(503, "no-healthy-upstream", "cluster api", close=True)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"x-localmesh-reason: no-healthy-upstream" in head
+    assert b"connection: close" in head
+    assert body == b"no-healthy-upstream: cluster api\n"
+    assert f"content-length: {len(body)}".encode() in head
+    assert local_response(404, "no-route", head_only=True).endswith(b"\r\n\r\n")
+    assert join_flags("-", "URX", "", "UF") == "URX,UF"
+    assert join_flags() == "-"
