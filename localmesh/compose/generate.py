@@ -18,6 +18,7 @@ compose file is written, Compose itself must accept it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from collections.abc import Mapping
@@ -34,12 +35,12 @@ from localmesh.ca.containers import write_container_certs
 from localmesh.compose import emit, engine, image
 from localmesh.compose.addresses import parse_subnet
 from localmesh.compose.plan import MeshPlan
-from localmesh.compose.planner import EngineFacts, image_ref, make_plan
+from localmesh.compose.planner import EngineFacts, image_ref, make_plan, relative_position
 from localmesh.compose.project import ComposeProject, compose_command, load_project
 from localmesh.compose.rewrite import MeshService, rewrite
 from localmesh.config import infer_mesh, load_mesh_file
 from localmesh.config.model import MeshConfig
-from localmesh.errors import ComposeError, DockerError, LocalmeshError
+from localmesh.errors import ComposeError, DockerError, Finding, LocalmeshError
 
 STATE_DIR = ".localmesh"
 COMPOSE_FILE = "compose.yaml"
@@ -95,11 +96,13 @@ def generate(
     mesh_file = _mesh_file(options.mesh_file, cwd)
     mesh = load_mesh_file(mesh_file, project) if mesh_file else infer_mesh(project)
     subnet = parse_subnet(options.subnet) if options.subnet else None
-    planned = make_plan(project, mesh, facts or engine_facts(project), subnet=subnet)
-    plan = planned.plan
-
     compose_file = (cwd / options.output) if options.output else cwd / STATE_DIR / COMPOSE_FILE
     state = compose_file.parent
+    planned = make_plan(project, mesh, facts or engine_facts(project), subnet=subnet)
+    plan = dataclasses.replace(
+        planned.plan, warnings=planned.plan.warnings + tuple(_leaky_builds(project, state))
+    )
+    planned = dataclasses.replace(planned, plan=plan)
     files.ensure_private_dir(state)
     ca, ca_created = CertificateAuthority.init()
     certs = write_container_certs(
@@ -121,6 +124,9 @@ def generate(
     document = rewrite(project.model, planned, spec, certs)
     text = emit.dump(document, _header(spec.sources, compose_file, cwd))
     check_with_compose(text, state)
+    _write(
+        state / ".gitignore", "# localmesh generate's output: secrets and keys, never commit\n*\n"
+    )
     changed = False
     changed |= _write(spec.project_file, json.dumps(project.model, indent=2, sort_keys=True) + "\n")
     changed |= _write(spec.plan_file, plan.to_json())
@@ -203,6 +209,32 @@ def check_with_compose(text: str, state: Path) -> None:
             f"Compose rejected the generated project: {last}",
             hint="this is a localmesh bug: please report it with your compose file",
         )
+
+
+def _leaky_builds(project: ComposeProject, state: Path) -> list[Finding]:
+    """Build contexts that would send the state directory (workload keys) to the engine."""
+    out: list[Finding] = []
+    for name, svc in sorted(project.services().items()):
+        build = svc.get("build")
+        context = build.get("context") if isinstance(build, Mapping) else None
+        if not isinstance(context, str) or "://" in context:
+            continue
+        root = Path(context)
+        if not state.is_relative_to(root):
+            continue
+        ignore = root / ".dockerignore"
+        entry = state.relative_to(root).as_posix()
+        if ignore.is_file() and entry in ignore.read_text(encoding="utf-8", errors="replace"):
+            continue
+        out.append(
+            Finding(
+                "build-context",
+                f"the build context of service '{name}' contains {entry}/ (workload keys): "
+                f"add '{entry}' to {_relative(ignore, project.working_dir)}",
+                relative_position(project, "services", name, "build"),
+            )
+        )
+    return out
 
 
 def _mesh_file(given: Path | None, cwd: Path) -> Path | None:

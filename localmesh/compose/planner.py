@@ -99,19 +99,9 @@ class _Planner:
 
     # --- helpers --------------------------------------------------------------------------
 
-    def pos(self, *path: str) -> Position | None:
-        """A position with the file relative to the project, so plans are machine-free."""
-        found = self.project.position_of(*path)
-        if found is None:
-            return None
-        try:
-            rel = Path(found.file).resolve().relative_to(self.project.working_dir)
-        except ValueError:
-            return found
-        return Position(rel.as_posix(), found.line, found.column)
-
     def warn(self, code: str, message: str, *path: str) -> None:
-        self.findings.append(Finding(code, message, self.pos(*path) if path else None))
+        pos = relative_position(self.project, *path) if path else None
+        self.findings.append(Finding(code, message, pos))
 
     def networks_of(self, name: str) -> set[str]:
         nets = self.services[name].get("networks") or {}
@@ -456,6 +446,19 @@ class _Planner:
                     for port in range(int(lo), int(hi or lo) + 1):
                         out.setdefault(port, (name, i))
         return out
+
+
+def relative_position(project: ComposeProject, *path: str) -> Position | None:
+    """Where the user wrote ``path``, the file relative to the project: plans stay
+    machine-free (golden files, the same plan on every checkout)."""
+    found = project.position_of(*path)
+    if found is None:
+        return None
+    try:
+        rel = Path(found.file).resolve().relative_to(project.working_dir)
+    except ValueError:
+        return found
+    return Position(rel.as_posix(), found.line, found.column)
 
 
 def replicas(svc: Mapping[str, Any]) -> int:
