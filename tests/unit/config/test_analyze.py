@@ -1,0 +1,91 @@
+"""Findings for valid but suspicious meshes, each with its code and position."""
+
+from __future__ import annotations
+
+import textwrap
+
+from localmesh.compose.project import ComposeProject
+from localmesh.config import analyze, parse_mesh_text
+from tests.unit.config.conftest import MakeProject
+
+
+def codes(text: str, project: ComposeProject | None = None) -> list[tuple[str, int | None]]:
+    config = parse_mesh_text(textwrap.dedent(text), "mesh.yaml", project)
+    return [(f.code, f.position.line if f.position else None) for f in analyze(config, project)]
+
+
+def test_a_clean_mesh_has_no_findings() -> None:
+    assert codes("services: {api: {ports: [8000]}, web: {ports: [80]}}") == []
+
+
+def test_shadowed_route() -> None:
+    assert codes("""
+        services:
+          api:
+            routes:
+              - {name: api, match: [{path: {prefix: /api}}]}
+              - {name: v2, match: [{path: {prefix: /api/v2}}]}
+    """) == [("shadowed-route", 6)]
+
+
+def test_retry_that_the_timeout_prevents() -> None:
+    assert codes("""
+        services:
+          api:
+            timeout: 1s
+            routes:
+              - {name: slow, retries: {attempts: 2, per_try_timeout: 1s}}
+    """) == [("retry-after-timeout", 6)]
+
+
+def test_deny_all_and_the_unreachable_service_it_makes() -> None:
+    assert codes("""
+        services: {api: {ports: [8000]}, web: {ports: [80]}}
+        policies:
+          - {name: lockdown, action: deny, to: [api]}
+    """) == [("deny-all", 4), ("unreachable-service", 2)]
+
+
+def test_allow_listing_nobody_who_can_call() -> None:
+    assert codes("""
+        services: {api: {ports: [8000]}, web: {ports: [80]}}
+        policies:
+          - {name: only-alice, to: [api], from: ["client:alice"]}
+    """) == [("unreachable-service", 2)]
+    # the same with the ingress leading to it: reachable through the gateway? only if allowed
+    assert (
+        codes("""
+        services: {api: {ports: [8000]}, web: {ports: [80]}}
+        policies:
+          - {name: only-ingress, to: [api], from: [ingress]}
+        ingress:
+          hosts: [{host: api.localhost, routes: [{route: api}]}]
+    """)
+        == []
+    )
+
+
+def test_network_isolation_in_compose(make_project: MakeProject) -> None:
+    project = make_project(
+        web={"image": "nginx", "networks": {"front": None}},
+        api={"expose": ["8000"], "networks": {"back": None}},
+        published={"ports": [{"target": 80, "published": "8080"}], "networks": {"x": None}},
+    )
+    assert codes("", project) == [("unreachable-service", None)]  # api: no peer, no ingress
+
+
+def test_compose_findings(make_project: MakeProject) -> None:
+    project = make_project(
+        dns={"ports": [{"target": 53, "protocol": "udp"}]},
+        metrics={"image": "x", "network_mode": "host"},
+    )
+    assert codes("", project) == [("udp-upstream", None), ("unmeshed-network-mode", None)]
+
+
+def test_subset_without_endpoints() -> None:
+    assert codes("""
+        services:
+          api:
+            endpoints: [{host: 127.0.0.1, port: 8001, labels: {version: v1}}]
+            subsets: {v1: {version: v1}, v2: {version: v2}}
+    """) == [("empty-subset", 3)]
