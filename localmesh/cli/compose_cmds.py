@@ -1,18 +1,24 @@
-"""Commands: generate, up, down (up/down are stubs until their part of the issue lands)."""
+"""Commands: generate, up, down."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
+from rich.status import Status
 from rich.table import Table
 
 from localmesh.cli.config_cmds import EnvFiles, Files, Json, MeshIn, Profiles, ProjectName
 from localmesh.cli.output import console, err_console, print_json
+from localmesh.compose import lifecycle
 from localmesh.compose.generate import GenerateOptions, GenerateResult, generate
-from localmesh.errors import LocalmeshError
 
 Output = Annotated[
     Path | None,
@@ -120,12 +126,185 @@ def register(app: typer.Typer) -> None:
             return
         _show(result, cwd.resolve())
 
-    @app.command("up")
-    def _up() -> None:
-        """Not implemented yet."""
-        raise LocalmeshError("'up' is not implemented yet")
+    app.command(
+        "up",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(_up)
+    app.command("down")(_down)
 
-    @app.command("down")
-    def _down() -> None:
-        """Not implemented yet."""
-        raise LocalmeshError("'down' is not implemented yet")
+
+# --- up / down -----------------------------------------------------------------------------
+
+
+Detach = Annotated[bool, typer.Option("-d", "--detach", help="Return once everything is ready.")]
+Timeout = Annotated[
+    float, typer.Option("--timeout", metavar="SECONDS", help="How long to wait for readiness.")
+]
+Volumes = Annotated[bool, typer.Option("-v", "--volumes", help="Also remove named volumes.")]
+
+
+def _up(
+    ctx: typer.Context,
+    *,
+    files: Files = None,
+    env_files: EnvFiles = None,
+    project_name: ProjectName = None,
+    profiles: Profiles = None,
+    mesh: MeshIn = None,
+    output: Output = None,
+    base_image: BaseImage = None,
+    subnet: Subnet = None,
+    detach: Detach = False,
+    timeout: Timeout = 180.0,
+) -> None:
+    """Mesh the compose project here, start it, and wait until every service is ready.
+
+    Arguments it does not know go to `docker compose up`. In the foreground it shows the
+    status until Ctrl-C, then stops the project.
+
+    Examples:
+
+      localmesh up -d
+
+      localmesh up -d --build --scale api=3
+    """
+    options = lifecycle.UpOptions(
+        generate=GenerateOptions(
+            files=tuple(files or ()),
+            env_files=tuple(env_files or ()),
+            project_name=project_name,
+            profiles=tuple(profiles or ()),
+            mesh_file=mesh,
+            output=output,
+            base_image=base_image,
+            subnet=subnet,
+        ),
+        compose_args=tuple(ctx.args),
+        timeout=timeout,
+    )
+    with RichUi(console) as ui:
+        result = lifecycle.up(options, ui)
+    _print_up(result)
+    if detach:
+        console.print("stop it with [bold]localmesh down[/]")
+        return
+    _follow(result)
+
+
+def _down(*, output: Output = None, profiles: Profiles = None, volumes: Volumes = False) -> None:
+    """Stop and remove what `localmesh up` started: containers, networks (-v: volumes)."""
+    options = lifecycle.DownOptions(output=output, profiles=tuple(profiles or ()), volumes=volumes)
+    with RichUi(console) as ui:
+        removed = lifecycle.down(options, ui)
+    console.print(f"removed {len(removed)} containers and networks", highlight=False)
+
+
+class RichUi:
+    """A spinner for waits and a progress bar for the image build, one at a time."""
+
+    def __init__(self, out: Console) -> None:
+        self.console = out
+        self._status: Status | None = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> RichUi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def waiting(self, text: str) -> None:
+        self._stop_progress()
+        if self._status is None:
+            self._status = self.console.status(text)
+            self._status.start()
+        else:
+            self._status.update(text)
+
+    def note(self, text: str) -> None:
+        self.console.print(text)
+
+    def build_progress(self) -> RichUi:
+        return self
+
+    def phase(self, text: str) -> None:
+        self._bar().update(self._task_id(), description=text)
+
+    def step(self, done: int, total: int, text: str) -> None:
+        self._bar().update(
+            self._task_id(), completed=done, total=total, description=f"mesh image: {text}"
+        )
+
+    def _bar(self) -> Progress:
+        if self._progress is None:
+            self._stop_status()
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("mesh image", total=None)
+        return self._progress
+
+    def _task_id(self) -> TaskID:
+        assert self._task is not None
+        return self._task
+
+    def _stop_status(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def _stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._task = None
+
+    def _stop(self) -> None:
+        self._stop_status()
+        self._stop_progress()
+
+
+def _status_table(containers: Sequence[lifecycle.ContainerState]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("service", "containers", "status"):
+        table.add_column(column)
+    by_service: dict[str, list[lifecycle.ContainerState]] = {}
+    for c in containers:
+        by_service.setdefault(c.service, []).append(c)
+    for service, group in sorted(by_service.items()):
+        statuses = sorted({c.status for c in group})
+        ok = all(c.ready for c in group)
+        table.add_row(
+            service, str(len(group)), ("[green]" if ok else "[yellow]") + ", ".join(statuses)
+        )
+    return table
+
+
+def _print_up(result: lifecycle.UpResult) -> None:
+    plan = result.generated.plan
+    built = ", mesh image built" if result.image_built else ""
+    console.print(f"[bold green]{plan.project}[/] is up in {result.took:.1f}s{built}")
+    for url in result.ingress_urls:
+        console.print(f"  ingress  {url}")
+    console.print(f"  admin    {result.admin_url}")
+    console.print(_status_table(result.containers))
+
+
+def _follow(result: lifecycle.UpResult) -> None:
+    """Show the live status until Ctrl-C, then stop the project (as `docker compose up` does)."""
+    try:
+        with Live(_status_table(result.containers), console=console, refresh_per_second=1) as live:
+            while True:
+                time.sleep(2)
+                live.update(_status_table(result.runner.ps()))
+    except KeyboardInterrupt:
+        console.print("stopping (Ctrl-C again to leave it running)...")
+        result.runner.check("stop")
+        console.print("stopped; `localmesh down` removes the containers and networks")
