@@ -84,7 +84,7 @@ def test_readme_flavour() -> None:
     assert route.fault.abort.percent == 5.0
     assert route.position is not None
     assert route.position.line == 8
-    assert route.position.column == 11
+    assert route.position.column == 9
     assert svc(config, "db").ports == (PortSpec(5432, Protocol.POSTGRES),)
     (policy,) = config.policies
     assert (policy.action, policy.to, policy.sources) == (PolicyAction.ALLOW, ("db",), ("api",))
