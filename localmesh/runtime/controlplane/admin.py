@@ -109,7 +109,8 @@ class AdminApi:
         self.metrics = metrics
         self.access_log = access_log
         self.sampler = sampler or TrafficSampler(metrics)
-        self.stopping = asyncio.Event()
+        self.draining = False  # set at shutdown: /readyz turns 503 while requests drain
+        self._streams: set[asyncio.Task[Any]] = set()  # /events and /logs?follow handlers
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 
@@ -147,7 +148,9 @@ class AdminApi:
         return self.address
 
     async def stop(self) -> None:
-        self.stopping.set()
+        """Close streams first: a server cannot finish shutting down under open ones."""
+        for task in list(self._streams):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -155,6 +158,8 @@ class AdminApi:
     # -- readiness ------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down: draining in-flight requests"
         snapshot = self.plane.snapshot
         if snapshot is None:
             return False, "no active snapshot"
@@ -254,25 +259,32 @@ class AdminApi:
         )
         await response.prepare(request)
         await response.write(b": localmesh events\n\n")
-        stream = self.plane.events.subscribe(after=after)
+        subscription = self.plane.events.subscribe(after=after)
+        self._track()
         try:
-            while not self.stopping.is_set():
+            while True:
                 try:
-                    event = await asyncio.wait_for(anext(stream), KEEPALIVE_SECONDS)
+                    event = await asyncio.wait_for(subscription.next(), KEEPALIVE_SECONDS)
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
-                except StopAsyncIteration:
+                if event is None:
                     break
                 data = json.dumps(event.as_dict(), separators=(",", ":"))
                 await response.write(
                     f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n".encode()
                 )
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away
         finally:
-            await stream.aclose()
+            subscription.close()
         return response
+
+    def _track(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
+            task.add_done_callback(self._streams.discard)
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
         query = request.query
@@ -281,7 +293,7 @@ class AdminApi:
         except ValueError:
             return web.json_response({"error": "limit must be an integer"}, status=400)
         match = record_filter(query.get("service") or None, query.get("status") or None)
-        records = self.access_log.recent(limit=max(limit, 0), match=match)
+        records = self.access_log.recent(limit=limit, match=match) if limit > 0 else []
         if query.get("follow") not in ("1", "true", "yes"):
             return web.json_response({"records": records})
         return await self._follow_logs(request, records, match)
@@ -298,18 +310,19 @@ class AdminApi:
                 queue.put_nowait(record)
 
         unsubscribe = self.access_log.subscribe(deliver)
+        self._track()
         try:
             for record in backlog:
                 await response.write(_line(record))
-            while not self.stopping.is_set():
+            while True:
                 try:
                     record = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
                 except TimeoutError:
                     await response.write(b"\n")  # keeps proxies and the CLI's read alive
                     continue
                 await response.write(_line(record))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away
         finally:
             unsubscribe()
         return response

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,21 +57,46 @@ class EventBus:
                 queue.get_nowait()
             queue.put_nowait(None)
 
-    async def subscribe(self, after: int | None = None) -> AsyncGenerator[Event, None]:
+    def subscribe(self, after: int | None = None) -> Subscription:
         """Events from now on; with ``after``, first those in history newer than it."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue(self._queue_size)
         self._queues.add(queue)
-        try:
-            last = 0
-            if after is not None:
-                for event in self.recent(after):
-                    last = event.id
-                    yield event
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if item.id > last:
-                    yield item
-        finally:
-            self._queues.discard(queue)
+        backlog = self.recent(after) if after is not None else []
+        return Subscription(self, queue, backlog)
+
+
+class Subscription:
+    """One subscriber's view; ``next()`` is safe to cancel (e.g. by a keep-alive timeout)."""
+
+    def __init__(
+        self, bus: EventBus, queue: asyncio.Queue[Event | None], backlog: list[Event]
+    ) -> None:
+        self._bus = bus
+        self._queue = queue
+        self._backlog = deque(backlog)
+        self._last = backlog[-1].id if backlog else 0
+
+    async def next(self) -> Event | None:
+        """The next event, or None once the bus is closed."""
+        if self._backlog:
+            return self._backlog.popleft()
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return None
+            if item.id > self._last:  # already delivered from the backlog otherwise
+                self._last = item.id
+                return item
+
+    def close(self) -> None:
+        self._bus._queues.discard(self._queue)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self.next()
+        if event is None:
+            self.close()
+            raise StopAsyncIteration
+        return event

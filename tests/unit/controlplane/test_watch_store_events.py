@@ -7,6 +7,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from localmesh.compose.project import ComposeProject
 from localmesh.runtime.controlplane.compile import Inputs
 from localmesh.runtime.controlplane.events import EventBus
@@ -84,29 +86,30 @@ async def test_event_bus_delivers_history_then_live_events() -> None:
     for i in range(5):
         bus.emit("tick", n=i)
     assert [e.data["n"] for e in bus.recent()] == [2, 3, 4]
-    got: list[int] = []
-
-    async def consume() -> None:
-        async for event in bus.subscribe(after=3):
-            got.append(event.data["n"])
-
-    task = asyncio.create_task(consume())
-    await asyncio.sleep(0)
+    subscription = bus.subscribe(after=3)
     bus.emit("tick", n=5)
-    await asyncio.sleep(0)
     bus.close()
-    await asyncio.wait_for(task, 1)
-    assert got == [3, 4, 5]
+    assert [e.data["n"] async for e in subscription] == [3, 4, 5]  # ids 4, 5, 6
+
+
+async def test_next_survives_cancellation_for_keepalives() -> None:
+    bus = EventBus()
+    subscription = bus.subscribe()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(subscription.next(), 0.01)
+    bus.emit("late")
+    event = await asyncio.wait_for(subscription.next(), 1)
+    assert event is not None
+    assert event.type == "late"
+    subscription.close()
+    bus.emit("unseen")
+    assert bus._queues == set()
 
 
 async def test_a_slow_subscriber_loses_its_oldest_events_only() -> None:
     bus = EventBus(queue_size=2)
-    agen = bus.subscribe()
-    first = asyncio.ensure_future(agen.__anext__())
-    await asyncio.sleep(0)
+    subscription = bus.subscribe()
     for i in range(4):
         bus.emit("e", n=i)
-    assert (await first).data["n"] == 2
-    assert (await agen.__anext__()).data["n"] == 3
-    bus.close()
-    assert [e.data["n"] async for e in agen] == []
+    bus.close()  # the close marker also displaces the oldest queued event
+    assert [e.data["n"] async for e in subscription] == [3]
