@@ -77,7 +77,9 @@ def failure_reason(exc: BaseException) -> str:
             "NO_APPLICATION_PROTOCOL": "no ALPN protocol in common (we speak http/1.1)",
         }
         return known.get(reason, f"TLS error {reason}")
-    if isinstance(exc, TimeoutError):
+    # asyncio's and uvloop's SSL protocols abort a slow handshake with this error and text.
+    timed_out = isinstance(exc, ConnectionAbortedError) and "taking longer" in str(exc)
+    if timed_out or isinstance(exc, TimeoutError):
         return "TLS handshake timed out"
     if isinstance(exc, ConnectionError | EOFError):
         return "client closed the connection during the handshake"
@@ -274,6 +276,9 @@ class TLSListener:
             # The transport owns (and has closed) the socket now; closing it here could
             # close a descriptor number the loop already reused.
             self._count(peer, hello.sni, reason)
+            return
+        except Exception:  # a bug in the protocol: log it, keep the listener serving
+            log.exception("ingress: failed to start serving %s (sni=%s)", peer, hello.sni)
             return
         self.stats["handshakes"] += 1
         took = 1e3 * (time.monotonic() - started)

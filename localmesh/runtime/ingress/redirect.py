@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 import httptools
 
@@ -36,8 +37,7 @@ class RedirectProtocol(asyncio.Protocol):
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._header_timeout, self._answer, 408, b"")
 
