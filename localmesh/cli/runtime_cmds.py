@@ -80,8 +80,11 @@ def register(app: typer.Typer) -> None:
     def _run(
         *,
         mesh: Annotated[
-            Path, typer.Option("--mesh", metavar="PATH", help="The mesh.yaml to serve.")
-        ] = Path("mesh.yaml"),
+            Path | None,
+            typer.Option(
+                "--mesh", metavar="PATH", help="The mesh.yaml to serve (default ./mesh.yaml)."
+            ),
+        ] = None,
         state_dir: Annotated[
             Path | None,
             typer.Option(
@@ -110,10 +113,30 @@ def register(app: typer.Typer) -> None:
         drain: Annotated[
             str, typer.Option("--drain-timeout", help="Wait this long for in-flight requests.")
         ] = "5s",
+        container: Annotated[
+            bool,
+            typer.Option(
+                "--container",
+                help="Container mode (inside the mesh container `localmesh up` adds).",
+            ),
+        ] = False,
+        plan: Annotated[
+            Path | None,
+            typer.Option("--plan", metavar="PATH", help="Container mode: generate's plan.json."),
+        ] = None,
+        project: Annotated[
+            Path | None,
+            typer.Option(
+                "--project",
+                metavar="PATH",
+                help="Container mode: the normalised project (default: project.json beside "
+                "the plan).",
+            ),
+        ] = None,
     ) -> None:
         """Run the mesh runtime in host mode: listeners, control plane, admin API.
 
-        Upstreams are the static `endpoints` in mesh.yaml; no Docker needed. Edits to
+        Host mode: upstreams are the static `endpoints` in mesh.yaml; no Docker needed. Edits to
         mesh.yaml apply live; a bad edit is rejected and traffic stays on the last good
         config. SIGHUP reloads now; SIGTERM/Ctrl-C drains and stops (twice: at once).
 
@@ -129,10 +152,18 @@ def register(app: typer.Typer) -> None:
             drain_timeout = parse_duration(drain)
         except ValueError as exc:
             raise LocalmeshError(f"--drain-timeout: {exc}", hint="e.g. 5s, 500ms") from None
+        if container and plan is None:
+            from localmesh.compose.rewrite import CONTAINER_PLAN
+
+            plan = Path(CONTAINER_PLAN)
+        if plan is None and mesh is None:
+            mesh = Path("mesh.yaml")
         if logging.getLogger().level > logging.INFO:
             logging.getLogger("localmesh").setLevel(logging.INFO)
         options = RunOptions(
             mesh=mesh,
+            plan=plan,
+            project=project,
             state_dir=state_dir,
             admin=admin,
             access_log=access_log,

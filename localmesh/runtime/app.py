@@ -1,5 +1,9 @@
 """The one runtime process (``localmesh run``): control plane + data plane + admin API.
 
+Host mode serves one mesh.yaml with static endpoints. Container mode (``--plan``, inside
+the mesh container ``localmesh up`` adds) first takes over the plan's VIPs
+(``runtime/container.py``), then discovers endpoints and callers through Docker's DNS.
+
 Start order: load the inputs (or the persisted last good ones) → build metrics and the
 access log from the mesh settings → bind the admin API (``/readyz`` says "not ready" until
 listeners are up) → the control plane applies the first snapshot to the data plane →
@@ -25,12 +29,13 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from localmesh.errors import RuntimeStartError
+from localmesh.runtime.container import INTERCEPT_PORT, DnsDiscovery, load_plan, setup_network
 from localmesh.runtime.controlplane.admin import AdminApi
 from localmesh.runtime.controlplane.compile import parse_listen
 from localmesh.runtime.controlplane.events import EventBus
 from localmesh.runtime.controlplane.lastgood import LastGoodStore
 from localmesh.runtime.controlplane.plane import ControlPlane, Source, load_initial
-from localmesh.runtime.controlplane.sources import MeshFileSource
+from localmesh.runtime.controlplane.sources import ContainerSource, MeshFileSource
 from localmesh.runtime.snapshot import Snapshot
 from localmesh.runtime.telemetry import AccessLog, MeshMetrics
 
@@ -59,18 +64,42 @@ def default_dataplane(metrics: MeshMetrics, access_log: AccessLog) -> DataPlane:
     return dataplane
 
 
+CONTAINER_STATE_DIR = Path("/var/lib/localmesh")
+
+
 @dataclass(frozen=True, slots=True)
 class RunOptions:
-    mesh: Path
+    """``localmesh run``'s flags. Host mode: ``mesh``. Container mode: ``plan`` (and
+    ``project``, default beside it; ``mesh`` optional: inferred from the project)."""
+
+    mesh: Path | None
     state_dir: Path | None = None  # default: .localmesh/ beside mesh.yaml
     admin: str | None = None  # "host:port"; default: mesh.admin_bind:admin_port
     access_log: str = "-"  # "-" stdout, "off" (ring buffer only), or a file (appended)
     drain_timeout: float = 5.0
     poll_interval: float = 0.25
+    plan: Path | None = None  # container mode when set
+    project: Path | None = None
+
+    @property
+    def container(self) -> bool:
+        return self.plan is not None
 
     @property
     def resolved_state_dir(self) -> Path:
-        return self.state_dir or self.mesh.absolute().parent / ".localmesh"
+        if self.state_dir is not None:
+            return self.state_dir
+        if self.container or self.mesh is None:
+            return CONTAINER_STATE_DIR
+        return self.mesh.absolute().parent / ".localmesh"
+
+    def source(self) -> Source:
+        if self.plan is not None:
+            project = self.project or self.plan.parent / "project.json"
+            return ContainerSource(self.plan, project, self.mesh, INTERCEPT_PORT)
+        if self.mesh is None:
+            raise RuntimeStartError("host mode needs --mesh PATH", hint="or pass --plan")
+        return MeshFileSource(self.mesh)
 
 
 class Runtime:
@@ -82,7 +111,7 @@ class Runtime:
         source: Source | None = None,
     ) -> None:
         self.options = options
-        self.source = source or MeshFileSource(options.mesh)
+        self.source = source or options.source()
         self.events = EventBus()
         self.store = LastGoodStore(options.resolved_state_dir)
         self._dataplane_factory = dataplane_factory
@@ -90,6 +119,7 @@ class Runtime:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._sink: TextIO | None = None
+        self.discovery: DnsDiscovery | None = None
         self.metrics: MeshMetrics | None = None
         self.access_log: AccessLog | None = None
         self.dataplane: DataPlane | None = None
@@ -103,8 +133,18 @@ class Runtime:
         self.metrics = MeshMetrics(settings.name, settings.trust_domain)
         # "--access-log off" silences the output only: `localmesh logs` still has records
         self.access_log = AccessLog(self._open_sink(), enabled=settings.access_log)
+        plan = load_plan(self.options.plan) if self.options.plan is not None else None
+        if plan is not None:
+            # VIPs before listeners: the data plane binds VIP:port
+            await asyncio.to_thread(setup_network, plan, INTERCEPT_PORT)
+            self.discovery = DnsDiscovery(plan)
         self.dataplane = self._dataplane_factory(self.metrics, self.access_log)
-        admin_text = self.options.admin or f"{settings.admin_bind}:{settings.admin_port}"
+        default_admin = (
+            f"0.0.0.0:{plan.published.admin}"  # published on the host's 127.0.0.1 by compose
+            if plan is not None
+            else f"{settings.admin_bind}:{settings.admin_port}"
+        )
+        admin_text = self.options.admin or default_admin
         try:
             admin_host, admin_port = parse_listen(admin_text)
         except ValueError as exc:
@@ -123,11 +163,15 @@ class Runtime:
         self.admin = AdminApi(self.plane, self.dataplane, self.metrics, self.access_log)
         try:
             await self.admin.start(admin_host, admin_port)
+            if self.discovery is not None:
+                self.plane.discovered = await self.discovery.resolve_once()
             await self.plane.start(initial)
         except BaseException:
             await self._teardown(drain_timeout=0)
             raise
         self._spawn(self.plane.watch_forever(), "watch")
+        if self.discovery is not None:
+            self._spawn(self.discovery.run(self.plane.update_discovered), "discovery")
         self._spawn(self.access_log.run(), "access-log")
         self._spawn(self.admin.sampler.run(), "sampler")
 

@@ -16,7 +16,9 @@ Two modes, chosen by the inputs:
 - **container mode** (a compose project): endpoints come from discovery (every A record of
   the service name inside the mesh container) unless the service lists static ones, a
   listener binds the service's virtual IP on the service's own port, and callers are
-  known by source IP (``Discovered.sources``).
+  known by source IP (``Discovered.sources``). A service the plan gave no VIP (nobody
+  calls it by name) gets no listener; upstreams whose ports are unknown are served by one
+  ``intercept`` listener that the VIP range's other ports are redirected to.
 """
 
 from __future__ import annotations
@@ -28,11 +30,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from localmesh.compose.project import ComposeProject
-from localmesh.config.model import Destination, MatchKind, MeshConfig, Mirror, Route, Service
+from localmesh.config.model import (
+    Destination,
+    MatchKind,
+    MeshConfig,
+    Mirror,
+    Protocol,
+    Route,
+    Service,
+)
 from localmesh.errors import ConfigError, Position, Problem
 from localmesh.runtime.snapshot import Endpoint, ListenerSpec, Snapshot
 
 HOST_MODE_BIND = "127.0.0.1"
+INTERCEPT_LISTENER = "intercept"
 HOST_MODE_PORT_OFFSET = 10000
 
 
@@ -51,6 +62,7 @@ class Inputs:
     config: MeshConfig
     project: ComposeProject | None = None
     vips: Mapping[str, str] = field(default_factory=dict)  # service -> VIP (container mode)
+    intercept_port: int | None = None  # container mode: catch-all for VIPs' unknown ports
 
     @property
     def host_mode(self) -> bool:
@@ -134,8 +146,7 @@ def _listeners(inputs: Inputs, problems: list[Problem]) -> list[ListenerSpec]:
             else:
                 vip = inputs.vips.get(svc.name)
                 if vip is None:
-                    problems.append(_problem(f"{name}: no virtual IP planned", svc.position))
-                    continue
+                    continue  # the plan gave it no VIP: nobody calls it by name
                 host, port = vip, spec.port
             out.append(
                 ListenerSpec(
@@ -147,6 +158,18 @@ def _listeners(inputs: Inputs, problems: list[Problem]) -> list[ListenerSpec]:
                     bind_port=port,
                 )
             )
+    if not inputs.host_mode and inputs.intercept_port:
+        out.append(
+            ListenerSpec(
+                name=INTERCEPT_LISTENER,
+                service="*",
+                port=0,
+                protocol=Protocol.TCP,
+                bind_host="0.0.0.0",
+                bind_port=inputs.intercept_port,
+                intercept=True,
+            )
+        )
     return out
 
 

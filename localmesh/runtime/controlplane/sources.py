@@ -1,14 +1,20 @@
 """Where the control plane reads its inputs from.
 
 ``MeshFileSource`` is host mode: one mesh.yaml with static endpoints, no compose project.
+``ContainerSource`` is the mesh container of ``localmesh up``: plan.json + project.json
+from ``generate`` (mounted under /etc/localmesh) and mesh.yaml if the project has one.
 Loading runs in a worker thread (``asyncio.to_thread``), so it may block on file I/O.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from localmesh.config import load_mesh_file
+from localmesh.compose.project import ComposeProject
+from localmesh.config import infer_mesh, load_mesh_file
+from localmesh.errors import ConfigError, Problem
+from localmesh.runtime.container import load_plan
 from localmesh.runtime.controlplane.compile import Inputs
 from localmesh.runtime.controlplane.plane import Loaded, config_files
 
@@ -27,3 +33,52 @@ class MeshFileSource:
         config = load_mesh_file(self.path)
         files = {self.path, *(p.absolute() for p in config_files(config))}
         return Loaded(Inputs(config), tuple(sorted(files)))
+
+
+class ContainerSource:
+    """Container mode: the plan and normalised project ``generate`` wrote, and mesh.yaml
+    (or, without one, the mesh inferred from the project)."""
+
+    def __init__(self, plan: Path, project: Path, mesh: Path | None, intercept_port: int) -> None:
+        self.plan_path = plan.absolute()
+        self.project_path = project.absolute()
+        self.mesh_path = mesh.absolute() if mesh else None
+        self.intercept_port = intercept_port
+        self.label = self.mesh_path.name if self.mesh_path else "inferred mesh"
+
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(p for p in (self.mesh_path, self.plan_path, self.project_path) if p)
+
+    def load(self) -> Loaded:
+        plan = load_plan(self.plan_path)
+        project = load_project_json(self.project_path)
+        if self.mesh_path is not None:
+            config = load_mesh_file(self.mesh_path, project)
+        else:
+            config = infer_mesh(project)
+        files = {*self.paths(), *(p.absolute() for p in config_files(config))}
+        inputs = Inputs(
+            config,
+            project,
+            vips={u.service: u.vip for u in plan.upstreams},
+            intercept_port=self.intercept_port
+            if any(u.unknown_ports for u in plan.upstreams)
+            else None,
+        )
+        return Loaded(inputs, tuple(sorted(files)))
+
+
+def load_project_json(path: Path) -> ComposeProject:
+    """The normalised compose model ``generate`` saved (Compose's own JSON)."""
+    try:
+        model = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            Problem(f"cannot read the normalised compose project {path}: {exc}"),
+            hint="regenerate it with `localmesh generate`",
+        ) from None
+    if not isinstance(model, dict):
+        raise ConfigError(Problem(f"{path} is not a compose project"))
+    return ComposeProject(
+        name=str(model.get("name", "")), working_dir=path.parent, files=(path,), model=model
+    )

@@ -249,6 +249,9 @@ def test_container_mode_uses_discovery_vips_and_sources() -> None:
     bad = Discovered(sources={"172.20.0.8": "ghost"})
     with pytest.raises(ConfigError, match="unknown service 'ghost'"):
         compile_snapshot(inputs, bad, version=1, origin="t")
-    no_vip = Inputs(MeshConfig(services=(api,)), project)
-    with pytest.raises(ConfigError, match="no virtual IP planned"):
-        compile_snapshot(no_vip, version=1, origin="t")
+    # no VIP: nobody calls it by name, so no listener; the intercept listener when asked
+    no_vip = Inputs(MeshConfig(services=(api,)), project, intercept_port=15001)
+    listeners = compile_snapshot(no_vip, version=1, origin="t").listeners
+    assert [(lst.name, lst.bind_host, lst.bind_port, lst.intercept) for lst in listeners] == [
+        ("intercept", "0.0.0.0", 15001, True)
+    ]
