@@ -18,6 +18,8 @@ is the one place that runs Compose.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -150,14 +152,47 @@ def classify_failure(stderr: str, command: str = "docker compose up") -> Localme
         return port_taken_error(host, int(port))
     pool = _POOL.search(stderr)
     if pool:
-        return DockerError(
-            f"the network {pool.group('net')} overlaps a network Docker already has",
-            hint="change its subnet in your compose file, or remove the other network "
-            "(docker network ls; docker network inspect NAME)",
-        )
+        return _overlap(pool.group("net"))
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     last = lines[-1] if lines else "(no output)"
     return ComposeError(f"{command} failed: {last}", hint=_tail_hint(lines))
+
+
+def overlap_error(client: Any, generated: GenerateResult, network: str) -> DockerError:
+    """Name the existing network that a user network's declared subnet collides with."""
+    declared: list[ipaddress.IPv4Network] = []
+    for key, net in generated.project.networks().items():
+        if net.get("name", key) == network or key == network:
+            for pool in (net.get("ipam") or {}).get("config") or ():
+                with contextlib.suppress(ValueError, TypeError):
+                    declared.append(ipaddress.IPv4Network(pool.get("subnet")))
+    clashes: list[str] = []
+    with contextlib.suppress(docker.errors.DockerException):
+        for other in client.networks.list():
+            for pool in (other.attrs.get("IPAM") or {}).get("Config") or ():
+                with contextlib.suppress(ValueError, TypeError):
+                    subnet = ipaddress.ip_network(pool.get("Subnet"))
+                    if any(subnet.overlaps(d) for d in declared if subnet.version == 4):
+                        clashes.append(f"{other.name} ({subnet})")
+    if not clashes:
+        return _overlap(network)
+    mine = ", ".join(str(d) for d in declared)
+    return _overlap(
+        f"{network} ({mine})",
+        f"the existing network {', '.join(clashes)}",
+        f"docker network rm {clashes[0].split()[0]}",
+    )
+
+
+def _overlap(
+    network: str,
+    other: str = "a network Docker already has",
+    remove: str = "docker network ls; docker network inspect NAME",
+) -> DockerError:
+    return DockerError(
+        f"the network {network} overlaps {other}",
+        hint=f"change its subnet in your compose file, or remove the other network ({remove})",
+    )
 
 
 def port_taken_error(host: str, port: int) -> DockerError:
@@ -307,6 +342,9 @@ def up(options: UpOptions, ui: Ui) -> UpResult:
         if unhealthy:
             reason = f"failed: {unhealthy.group(0)}"
             raise not_ready_error(runner, runner.ps(), runner.services(), reason)
+        pool = _POOL.search(out)
+        if pool:
+            raise overlap_error(client, generated, pool.group("net"))
         raise classify_failure(out)
     containers = wait_ready(runner, ui, deadline, options.timeout)
     return UpResult(generated, runner, tuple(containers), built, time.monotonic() - started)

@@ -1,0 +1,171 @@
+"""`localmesh up` / `down` failures on a real engine, through the real CLI.
+
+Each failure must come back as one user error with a hint (no traceback), and an `up` that
+failed before starting anything must leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.services import free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+LOCALMESH = [sys.executable, "-m", "localmesh.cli.main"]
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def localmesh(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Run:
+    done = subprocess.run(
+        [*LOCALMESH, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=300,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def project_containers(name: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={name}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_engine: str) -> Path:
+    monkeypatch.setenv("LOCALMESH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LOCALMESH_BASE_IMAGE", docker_engine)
+    return tmp_path / "home"
+
+
+def write_project(root: Path, name: str, base: str, extra: str = "", mesh: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "compose.yaml").write_text(
+        f"name: {name}\n"
+        "services:\n"
+        "  app:\n"
+        f"    image: {base}\n"
+        '    command: ["python3", "-m", "http.server", "8000"]\n'
+        "    expose: ['8000']\n" + extra
+    )
+    if mesh:
+        (root / "mesh.yaml").write_text(mesh)
+    return root
+
+
+def test_no_engine_says_how_to_start_one(tmp_path: Path, home: Path, docker_engine: str) -> None:
+    root = write_project(tmp_path / "p", "lmnoengine", docker_engine)
+    run = localmesh(root, "up", "-d", env={"DOCKER_HOST": f"unix://{tmp_path}/no.sock"})
+    assert run.code == 3, run.err
+    assert "error: no Docker engine answers at unix://" in run.err
+    assert "hint: start the engine" in run.err
+    assert "Traceback" not in run.err
+
+
+def test_a_taken_host_port_is_named_and_nothing_starts(
+    tmp_path: Path, home: Path, docker_engine: str
+) -> None:
+    name = f"lmport{secrets.token_hex(3)}"
+    admin = free_port()
+    root = write_project(
+        tmp_path / "p", name, docker_engine, mesh=f"mesh:\n  name: {name}\n  admin_port: {admin}\n"
+    )
+    with socket.create_server(("127.0.0.1", admin)):
+        run = localmesh(root, "up", "-d")
+    assert run.code == 3, run.err
+    assert f"error: port 127.0.0.1:{admin} is already taken on this host" in run.err
+    assert f"sport = :{admin}" in run.err
+    assert project_containers(name) == []
+
+
+@pytest.fixture
+def taken_network() -> Iterator[str]:
+    name = f"lmtest-taken-{secrets.token_hex(3)}"
+    subprocess.run(
+        ["docker", "network", "create", "--subnet", "10.99.160.0/24", name],
+        capture_output=True,
+        check=True,
+    )
+    yield "10.99.160.0/24"
+    subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
+
+
+def test_a_user_network_whose_subnet_collides_is_named(
+    tmp_path: Path, home: Path, docker_engine: str, taken_network: str
+) -> None:
+    name = f"lmnet{secrets.token_hex(3)}"
+    root = write_project(
+        tmp_path / "p",
+        name,
+        docker_engine,
+        extra="    networks: [back]\n"
+        "networks:\n"
+        "  back:\n"
+        f"    ipam: {{config: [{{subnet: '{taken_network}'}}]}}\n",
+    )
+    try:
+        run = localmesh(root, "up", "-d", "--timeout", "60")
+        assert run.code in (2, 3), run.err
+        assert "overlaps" in run.err
+        assert f"the network {name}_back (10.99.160.0/24) overlaps the existing network" in run.err
+        assert "docker network rm lmtest-taken-" in run.err
+        assert "Traceback" not in run.err
+    finally:
+        localmesh(root, "down")
+    assert project_containers(name) == []
+
+
+def test_a_service_that_never_gets_healthy_is_reported_with_its_log(
+    tmp_path: Path, home: Path, docker_engine: str
+) -> None:
+    name = f"lmslow{secrets.token_hex(3)}"
+    admin = free_port()
+    root = write_project(
+        tmp_path / "p",
+        name,
+        docker_engine,
+        extra="  stuck:\n"
+        f"    image: {docker_engine}\n"
+        "    command: ['sh', '-c', 'echo warming up forever; sleep 600']\n"
+        "    healthcheck: {test: ['CMD', 'false'], interval: 1s, retries: 1000}\n",
+        mesh=f"mesh:\n  name: {name}\n  admin_port: {admin}\n",
+    )
+    try:
+        run = localmesh(root, "up", "-d", "--timeout", "25")
+        assert run.code == 3, run.err
+        assert "not ready after 25s" in run.err
+        assert f"{name}-stuck-1: running (starting)" in run.err or "stuck (starting)" in run.err
+        assert "warming up forever" in run.err
+    finally:
+        down = localmesh(root, "down")
+    assert down.code == 0, down.err
+    assert project_containers(name) == []
+
+
+def test_down_without_up_says_there_is_nothing_to_stop(tmp_path: Path, home: Path) -> None:
+    run = localmesh(tmp_path, "down")
+    assert run.code == 2
+    assert "nothing to stop: .localmesh/compose.yaml does not exist" in run.err
