@@ -188,7 +188,9 @@ def register(app: typer.Typer) -> None:
             if not as_json:
                 raise
             print_json(_validate_json(False, mesh or DEFAULT_MESH, project, None, exc))
-            raise typer.Exit(exc.exit_code) from None
+            # SystemExit, not typer.Exit: with standalone_mode=False click returns an Exit's
+            # code from app() instead of exiting, and main() does not look at it
+            raise SystemExit(exc.exit_code) from None
         if as_json:
             print_json(_validate_json(True, path, project, config, None))
             return

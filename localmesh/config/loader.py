@@ -1912,10 +1912,11 @@ def _read_ingress(r: _Reader, node: Node) -> Ingress:
     if "hosts" in fields:
         got["hosts"] = _read_hosts(r, fields["hosts"][1])
     ingress = Ingress(**got)  # type: ignore[arg-type]
-    if "https_port" in got and ingress.https_port == ingress.http_port:
+    if ingress.https_port == ingress.http_port:
+        key = "https_port" if "https_port" in fields else "http_port"
         r.error(
-            fields["https_port"][1],
-            "ingress.https_port",
+            fields[key][1],
+            f"ingress.{key}",
             f"https_port and http_port are both {ingress.http_port}",
         )
     return ingress
