@@ -46,6 +46,12 @@ class ClientIdentity:
     def spiffe_id(self) -> str | None:
         return next((u for u in self.uris if u.startswith("spiffe://")), None)
 
+    def client_name(self, trust_domain: str) -> str | None:
+        """``alice`` for ``spiffe://<trust_domain>/client/alice`` (what policies may name)."""
+        prefix = f"spiffe://{trust_domain}/client/"
+        spiffe = self.spiffe_id
+        return spiffe[len(prefix) :] if spiffe and spiffe.startswith(prefix) else None
+
     @property
     def principal(self) -> str:
         """What authorization policies match: the SPIFFE ID, else the subject."""

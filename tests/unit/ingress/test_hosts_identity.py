@@ -98,6 +98,8 @@ def test_identity_from_a_verified_peer_cert() -> None:
         "Hash=" + ident.sha256 + ';Subject="CN=alice\\\\, the admin,OU=shop,O=localmesh client"'
         ";URI=spiffe://shop/client/alice;DNS=alice.localhost"
     )
+    assert ident.client_name("shop") == "alice"
+    assert ident.client_name("other") is None
     assert client_identity({}, b"") is None
 
 
