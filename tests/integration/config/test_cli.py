@@ -116,9 +116,7 @@ def test_validate_checks_references_against_compose(project_dir: Path) -> None:
     # host mode: mesh.yaml alone knows no 'api' at all
     done = localmesh(project_dir, "validate", "--no-compose")
     assert done.returncode == 2
-    assert "service 'apii' does not exist (no services are declared)" in " ".join(
-        done.stderr.split()
-    )
+    assert "service 'apii' does not exist (known services: web)" in " ".join(done.stderr.split())
 
 
 def test_validate_reports_a_missing_mesh_file(project_dir: Path) -> None:
