@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from localmesh.runtime.controlplane.admin import AdminApi, record_filter
@@ -244,3 +246,39 @@ async def test_admin_bind_failure_is_a_runtime_start_error(harness: Harness) -> 
     other = AdminApi(harness.plane, harness.bindings, harness.plane.metrics, harness.log)
     with pytest.raises(RuntimeStartError, match="cannot bind the admin API"):
         await other.start(*harness.admin.address)
+
+
+OPENAPI = Path(__file__).resolve().parents[3] / "docs" / "openapi.yaml"
+
+
+def validate(doc: Any, schema_name: str) -> None:
+    spec = yaml.safe_load(OPENAPI.read_text())
+    schema = {**spec, "$ref": f"#/components/schemas/{schema_name}"}
+    jsonschema.Draft202012Validator(schema).validate(doc)
+
+
+async def test_answers_match_the_openapi_description(harness: Harness) -> None:
+    spec = yaml.safe_load(OPENAPI.read_text())
+    routes = {
+        (r.method.lower(), r.resource.canonical)
+        for r in harness.admin.app().router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    }
+    documented = {(m, p) for p, ops in spec["paths"].items() for m in ops}
+    assert routes == documented
+    harness.log.log({"source": "web", "destination": "api", "status": 200})
+    for path, schema in (
+        ("/status", "Status"),
+        ("/readyz", "Readiness"),
+        ("/config", "SnapshotDump"),
+    ):
+        _, doc = await harness.get(path)
+        validate(doc, schema)
+    harness.mesh.write_text("services: 3\n")
+    async with harness.session.post(harness.base + "/reload") as r:
+        validate(await r.json(), "ReloadResult")
+    _, doc = await harness.get("/status")
+    validate(doc, "Status")
+    assert doc["last_error"] is not None
+    with pytest.raises(jsonschema.ValidationError):
+        validate({"ready": "yes"}, "Readiness")
