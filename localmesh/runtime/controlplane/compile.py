@@ -12,7 +12,8 @@ Two modes, chosen by the inputs:
   ``endpoints``; a port's listener binds ``PortSpec.listen`` or, when absent, the
   *host-mode default* ``127.0.0.1:<port + 10000>`` (5432 -> 15432, 8000 -> 18000), which
   keeps the real service's own port free on the same machine and is stable across
-  restarts. A port above 55535 has no default and must set ``listen``.
+  restarts. A port above 55535 has no default and must set ``listen``. A caller is known
+  by source IP when that IP hosts the endpoints of exactly one service (``host_sources``).
 - **container mode** (a compose project): endpoints come from discovery (every A record of
   the service name inside the mesh container) unless the service lists static ones, a
   listener binds the service's virtual IP on the service's own port, and callers are
@@ -24,6 +25,7 @@ Two modes, chosen by the inputs:
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -106,7 +108,8 @@ def compile_snapshot(
         config=inputs.config,
         listeners=tuple(listeners),
         endpoints=endpoints,
-        sources=dict(discovered.sources),
+        sources=dict(discovered.sources)
+        or (host_sources(inputs.config) if inputs.host_mode else {}),
         vips={vip: svc for svc, vip in inputs.vips.items()},
         version=version,
         created=time.time() if now is None else now,
@@ -171,6 +174,24 @@ def _listeners(inputs: Inputs, problems: list[Problem]) -> list[ListenerSpec]:
             )
         )
     return out
+
+
+def host_sources(config: MeshConfig) -> dict[str, str]:
+    """Host mode's caller identities: an IP that is the endpoint host of exactly one service.
+
+    A caller connecting from 127.0.0.2 is ``web`` when web's endpoints live on 127.0.0.2
+    and no other service's do. Shared addresses (everything on 127.0.0.1) identify
+    nobody: those callers stay ``unknown``, as non-mesh callers are in Istio.
+    """
+    owners: dict[str, set[str]] = {}
+    for svc in config.services:
+        for ep in svc.endpoints:
+            try:
+                ip = str(ipaddress.ip_address(ep.host))
+            except ValueError:
+                continue  # a host name: not a source address
+            owners.setdefault(ip, set()).add(svc.name)
+    return {ip: next(iter(names)) for ip, names in sorted(owners.items()) if len(names) == 1}
 
 
 def _endpoints(inputs: Inputs, discovered: Discovered) -> dict[str, tuple[Endpoint, ...]]:

@@ -255,3 +255,16 @@ def test_container_mode_uses_discovery_vips_and_sources() -> None:
     assert [(lst.name, lst.bind_host, lst.bind_port, lst.intercept) for lst in listeners] == [
         ("intercept", "0.0.0.0", 15001, True)
     ]
+
+
+def test_host_mode_sources_are_ips_owned_by_exactly_one_service() -> None:
+    web = Service("web", ports=(PortSpec(8080),), endpoints=(StaticEndpoint("127.0.0.2", 8080),))
+    api = Service(
+        "api",
+        ports=(PortSpec(8000),),
+        endpoints=(StaticEndpoint("127.0.0.1", 9001), StaticEndpoint("127.0.0.3", 9001)),
+    )
+    db = Service("db", ports=(PortSpec(5432),), endpoints=(StaticEndpoint("127.0.0.1", 5432),))
+    ext = Service("ext", ports=(PortSpec(443),), endpoints=(StaticEndpoint("example.test", 443),))
+    snap = compile_snapshot(Inputs(MeshConfig(services=(web, api, db, ext))), version=1, origin="t")
+    assert snap.sources == {"127.0.0.2": "web", "127.0.0.3": "api"}
