@@ -191,9 +191,9 @@ def _up(
     _follow(result)
 
 
-def _down(*, output: Output = None, profiles: Profiles = None, volumes: Volumes = False) -> None:
+def _down(*, output: Output = None, volumes: Volumes = False) -> None:
     """Stop and remove what `localmesh up` started: containers, networks (-v: volumes)."""
-    options = lifecycle.DownOptions(output=output, profiles=tuple(profiles or ()), volumes=volumes)
+    options = lifecycle.DownOptions(output=output, volumes=volumes)
     with RichUi(console) as ui:
         removed = lifecycle.down(options, ui)
     console.print(f"removed {len(removed)} containers and networks", highlight=False)

@@ -420,7 +420,6 @@ def _ports_held_by(client: Any, project: str) -> set[int]:
 class DownOptions:
     cwd: Path | None = None
     output: Path | None = None  # the generated compose file; default .localmesh/compose.yaml
-    profiles: tuple[str, ...] = ()
     volumes: bool = False
 
 
@@ -434,7 +433,9 @@ def down(options: DownOptions, ui: Ui) -> list[str]:
             f"nothing to stop: {_relative(compose_file)} does not exist",
             hint="run `localmesh down` in the directory where you ran `localmesh up`",
         )
-    runner = ComposeRunner(compose_file, options.profiles)
+    # Every profile: a service `up` started under --profile is still part of the project,
+    # and Compose's down would otherwise leave it (and so its networks) behind.
+    runner = ComposeRunner(compose_file, ("*",))
     args = ["down", "--remove-orphans", *(["--volumes"] if options.volumes else [])]
     removed: list[str] = []
 

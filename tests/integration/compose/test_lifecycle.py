@@ -149,18 +149,19 @@ def test_a_service_that_never_gets_healthy_is_reported_with_its_log(
         docker_engine,
         extra="  stuck:\n"
         f"    image: {docker_engine}\n"
+        "    profiles: [debug]\n"
         "    command: ['sh', '-c', 'echo warming up forever; sleep 600']\n"
         "    healthcheck: {test: ['CMD', 'false'], interval: 1s, retries: 1000}\n",
         mesh=f"mesh:\n  name: {name}\n  admin_port: {admin}\n",
     )
     try:
-        run = localmesh(root, "up", "-d", "--timeout", "25")
+        run = localmesh(root, "up", "-d", "--profile", "debug", "--timeout", "25")
         assert run.code == 3, run.err
         assert "not ready after 25s" in run.err
         assert f"{name}-stuck-1: running (starting)" in run.err or "stuck (starting)" in run.err
         assert "warming up forever" in run.err
     finally:
-        down = localmesh(root, "down")
+        down = localmesh(root, "down")  # no --profile: still removes the debug service
     assert down.code == 0, down.err
     assert project_containers(name) == []
 
