@@ -39,8 +39,7 @@ from localmesh.compose.plan import (
     Upstream,
 )
 from localmesh.compose.project import ComposeProject
-from localmesh.config.infer import guess_protocol
-from localmesh.config.model import MeshConfig, Protocol
+from localmesh.config.model import MeshConfig
 from localmesh.errors import ConfigError, Finding, Position, Problem
 
 MESH_KEY = "localmesh"  # the service and the network generate adds
@@ -122,11 +121,15 @@ class _Planner:
         for name, found in known.items():
             self.complete(name, found)
         self.add_namespace_sharers(known, unmeshed)
-        self.add_references(known, meshed)
         self.warn_addresses()
         net = self.network(requested)
         vips = addresses.assign_vips(meshed, ipaddress.IPv4Network(net.vip_range))
-        hosts, names = self.client_hosts(meshed, vips)
+        hosts, routes = self.client_hosts(meshed, vips)
+        self.add_references(known, meshed, routes)
+        names = {n: set().union(*self.names_of(n).values()) for n in meshed}
+        for route in routes.values():
+            for host, upstream in route.items():
+                names[upstream].add(host)
         upstreams = tuple(self.upstream(n, vips[n], names[n], known[n]) for n in sorted(meshed))
         clients = tuple(Client(n, self.reach(n, meshed)) for n in sorted(meshed))
         plan = MeshPlan(
@@ -236,22 +239,31 @@ class _Planner:
                     out.setdefault(str(net), set()).update(str(a) for a in aliases)
         return out
 
-    def add_references(self, known: dict[str, ports.Ports], meshed: list[str]) -> None:
-        """Ports other services name: ``db:5432`` in a client's env is a port of ``db``."""
-        owners: dict[str, str] = {}
+    def add_references(
+        self,
+        known: dict[str, ports.Ports],
+        meshed: list[str],
+        routes: Mapping[str, Mapping[str, str]],
+    ) -> None:
+        """Ports other services name: ``db:5432`` in a client's env is a port of ``db``.
+
+        A name means what it means in that client (aliases differ per network); names a
+        client does not map (its own, or any in an unmeshed client) fall back to service
+        and container names, which mean the same everywhere.
+        """
+        everywhere: dict[str, str] = {}
         for name in meshed:
-            for group in self.names_of(name).values():
-                for n in group:
-                    owners.setdefault(n, name)
+            for n in self.names_of(name)[""]:
+                everywhere.setdefault(n, name)
         for client, svc in sorted(self.services.items()):
-            for link in svc.get("links") or ():
-                target, _, alias = str(link).partition(":")
-                if alias and target in meshed:
-                    owners.setdefault(alias, target)
+            route = routes.get(client, {})
             for ref in ports.references(client, svc):
-                owner = owners.get(ref.host)
-                if owner is not None and ref.port is not None:
-                    known[owner].add(ref.port, f"{ref.where}:{client}")
+                owner = route.get(ref.host) or everywhere.get(ref.host)
+                if owner is None or ref.port is None:
+                    continue
+                known[owner].add(ref.port, f"{ref.where}:{client}")
+                if ref.protocol is not None and ref.port in known[owner].tcp:
+                    known[owner].hints.setdefault(ref.port, ref.protocol)
 
     def warn_addresses(self) -> None:
         """Static addresses and IP literals: every service, since unmeshed ones call too."""
@@ -314,10 +326,13 @@ class _Planner:
 
     def client_hosts(
         self, meshed: list[str], vips: Mapping[str, str]
-    ) -> tuple[dict[str, tuple[tuple[str, str], ...]], dict[str, set[str]]]:
+    ) -> tuple[dict[str, tuple[tuple[str, str], ...]], dict[str, dict[str, str]]]:
+        """Per client: the ``(name, VIP)`` host entries, and which upstream each of those
+        names means there."""
         names = {n: self.names_of(n) for n in meshed}
         all_names: dict[str, set[str]] = {n: set().union(*g.values()) for n, g in names.items()}
         hosts: dict[str, tuple[tuple[str, str], ...]] = {}
+        routes: dict[str, dict[str, str]] = {}
         for client in meshed:
             svc = self.services[client]
             own = all_names[client]
@@ -340,6 +355,7 @@ class _Planner:
                         current = claims.setdefault(n, {})
                         current[upstream] = min(current.get(upstream, prio), prio)
             entries: list[tuple[str, str]] = []
+            route: dict[str, str] = {}
             for n, owners in sorted(claims.items()):
                 if n in own:
                     continue
@@ -365,10 +381,13 @@ class _Planner:
                     )
                     continue
                 entries.append((n, vips[winners[0]]))
+                route[n] = winners[0]
             hosts[client] = tuple(entries)
-        return hosts, all_names
+            routes[client] = route
+        return hosts, routes
 
     def upstream(self, name: str, vip: str, names: set[str], known: ports.Ports) -> Upstream:
+        """Protocols: the mesh config's, else what a client's URL scheme says, else a guess."""
         svc = self.services[name]
         configured = self.mesh.service(name)
         protocols = {p.port: p.protocol for p in configured.ports} if configured else {}
@@ -376,7 +395,7 @@ class _Planner:
         plan_ports = tuple(
             PlanPort(
                 port,
-                protocols.get(port) or _guess(port, image),
+                protocols.get(port) or known.hints.get(port) or ports.protocol_for(port, image),
                 tuple(sorted(sources)),
             )
             for port, sources in sorted(known.tcp.items())
@@ -385,17 +404,16 @@ class _Planner:
         if not plan_ports:
             self.warn(
                 "unknown-ports",
-                f"no port of service '{name}' is known (no ports/expose, image not present, "
-                "not named with a port elsewhere); calls to any port of its VIP are still "
-                "relayed as TCP. Declare `expose:` or list it in mesh.yaml for protocol-aware "
-                "handling",
+                f"the ports of service '{name}' are unknown: calls to any port of its VIP are "
+                "relayed as plain TCP (declare `expose:` for HTTP-aware routing)",
                 "services",
                 name,
             )
         elif known.wide_ranges:
+            wide = ", ".join(f"{lo}-{hi}" for lo, hi in known.wide_ranges)
             self.warn(
                 "unknown-ports",
-                f"service '{name}' exposes the wide range {', '.join(known.wide_ranges)}; "
+                f"service '{name}' exposes the wide range {wide}; "
                 "those ports are relayed as TCP through the catch-all intercept",
                 "services",
                 name,
@@ -482,10 +500,6 @@ def user_extra_hosts(svc: Mapping[str, Any]) -> set[str]:
         sep = "=" if "=" in text else ":"
         out.add(text.split(sep, 1)[0])
     return out
-
-
-def _guess(port: int, image: str | None) -> Protocol:
-    return guess_protocol(port, image)[0]
 
 
 def _ipv4(text: str) -> ipaddress.IPv4Network | None:

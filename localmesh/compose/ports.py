@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localmesh.compose.project import unescape
-from localmesh.config.infer import image_name
+from localmesh.config.infer import IMAGE_DEFAULTS, WELL_KNOWN_PORTS, guess_protocol, image_name
+from localmesh.config.model import Protocol
 
 #: Expanding ``expose: 30000-40000`` into listeners helps nobody: wider ranges are left to
 #: the catch-all intercept.
@@ -103,6 +104,21 @@ SCHEME_PORTS: Mapping[str, int] = {
     "memcached": 11211,
 }
 
+#: What a URL scheme says about the bytes on the wire. TLS schemes are opaque to the mesh
+#: (the client encrypts end to end), so they are relayed as TCP.
+SCHEME_PROTOCOLS: Mapping[str, Protocol] = {
+    "http": Protocol.HTTP,
+    "ws": Protocol.HTTP,
+    "postgres": Protocol.POSTGRES,
+    "postgresql": Protocol.POSTGRES,
+    "redis": Protocol.REDIS,
+    **dict.fromkeys(
+        ("https", "wss", "rediss", "mysql", "mariadb", "mongodb", "amqp", "amqps", "nats"),
+        Protocol.TCP,
+    ),
+    "memcached": Protocol.TCP,
+}
+
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^\s/?#\"'<>]*)")
 # host:port outside URLs; the port must not run on into a version ("node:18.04") or
 # userinfo ("user:1234@db"), and small numbers are image tags ("redis:7"), not ports.
@@ -118,11 +134,15 @@ class Ports:
 
     tcp: dict[int, set[str]] = field(default_factory=dict)
     udp: dict[int, set[str]] = field(default_factory=dict)
-    wide_ranges: list[str] = field(default_factory=list)  # expose ranges left to intercept
+    wide_ranges: list[tuple[int, int]] = field(default_factory=list)  # left to the intercept
+    hints: dict[int, Protocol] = field(default_factory=dict)  # from URL schemes
 
     def add(self, port: int, source: str, protocol: str = "tcp") -> None:
-        if 0 < port < 65536:
+        if 0 < port < 65536 and not self.in_wide_range(port):
             (self.udp if protocol == "udp" else self.tcp).setdefault(port, set()).add(source)
+
+    def in_wide_range(self, port: int) -> bool:
+        return any(lo <= port <= hi for lo, hi in self.wide_ranges)
 
 
 def declared(svc: Mapping[str, Any], into: Ports, source_suffix: str = "") -> None:
@@ -137,7 +157,7 @@ def declared(svc: Mapping[str, Any], into: Ports, source_suffix: str = "") -> No
             continue
         lo, hi = int(first), int(last or first)
         if hi - lo >= MAX_RANGE:
-            into.wide_ranges.append(str(e))
+            into.wide_ranges.append((lo, hi))
             continue
         for port in range(lo, hi + 1):
             into.add(port, "expose" + source_suffix, proto or "tcp")
@@ -155,6 +175,18 @@ def well_known_image(image: str | None) -> tuple[int, ...]:
     return WELL_KNOWN_IMAGE_PORTS.get(image_name(image), ()) if image else ()
 
 
+def protocol_for(port: int, image: str | None) -> Protocol:
+    """The config's guess (port number, then image), except that another port of a
+    well-known non-HTTP server (``kafka:9093``) is that server's protocol, not HTTP."""
+    guessed = guess_protocol(port, image)[0]
+    if port in WELL_KNOWN_PORTS or (image and image_name(image) in IMAGE_DEFAULTS):
+        return guessed
+    main = well_known_image(image)
+    if main and guess_protocol(main[0], image)[0] is not Protocol.HTTP:
+        return guess_protocol(main[0], image)[0]
+    return guessed
+
+
 @dataclass(frozen=True, slots=True)
 class Reference:
     """``client`` names ``host`` (on ``port``) in its environment or command."""
@@ -164,6 +196,7 @@ class Reference:
     key: str  # the environment key, or "" for a command
     host: str
     port: int | None
+    protocol: Protocol | None = None  # what the URL scheme says, if anything
 
 
 def references(name: str, svc: Mapping[str, Any]) -> Iterator[Reference]:
@@ -187,10 +220,12 @@ def _scan(client: str, where: str, key: str, text: str) -> Iterator[Reference]:
     for m in _URL.finditer(text):
         scheme = m.group(1).lower().split("+", 1)[0]
         authority = m.group(2).rsplit("@", 1)[-1]
+        protocol = SCHEME_PROTOCOLS.get(scheme)
         for hostport in authority.split(","):
             host, port = _split_hostport(hostport)
             if host:
-                yield Reference(client, where, key, host, port or SCHEME_PORTS.get(scheme))
+                port = port or SCHEME_PORTS.get(scheme)
+                yield Reference(client, where, key, host, port, protocol)
         rest = rest.replace(m.group(0), " ")
     for m in _BARE.finditer(rest):
         port = int(m.group(2))
