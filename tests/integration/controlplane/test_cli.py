@@ -1,0 +1,153 @@
+"""`localmesh run` as a user runs it (a process, signals) and the CLI that talks to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.services import HttpBackend, free_port, run_http_backend
+
+LOCALMESH = [sys.executable, "-m", "localmesh.cli.main"]
+
+
+def mesh_yaml(port: int, backend: HttpBackend, extra: str = "") -> str:
+    return f"""\
+mesh:
+  name: shop
+services:
+  api:
+    ports: [{{port: 8000, listen: "127.0.0.1:{port}"}}]
+    endpoints: ["{backend.host}:{backend.port}"]
+    routes:
+      - name: all
+        route: [{{service: api}}]
+        headers: {{request: {{set: {{authorization: "Bearer hush", x-tag: "{extra or "one"}"}}}}}}
+"""
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_ready(admin: str, proc: subprocess.Popen[bytes], limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"localmesh run exited {proc.returncode}")
+        try:
+            if get(f"http://{admin}/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("never ready")
+
+
+def cli(*args: str, admin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LOCALMESH, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LOCALMESH_ADMIN": admin, "COLUMNS": "200"},
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.fixture
+def backend() -> Iterator[HttpBackend]:
+    with run_http_backend("api") as b:
+        yield b
+
+
+def test_run_serves_reloads_on_sighup_and_stops_cleanly(
+    tmp_path: Path, backend: HttpBackend
+) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    port, admin_port = free_port(), free_port()
+    admin = f"127.0.0.1:{admin_port}"
+    mesh.write_text(mesh_yaml(port, backend))
+    log_file = tmp_path / "access.log"
+    proc = subprocess.Popen(
+        [*LOCALMESH, "run", "--mesh", str(mesh), "--admin", admin, "--access-log", str(log_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_ready(admin, proc)
+        status, body = get(f"http://127.0.0.1:{port}/echo")
+        assert status == 200
+        assert json.loads(body)["headers"]["x-tag"] == "one"
+
+        # status --json / table, config, logs
+        doc = json.loads(cli("status", "--json", admin=admin).stdout)
+        assert doc["snapshot"]["version"] == 1
+        table = cli("status", admin=admin)
+        assert table.returncode == 0
+        assert "api" in table.stdout
+        assert f"127.0.0.1:{port}" in table.stdout
+        config = cli("config", "--json", admin=admin)
+        assert "hush" not in config.stdout
+        assert json.loads(config.stdout)["listeners"][0]["bind_port"] == port
+        get(f"http://127.0.0.1:{port}/status/503")
+        deadline = time.monotonic() + 5
+        while True:
+            logs = cli("logs", "--json", "--status", "5xx", admin=admin)
+            lines = [json.loads(x) for x in logs.stdout.splitlines() if x.strip()]
+            if lines or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert lines
+        assert all(rec["status"] == 503 for rec in lines)
+        assert cli("logs", "--service", "api", admin=admin).returncode == 0
+
+        # SIGHUP reloads at once (the watcher would too)
+        mesh.write_text(mesh_yaml(port, backend, extra="two"))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while json.loads(get(f"http://127.0.0.1:{port}/echo")[1])["headers"]["x-tag"] != "two":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
+    assert f"admin API   http://{admin}" in err.decode()
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any(r.get("status") == 503 for r in records)
+
+
+def test_run_with_a_broken_mesh_and_no_state_exits_2_with_the_position(tmp_path: Path) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("services:\n  api:\n    portz: [80]\n")
+    done = subprocess.run(
+        [*LOCALMESH, "run", "--mesh", str(mesh), "--admin", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{mesh}:3:5" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_client_commands_say_when_no_runtime_answers() -> None:
+    done = cli("status", admin=f"127.0.0.1:{free_port()}")
+    assert done.returncode == 2
+    assert "cannot reach the admin API" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,175 @@
+"""The seed's failure scenario, end to end in host mode with the real data plane.
+
+A load loop keeps calling through the mesh while mesh.yaml is edited: bad edits are
+rejected with file:line while traffic continues, good edits apply in under a second with
+zero failed requests, and a restart with a broken file serves the persisted snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from localmesh.errors import ConfigError
+from tests.integration.controlplane.support import (
+    Load,
+    admin_url,
+    listener_url,
+    running,
+    until,
+    write_atomic,
+)
+from tests.support.services import HttpBackend, free_port, run_http_backend
+
+MESH = """\
+mesh:
+  name: shop
+services:
+  api:
+    ports: [{{port: 8000, listen: "127.0.0.1:{port}"}}]
+    endpoints: [{endpoints}]
+    routes:
+      - name: all
+        route: [{{service: api}}]
+        headers: {{response: {{set: {{x-version: "{version}"}}}}}}
+"""
+
+
+@pytest.fixture
+def backends() -> Iterator[list[HttpBackend]]:
+    with run_http_backend("one") as one, run_http_backend("two") as two:
+        yield [one, two]
+
+
+def mesh_text(port: int, backends: list[HttpBackend], version: str) -> str:
+    endpoints = ", ".join(f'"{b.host}:{b.port}"' for b in backends)
+    return MESH.format(port=port, endpoints=endpoints, version=version)
+
+
+async def status(session: aiohttp.ClientSession, base: str) -> dict:  # type: ignore[type-arg]
+    async with session.get(base + "/status") as r:
+        return await r.json()  # type: ignore[no-any-return]
+
+
+async def test_good_edits_apply_under_load_with_zero_failures(
+    tmp_path: Path, backends: list[HttpBackend]
+) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    port = free_port()
+    mesh.write_text(mesh_text(port, backends[:1], "1"))
+    async with running(mesh) as runtime:
+        load = Load(listener_url(runtime, "api:8000") + "/echo", concurrency=4)
+        async with load.running():
+            await until(lambda: load.ok > 50, what="load warmed up")
+            for version in range(2, 7):
+                # alternate the endpoint set too, so clusters are rebuilt on each swap
+                chosen = backends if version % 2 else backends[:1]
+                edited = time.monotonic()
+                write_atomic(mesh, mesh_text(port, chosen, str(version)))
+
+                def applied(v: str = str(version), t: float = edited) -> bool:
+                    return any(at > t and h.get("x-version") == v for at, h in load.seen[-50:])
+
+                took = await until(applied, limit=3.0, what=f"version {version} served")
+                assert took < 1.0, f"version {version} took {took:.2f}s to apply"
+                before = load.ok
+                await until(lambda b=before: load.ok > b + 20, what="traffic continues")
+        assert load.failures == []
+        assert runtime.plane is not None
+        assert runtime.plane.status()["snapshot"]["version"] == 6
+        backends_seen = {h.get("x-backend") for _, h in load.seen}
+        assert backends_seen == {"one", "two"}
+
+
+async def test_a_bad_edit_is_rejected_and_traffic_is_unaffected(
+    tmp_path: Path, backends: list[HttpBackend]
+) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    port = free_port()
+    good = mesh_text(port, backends, "1")
+    mesh.write_text(good)
+    async with running(mesh) as runtime, aiohttp.ClientSession() as session:
+        base = admin_url(runtime)
+        load = Load(listener_url(runtime, "api:8000") + "/echo")
+        async with load.running():
+            await until(lambda: load.ok > 20)
+            write_atomic(mesh, good.replace("routes:", "routse:"))
+            assert runtime.plane is not None
+            await until(lambda: runtime.plane is not None and runtime.plane.last_error is not None)
+            before = load.ok
+            await until(lambda: load.ok > before + 100, what="traffic after the rejection")
+        assert load.failures == []
+        doc = await status(session, base)
+        assert doc["snapshot"]["version"] == 1
+        problem = doc["last_error"]["problems"][0]
+        assert (problem["file"], problem["line"]) == (str(mesh), 7)
+        assert "routse" in problem["message"]
+        assert doc["ready"] is True
+        # and the listener still answers with the old config
+        async with session.get(listener_url(runtime, "api:8000") + "/echo") as r:
+            assert r.status == 200
+            assert r.headers["x-version"] == "1"
+
+
+async def test_restart_with_a_broken_mesh_serves_the_persisted_snapshot(
+    tmp_path: Path, backends: list[HttpBackend]
+) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    port = free_port()
+    mesh.write_text(mesh_text(port, backends, "persisted"))
+    async with running(mesh):
+        pass
+    mesh.write_text(mesh_text(port, backends, "new").replace("endpoints:", "endpoint:"))
+    async with running(mesh) as runtime, aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/echo") as r:
+            assert r.status == 200
+            assert r.headers["x-version"] == "persisted"
+        doc = await status(session, admin_url(runtime))
+        assert doc["serving_persisted"] is True
+        assert doc["snapshot"]["origin"] == "persisted"
+        assert doc["last_error"]["problems"][0]["line"] == 6
+        async with session.get(admin_url(runtime) + "/readyz") as r:
+            assert r.status == 200
+        # fixing the file takes over from the persisted config
+        write_atomic(mesh, mesh_text(port, backends, "fixed"))
+        await until(lambda: runtime.plane is not None and not runtime.plane.serving_persisted)
+        async with session.get(f"http://127.0.0.1:{port}/echo") as r:
+            assert r.headers["x-version"] == "fixed"
+
+
+async def test_no_valid_config_and_nothing_persisted_does_not_start(tmp_path: Path) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("services:\n  api:\n    portz: [80]\n")
+    with pytest.raises(ConfigError):
+        async with running(mesh):
+            pass
+
+
+async def test_a_port_taken_by_another_process_is_rejected_on_reload(
+    tmp_path: Path, backends: list[HttpBackend]
+) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    port = free_port()
+    mesh.write_text(mesh_text(port, backends, "1"))
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    taken = blocker.sockets[0].getsockname()[1]
+    try:
+        async with running(mesh) as runtime:
+            write_atomic(mesh, mesh_text(taken, backends, "2"))
+            assert runtime.plane is not None
+            await until(lambda: runtime.plane is not None and runtime.plane.last_error is not None)
+            assert str(taken) in runtime.plane.status()["last_error"]["message"]
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/echo") as r,
+            ):
+                assert r.status == 200
+                assert r.headers["x-version"] == "1"
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
