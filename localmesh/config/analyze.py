@@ -12,11 +12,14 @@ from collections.abc import Iterable
 
 from localmesh.compose.project import ComposeProject
 from localmesh.config.infer import UNMESHABLE_NETWORK_MODE, declared_ports
-from localmesh.config.loader import INGRESS_SOURCE
 from localmesh.config.matching import shadowing_routes
-from localmesh.config.model import AuthorizationPolicy, MeshConfig, PolicyAction, Route, Service
+from localmesh.config.model import MeshConfig, PolicyAction, Route, Service
 from localmesh.config.values import format_duration
 from localmesh.errors import Finding
+
+# Edge traffic, as a caller: only policies without ``from`` let it through unless it
+# presents a client certificate, whose identity analysis cannot know in advance.
+_INGRESS = "<ingress>"
 
 
 def analyze(config: MeshConfig, project: ComposeProject | None = None) -> list[Finding]:
@@ -84,18 +87,37 @@ def _deny_all(config: MeshConfig) -> Iterable[Finding]:
             )
 
 
-def _allowed(target: str, caller: str, policies: tuple[AuthorizationPolicy, ...]) -> bool:
+def _names_caller(sources: tuple[str, ...], caller: str, trust_domain: str) -> bool:
+    """Whether ``sources`` names this service caller (by name, SPIFFE id or wildcard)."""
+    ids = (caller, f"spiffe://{trust_domain}/svc/{caller}") if caller != _INGRESS else ()
+    for src in sources:
+        if src == "*" and ids:
+            return True
+        for ident in ids:
+            if (
+                ident == src
+                or (src.endswith("*") and ident.startswith(src[:-1]))
+                or (src.startswith("*") and ident.endswith(src[1:]))
+            ):
+                return True
+    return False
+
+
+def _allowed(target: str, caller: str, config: MeshConfig) -> bool:
     """Could *some* request from ``caller`` to ``target`` pass the policies?"""
-    relevant = [p for p in policies if target in p.to]
+    domain = config.mesh.trust_domain
+    relevant = [p for p in config.policies if target in p.to]
     for p in relevant:
         if (
             p.action is PolicyAction.DENY
             and not (p.paths or p.methods)
-            and (not p.sources or caller in p.sources)
+            and (not p.sources or _names_caller(p.sources, caller, domain))
         ):
             return False
     allows = [p for p in relevant if p.action is PolicyAction.ALLOW]
-    return not allows or any(not p.sources or caller in p.sources for p in allows)
+    return not allows or any(
+        not p.sources or _names_caller(p.sources, caller, domain) for p in allows
+    )
 
 
 def _networks(svc: Service, project: ComposeProject | None) -> set[str] | None:
@@ -125,7 +147,7 @@ def _unreachable(config: MeshConfig, project: ComposeProject | None) -> Iterable
             if published:
                 continue  # reached from the host, outside the mesh
         nets = _networks(svc, project)
-        callers: list[str] = [INGRESS_SOURCE] if svc.name in ingress_targets else []
+        callers: list[str] = [_INGRESS] if svc.name in ingress_targets else []
         for other in config.services:
             if other.name == svc.name or not other.meshed:
                 continue
@@ -142,11 +164,11 @@ def _unreachable(config: MeshConfig, project: ComposeProject | None) -> Iterable
                     svc.position,
                 )
             continue
-        if not any(_allowed(svc.name, c, config.policies) for c in callers):
+        if not any(_allowed(svc.name, c, config) for c in callers):
+            names = ", ".join("the ingress" if c == _INGRESS else c for c in callers)
             yield Finding(
                 "unreachable-service",
-                f"service '{svc.name}': the policies deny every possible caller "
-                f"({', '.join(callers)})",
+                f"service '{svc.name}': the policies deny every possible caller ({names})",
                 svc.position,
             )
 

@@ -138,8 +138,8 @@ LABEL_KEY = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_./-]*[a-zA-Z0-9])?$")
 RATE_SHORTHAND = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|m|h)\s*$")
 PORT_SHORTHAND = re.compile(r"^([0-9]+)/([a-z]+)$")
 
-# Sources that are not service names (AuthorizationPolicy principals).
-INGRESS_SOURCE = "ingress"
+# Policy sources that are not service names (Istio principals): client certificates
+# (`client:alice`, stored as its SPIFFE id), SPIFFE ids, and `*` wildcards.
 CLIENT_PREFIX = "client:"
 SPIFFE_PREFIX = "spiffe://"
 
@@ -171,11 +171,12 @@ class _Ref:
 
 @dataclass(slots=True)
 class _SourceRef:
-    """A caller named in ``sources``/``from``: a service, ``ingress``, ``client:x``, SPIFFE."""
+    """A caller named in ``sources`` (a service) or a policy's ``from`` (also principals)."""
 
     name: str
     at: Position
     path: str
+    principals: bool = False  # policy `from`: principals and wildcards allowed too
 
 
 @dataclass(slots=True)
@@ -203,6 +204,7 @@ class _Reader:
         self.policy_targets: list[tuple[str, Position, str]] = []
         self.listens: list[tuple[str, str, Position]] = []  # (host:port, path, where)
         self.value_at: dict[str, Position] = {}  # key path -> where its value is written
+        self.trust_domain = MeshSettings().trust_domain  # set once `mesh` is read (first)
 
     # -- reporting ---------------------------------------------------------------------
 
@@ -1486,10 +1488,15 @@ def _read_query_matches(r: _Reader, node: Node, path: str) -> tuple[QueryMatch, 
     return tuple(out) if ok else None
 
 
-def _read_sources(r: _Reader, node: Node, path: str) -> Iterable[str]:
+def _read_sources(r: _Reader, node: Node, path: str, *, principals: bool = False) -> Iterable[str]:
+    """Caller names; in a policy's ``from``, ``client:NAME`` becomes its SPIFFE id."""
     for name, item, item_path in r.names(node, path):
-        r.sources.append(_SourceRef(name, item.position, item_path))
-        yield name
+        r.sources.append(_SourceRef(name, item.position, item_path, principals))
+        if principals and name.startswith(CLIENT_PREFIX):
+            client = name[len(CLIENT_PREFIX) :]
+            yield f"{SPIFFE_PREFIX}{r.trust_domain}/client/{client}"
+        else:
+            yield name
 
 
 def _read_destinations(
@@ -1810,7 +1817,7 @@ def _read_policies(r: _Reader, node: Node) -> tuple[AuthorizationPolicy, ...]:
             ok = False
         sources: tuple[str, ...] = ()
         if "from" in fields:
-            sources = tuple(_read_sources(r, fields["from"][1], f"{path}.from"))
+            sources = tuple(_read_sources(r, fields["from"][1], f"{path}.from", principals=True))
             if not sources:
                 r.error(
                     fields["from"][1],
@@ -1996,6 +2003,7 @@ def parse_mesh_text(text: str, filename: str, project: ComposeProject | None = N
         assert fields is not None
         if "mesh" in fields:
             mesh = _read_mesh(r, fields["mesh"][1], project)
+            r.trust_domain = mesh.trust_domain
         if "services" in fields:
             drafts = _read_services(r, fields["services"][1], project)
         if "policies" in fields:
@@ -2144,22 +2152,31 @@ def _check_references(
                     f"({', '.join(f'{p.port}/{p.protocol.value}' for p in ports)})",
                 )
     for src in r.sources:
-        if src.name in services or src.name == INGRESS_SOURCE:
+        if src.name in services:
             continue
-        if src.name.startswith(SPIFFE_PREFIX):
-            continue
-        if src.name.startswith(CLIENT_PREFIX):
-            try:
-                check_client_name(src.name[len(CLIENT_PREFIX) :])
-            except CAError as exc:
-                r.error(src.at, src.path, exc.message, exc.hint)
-            continue
+        if src.principals:
+            if (
+                src.name.startswith(SPIFFE_PREFIX)
+                or src.name.startswith("*")
+                or (src.name.endswith("*"))
+            ):
+                continue
+            if src.name.startswith(CLIENT_PREFIX):
+                try:
+                    check_client_name(src.name[len(CLIENT_PREFIX) :])
+                except CAError as exc:
+                    r.error(src.at, src.path, exc.message, exc.hint)
+                continue
         r.error(
             src.at,
             src.path,
             f"unknown source '{src.name}'",
             _did_you_mean(src.name, services)
-            or "a service name, 'ingress', 'client:NAME' or a spiffe:// identity",
+            or (
+                "a service name, 'client:NAME', a spiffe:// identity or a '*' wildcard"
+                if src.principals
+                else "a service name"
+            ),
         )
     for target, at, path in r.policy_targets:
         if target != "*" and target not in services:

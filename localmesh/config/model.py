@@ -42,6 +42,8 @@ class MatchKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class StringMatch:
+    """A regex must match the whole value (``re.fullmatch``), like Envoy's safe_regex."""
+
     kind: MatchKind
     value: str
 
@@ -151,8 +153,8 @@ class Route:
     rewrite_prefix: str | None = None  # replaces the matched path prefix
     request_headers: HeaderOps = field(default_factory=HeaderOps)
     response_headers: HeaderOps = field(default_factory=HeaderOps)
-    timeout: float | None = None
-    retries: RetryPolicy | None = None
+    timeout: float | None = None  # None = the service's timeout
+    retries: RetryPolicy | None = None  # None = the service's; attempts=0 = none on this route
     fault: Fault | None = None
     mirror: Mirror | None = None
     rate_limit: RateLimit | None = None
@@ -284,7 +286,9 @@ class AuthorizationPolicy:
     name: str
     action: PolicyAction
     to: tuple[str, ...]  # target services
-    sources: tuple[str, ...] = ()  # service names, client names or SPIFFE principals; empty = any
+    # service names, SPIFFE principals (mesh.yaml's `client:NAME` arrives as
+    # spiffe://<trust_domain>/client/NAME), `*` and prefix*/*suffix wildcards; empty = any
+    sources: tuple[str, ...] = ()
     paths: tuple[StringMatch, ...] = ()
     methods: tuple[str, ...] = ()
     position: Position | None = field(default=None, compare=False)

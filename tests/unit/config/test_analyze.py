@@ -52,17 +52,21 @@ def test_allow_listing_nobody_who_can_call() -> None:
         policies:
           - {name: only-alice, to: [api], from: ["client:alice"]}
     """) == [("unreachable-service", 2)]
-    # the same with the ingress leading to it: reachable through the gateway? only if allowed
-    assert (
-        codes("""
-        services: {api: {ports: [8000]}, web: {ports: [80]}}
-        policies:
-          - {name: only-ingress, to: [api], from: [ingress]}
-        ingress:
-          hosts: [{host: api.localhost, routes: [{route: api}]}]
-    """)
-        == []
-    )
+    # named by SPIFFE id or wildcard, the service caller counts
+    spiffe = "policies: [{to: [api], from: ['spiffe://localmesh/svc/web']}]\n"
+    wildcard = "policies: [{to: [api], from: ['w*']}]\n"
+    two = "services: {api: {ports: [8000]}, web: {ports: [80]}}\n"
+    assert codes(two + spiffe) == []
+    assert codes(two + wildcard) == []
+
+
+def test_ingress_counts_as_a_caller_only_for_policies_without_from() -> None:
+    head = "services: {api: {ports: [8000]}}\n"
+    ingress = "ingress:\n  hosts: [{host: api.localhost, routes: [{route: api}]}]\n"
+    ops = "policies: [{name: ops, to: [api], paths: [/ops/*]}]\n"
+    alice = "policies: [{name: alice, to: [api], from: ['client:alice']}]\n"
+    assert codes(head + ops + ingress) == []
+    assert codes(head + alice + ingress) == [("unreachable-service", 1)]
 
 
 def test_network_isolation_in_compose(make_project: MakeProject) -> None:

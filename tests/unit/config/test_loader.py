@@ -164,7 +164,7 @@ def test_policy_paths_and_wildcard_target() -> None:
         services: {api: {}, db: {}}
         policies:
           - {name: p, action: deny, to: "*", paths: [/admin/*, /login, {regex: "/x/.*"}],
-             methods: [post], from: [client:alice, ingress, "spiffe://localmesh/svc/api"]}
+             methods: [post], from: [client:alice, "web-*", "spiffe://other/svc/api", api]}
     """)
     (p,) = config.policies
     assert p.to == ("api", "db")
@@ -174,7 +174,24 @@ def test_policy_paths_and_wildcard_target() -> None:
         StringMatch(MatchKind.REGEX, "/x/.*"),
     )
     assert p.methods == ("POST",)
-    assert p.sources == ("client:alice", "ingress", "spiffe://localmesh/svc/api")
+    assert p.sources == (
+        "spiffe://localmesh/client/alice",
+        "web-*",
+        "spiffe://other/svc/api",
+        "api",
+    )
+
+
+def test_client_sources_use_the_trust_domain_and_sources_in_routes_are_services() -> None:
+    config = parse(
+        "mesh: {trust_domain: shop.local}\npolicies: [{to: api, from: client:ci}]\n"
+        "services: {api: {}}"
+    )
+    assert config.policies[0].sources == ("spiffe://shop.local/client/ci",)
+    assert problems("services: {api: {routes: [{match: [{sources: [client:ci]}]}]}}") == [
+        "1:47: services.api.routes[0].match[0].sources[0]: unknown source 'client:ci' "
+        "(a service name)"
+    ]
 
 
 def test_ingress() -> None:
