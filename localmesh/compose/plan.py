@@ -198,8 +198,11 @@ class MeshPlan:
     @classmethod
     def from_json(cls, text: str, source: str = "plan.json") -> MeshPlan:
         try:
-            return cls.from_dict(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            return cls.from_dict(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(
                 Problem(f"{source} is not a localmesh plan: {type(exc).__name__}: {exc}"),
                 hint="regenerate it with localmesh generate",
