@@ -177,12 +177,10 @@ def register(app: typer.Typer) -> None:
 
           localmesh validate --json | jq '.problems[].message'
         """
-        project = (
-            None
-            if no_compose
-            else _project(files, env_files, project_name, profiles, required=bool(files))
-        )
-        try:
+        project: ComposeProject | None = None
+        try:  # a broken compose file is a ConfigError too, with its own positions
+            if not no_compose:
+                project = _project(files, env_files, project_name, profiles, required=bool(files))
             config, path = _load(mesh, project)
         except ConfigError as exc:
             if not as_json:
