@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from localmesh.compose.project import ComposeProject
+from localmesh.config.model import MeshConfig, MeshSettings, PortSpec, Service
 from localmesh.errors import ConfigError, RuntimeStartError
+from localmesh.runtime.controlplane.compile import Discovered, Inputs
 from localmesh.runtime.controlplane.events import EventBus
 from localmesh.runtime.controlplane.lastgood import LastGoodStore
-from localmesh.runtime.controlplane.plane import ControlPlane, load_initial
+from localmesh.runtime.controlplane.plane import ControlPlane, Loaded, load_initial
 from localmesh.runtime.controlplane.sources import MeshFileSource
-from localmesh.runtime.snapshot import Snapshot
+from localmesh.runtime.snapshot import Endpoint, Snapshot
 from localmesh.runtime.telemetry import MeshMetrics
 
 GOOD = """\
@@ -227,3 +230,47 @@ async def test_a_compile_error_at_start_also_falls_back(env: Env) -> None:
         )
     finally:
         await second.stop()
+
+
+class ContainerLikeSource:
+    """Container-mode inputs (a compose project, VIPs, no static endpoints), no files."""
+
+    label = "compose"
+
+    def paths(self) -> tuple[Path, ...]:
+        return ()
+
+    def load(self) -> Loaded:
+        config = MeshConfig(
+            mesh=MeshSettings(name="shop"), services=(Service("api", ports=(PortSpec(8000),)),)
+        )
+        project = ComposeProject("shop", Path("/p"), (), {"services": {"api": {}}})
+        return Loaded(Inputs(config, project, vips={"api": "10.240.0.10"}), ())
+
+
+async def test_discovery_changes_recompile_without_touching_files(tmp_path: Path) -> None:
+    """Scale up/down: new endpoints become a new snapshot; the same answer is no change."""
+    recorder = Recorder()
+    source = ContainerLikeSource()
+    plane = ControlPlane(
+        source, recorder, store=None, metrics=MeshMetrics("shop", "localmesh"), events=EventBus()
+    )
+    await plane.start(await load_initial(source, None))
+    assert recorder.applied[0].endpoints["api"] == ()
+
+    def found(*hosts: int) -> Discovered:
+        eps = tuple(Endpoint(f"172.20.0.{i}", 8000) for i in hosts)
+        return Discovered(endpoints={"api": eps}, sources={e.host: "api" for e in eps})
+
+    assert await plane.update_discovered(found(3, 4, 5))  # --scale api=3
+    latest = recorder.applied[-1]
+    assert (latest.version, latest.origin) == (2, "discovery")
+    assert [e.host for e in latest.endpoints["api"]] == ["172.20.0.3", "172.20.0.4", "172.20.0.5"]
+    assert await plane.update_discovered(found(5, 4, 3))  # same set, other order: no change
+    assert len(recorder.applied) == 2
+    assert await plane.update_discovered(found(3))  # --scale api=1
+    assert [e.host for e in recorder.applied[-1].endpoints["api"]] == ["172.20.0.3"]
+    bad = Discovered(sources={"172.20.0.9": "ghost"})
+    assert not await plane.update_discovered(bad)
+    assert len(recorder.applied) == 3
+    assert "unknown service 'ghost'" in plane.status()["last_error"]["message"]
