@@ -153,3 +153,74 @@ def test_client_commands_say_when_no_runtime_answers() -> None:
     assert done.returncode == 2
     assert "cannot reach the admin API" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_status_table_shows_traffic_errors_and_the_persisted_warning() -> None:
+    from rich.console import Console
+
+    from localmesh.cli.runtime_cmds import format_record, render_status
+
+    doc = {
+        "version": "0.1.0",
+        "source": "mesh.yaml",
+        "ready": True,
+        "ready_reason": "ok",
+        "uptime": 125,
+        "snapshot": {"version": 4, "hash": "abcd", "origin": "persisted"},
+        "serving_persisted": True,
+        "last_error": {
+            "message": "bad",
+            "trigger": "start",
+            "at": time.time() - 3,
+            "problems": [
+                {
+                    "file": "/p/mesh.yaml",
+                    "line": 8,
+                    "column": 5,
+                    "message": "unknown key",
+                    "hint": "did you mean 'retries'?",
+                }
+            ],
+        },
+        "listeners": [
+            {"service": "api", "port": 8000, "protocol": "http", "address": "127.0.0.1:18000"}
+        ],
+        "services": [
+            {
+                "name": "api",
+                "meshed": True,
+                "endpoints": [
+                    {"address": "127.0.0.1:9001", "health": "healthy"},
+                    {"address": "127.0.0.1:9002", "health": "ejected"},
+                ],
+                "traffic": {"requests_per_second": 41.5, "error_rate": 0.25, "p99_ms": 23.4},
+            },
+            {"name": "db", "meshed": True, "endpoints": [], "traffic": None},
+        ],
+    }
+    console = Console(record=True, width=160)
+    console.print(render_status(doc))
+    text = console.export_text()
+    assert "snapshot v4 (abcd) from persisted · up 2m05s · ready" in text
+    assert "serving the persisted last good config: mesh.yaml is invalid" in text
+    assert "/p/mesh.yaml:8:5: unknown key (did you mean 'retries'?)" in text
+    assert "8000/http 127.0.0.1:18000" in text
+    assert "127.0.0.1:9002 ejected" in text
+    assert "41.5" in text
+    assert "25.0%" in text
+    assert "23.4ms" in text
+    assert "none" in text  # db has no endpoint
+
+    line = format_record(
+        {
+            "time": "2026-01-01T00:00:00.000Z",
+            "source": "web",
+            "destination": "api",
+            "method": "GET",
+            "path": "/x",
+            "status": 503,
+            "flags": "UF",
+            "duration_ms": 12,
+        }
+    ).plain
+    assert line.startswith("2026-01-01T00:00:00.000 web → api GET /x 503 UF 12ms")
