@@ -57,7 +57,10 @@ app.add_typer(ca_cmds.app, name="ca")
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns a command's exit code instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except LocalmeshError as exc:
         print_error(exc)
         sys.exit(exc.exit_code)

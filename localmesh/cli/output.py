@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from localmesh.errors import ConfigError, LocalmeshError
 
@@ -20,11 +21,13 @@ def print_json(data: Any) -> None:
 
 
 def print_error(exc: LocalmeshError) -> None:
-    """One line per problem in red, the hint after it; never a traceback."""
-    if isinstance(exc, ConfigError):
-        for problem in exc.problems:
-            err_console.print(f"[bold red]error[/]: {problem}", highlight=False, markup=True)
-    else:
-        err_console.print(f"[bold red]error[/]: {exc.message}", highlight=False)
+    """One line per problem in red, the hint after it; never a traceback.
+
+    User text is escaped (a key like ``[/x]`` must not be read as markup) and never
+    wrapped, so each problem stays one greppable line in CI logs.
+    """
+    lines = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [exc.message]
+    for line in lines:
+        err_console.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
     if exc.hint:
-        err_console.print(f"[yellow]hint[/]: {exc.hint}", highlight=False)
+        err_console.print(f"[yellow]hint[/]: {escape(exc.hint)}", highlight=False, soft_wrap=True)
