@@ -58,6 +58,7 @@ def _show(result: GenerateResult, cwd: Path) -> None:
         f"{verb} {escape(rel(result.compose_file))} and {escape(rel(result.plan_file))} "
         f"(project {escape(plan.project)}, mesh network {plan.network.subnet})",
         highlight=False,
+        soft_wrap=True,
     )
     table = Table("upstream", "VIP", "ports", "may be called by", box=None, pad_edge=False)
     for up in plan.upstreams:
@@ -68,9 +69,11 @@ def _show(result: GenerateResult, cwd: Path) -> None:
         table.add_row(escape(up.service), up.vip, escape(ports), escape(callers))
     console.print(table)
     for u in plan.unmeshed:
-        console.print(f"left alone: {escape(u.service)} ({escape(u.reason)})", highlight=False)
+        console.print(
+            f"left alone: {escape(u.service)} ({escape(u.reason)})", highlight=False, soft_wrap=True
+        )
     for w in plan.warnings:
-        err_console.print(f"[yellow]warning[/]: {escape(str(w))}", highlight=False)
+        err_console.print(f"[yellow]warning[/]: {escape(str(w))}", highlight=False, soft_wrap=True)
     if result.ca_created:
         console.print("created the local CA (`localmesh ca trust` makes this machine trust it)")
 
