@@ -194,3 +194,14 @@ def test_cli_writes_once_leaves_user_files_alone_and_refuses_its_output(
     bad = cli("generate", "--subnet", "10.0.0.0/30")
     assert bad.returncode == 2
     assert "between /16 and /22" in bad.stderr
+
+
+def test_without_an_engine_generate_still_writes_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    (tmp_path / "compose.yaml").write_text("services:\n  a:\n    image: busybox\n")
+    result = generate(GenerateOptions(cwd=tmp_path, base_image="localmesh-base:bookworm"))
+    assert [w.code for w in result.plan.warnings][:1] == ["no-engine"]
+    assert result.plan.network.subnet == str(candidates(tmp_path.name)[0])
+    assert result.compose_file.is_file()
