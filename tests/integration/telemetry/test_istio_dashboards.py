@@ -82,7 +82,7 @@ services:
   api:
     ports: [{{port: 8000, listen: "127.0.0.1:{api_port}"}}]
     endpoints: ["{backend.host}:{backend.port}"]
-    retries: off
+    retries: false
   cache:
     ports: [{{port: 6379, protocol: redis, listen: "127.0.0.1:{cache_port}"}}]
     endpoints: ["{redis.host}:{redis.port}"]
@@ -92,10 +92,15 @@ services:
 async def drive_traffic(api_port: int, cache_port: int) -> None:
     connector = aiohttp.TCPConnector(local_addr=(CALLER_IP, 0))
     async with aiohttp.ClientSession(connector=connector) as session:
-        for path, want in [("/echo", 200)] * 20 + [("/status/404", 404), ("/status/503", 503)]:
-            async with session.post(f"http://127.0.0.1:{api_port}{path}", data=b"x" * 100) as r:
+        base = f"http://127.0.0.1:{api_port}"
+        for _ in range(20):
+            async with session.post(base + "/echo", data=b"x" * 100) as r:
                 await r.read()
-                assert r.status == want
+                assert r.status == 200
+        for code in (404, 503):
+            async with session.get(f"{base}/status/{code}") as r:
+                await r.read()
+                assert r.status == code
     for _ in range(3):
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", cache_port, local_addr=(CALLER_IP, 0)
