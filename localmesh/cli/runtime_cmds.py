@@ -365,7 +365,7 @@ def render_status(doc: dict[str, Any]) -> Group:
             svc["name"] if svc.get("meshed", True) else f"[dim]{svc['name']} (unmeshed)[/]",
             "\n".join(listeners.get(svc["name"], [])) or "-",
             _endpoints(svc.get("endpoints", [])),
-            f"{rps:.1f}" if rps else "-",
+            _rate_cell(rps, traffic.get("connections_per_second")),
             _error_cell(error_rate),
             f"{p99:.1f}ms" if p99 is not None else "-",
         )
@@ -383,6 +383,15 @@ def _endpoints(endpoints: list[dict[str, Any]]) -> str:
         address = ep.get("address") or f"{ep.get('host')}:{ep.get('port')}"
         cells.append(f"[{color}]{escape(str(address))}[/] {health}")
     return "\n".join(cells)
+
+
+def _rate_cell(rps: float | None, cps: float | None) -> str:
+    """Requests per second; for TCP services (no requests), connections per second."""
+    if rps:
+        return f"{rps:.1f}"
+    if cps:
+        return f"{cps:.1f} conn/s"
+    return "-"
 
 
 def _error_cell(rate: float | None) -> str:

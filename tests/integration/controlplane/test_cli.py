@@ -196,6 +196,12 @@ def test_status_table_shows_traffic_errors_and_the_persisted_warning() -> None:
                 "traffic": {"requests_per_second": 41.5, "error_rate": 0.25, "p99_ms": 23.4},
             },
             {"name": "db", "meshed": True, "endpoints": [], "traffic": None},
+            {
+                "name": "cache",
+                "meshed": True,
+                "endpoints": [{"address": "127.0.0.1:6379", "health": "unknown"}],
+                "traffic": {"requests_per_second": 0.0, "connections_per_second": 2.5},
+            },
         ],
     }
     console = Console(record=True, width=160)
@@ -210,6 +216,7 @@ def test_status_table_shows_traffic_errors_and_the_persisted_warning() -> None:
     assert "25.0%" in text
     assert "23.4ms" in text
     assert "none" in text  # db has no endpoint
+    assert "2.5 conn/s" in text
 
     line = format_record(
         {
