@@ -13,7 +13,6 @@ The **downstream** is the caller, the **upstream** the endpoint we forward to.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,7 +68,11 @@ def _frozen_map(m: Mapping[K, V] | None) -> Mapping[K, V]:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One consistent view of the mesh. Never mutated; a change is a new snapshot."""
+    """One consistent view of the mesh. Never mutated; a change is a new snapshot.
+
+    Its content hash is ``controlplane.codec.content_hash``: canonical JSON, stable
+    across processes (a ``repr()`` of frozensets is not) and blind to source positions.
+    """
 
     config: MeshConfig
     listeners: tuple[ListenerSpec, ...]
@@ -84,14 +87,3 @@ class Snapshot:
         object.__setattr__(self, "endpoints", _frozen_map(self.endpoints))
         object.__setattr__(self, "sources", _frozen_map(self.sources))
         object.__setattr__(self, "vips", _frozen_map(self.vips))
-
-    @property
-    def hash(self) -> str:
-        """Content hash: two snapshots with the same config and endpoints hash the same."""
-        h = hashlib.sha256()
-        h.update(repr(self.config).encode())
-        h.update(repr(self.listeners).encode())
-        h.update(repr(sorted(self.endpoints.items())).encode())
-        h.update(repr(sorted(self.sources.items())).encode())
-        h.update(repr(sorted(self.vips.items())).encode())
-        return h.hexdigest()[:16]

@@ -61,6 +61,8 @@ class AccessLog:
     ) -> list[Record]:
         """Newest-last records from the ring buffer that satisfy ``match``."""
         self.flush()
+        if limit <= 0:
+            return []
         records = [r for r in self._ring if match is None or match(r)]
         return records[-limit:]
 

@@ -109,3 +109,4 @@ def test_access_log_buffers_until_flush_and_keeps_a_ring() -> None:
     assert seen == [200, 201, 202]
     assert [r["status"] for r in log.recent()] == [201, 202]
     assert log.recent(match=lambda r: r["status"] == 202) == [{"status": 202}]
+    assert log.recent(limit=0) == []
