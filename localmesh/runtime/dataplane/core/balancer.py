@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import random
 from bisect import bisect_left
+from collections.abc import Sequence
 
-from localmesh.config.model import LbPolicy, LoadBalancer
+from localmesh.config.model import HashOn, LbPolicy, LoadBalancer
 from localmesh.runtime.dataplane.core.cluster import ClusterState, EndpointState, subset_members
 
 RING_POINTS = 100
@@ -116,3 +117,28 @@ class Picker:
         self._ring = [p for p, _ in points]
         self._ring_hosts = [members[idx] for _, idx in points]
         self._ring_version = self.cluster.version
+
+
+def hash_key(
+    lb: LoadBalancer, headers: Sequence[tuple[bytes, bytes]], peer_ip: str
+) -> bytes | None:
+    """The consistent-hash key of a request: a header, a cookie, or the caller's IP."""
+    if lb.hash_on is HashOn.SOURCE_IP:
+        return peer_ip.encode()
+    if lb.hash_key is None:
+        return None
+    name = lb.hash_key.lower().encode()
+    if lb.hash_on is HashOn.HEADER:
+        for key, value in headers:
+            if key == name:
+                return value
+        return None
+    if lb.hash_on is HashOn.COOKIE:
+        for key, value in headers:
+            if key != b"cookie":
+                continue
+            for part in value.split(b";"):
+                cname, sep, cvalue = part.strip().partition(b"=")
+                if sep and cname == lb.hash_key.encode():
+                    return cvalue
+    return None

@@ -74,3 +74,17 @@ def test_subsets_and_no_healthy_endpoint() -> None:
         c.report_failure(ep, now=0.0)
     assert p.pick(0.5) is None
     assert Picker(c, LoadBalancer(), labels=v1).pick(0.5) is c.endpoints[0]
+
+
+def test_hash_keys() -> None:
+    from localmesh.config.model import HashOn
+    from localmesh.runtime.dataplane.core.balancer import hash_key
+
+    headers = [(b"x-user", b"alice"), (b"cookie", b"a=1; session=abc; z=2")]
+    header = LoadBalancer(LbPolicy.CONSISTENT_HASH, HashOn.HEADER, "X-User")
+    cookie = LoadBalancer(LbPolicy.CONSISTENT_HASH, HashOn.COOKIE, "session")
+    source = LoadBalancer(LbPolicy.CONSISTENT_HASH, HashOn.SOURCE_IP)
+    assert hash_key(header, headers, "10.0.0.7") == b"alice"
+    assert hash_key(cookie, headers, "10.0.0.7") == b"abc"
+    assert hash_key(source, headers, "10.0.0.7") == b"10.0.0.7"
+    assert hash_key(header, [], "10.0.0.7") is None

@@ -1,0 +1,278 @@
+"""A snapshot compiled for serving: everything a request needs, resolved once per version.
+
+``compile_snapshot`` turns a ``Snapshot`` into route tables (regexes compiled, weights
+summed), authorization tables, rate limiters and pickers bound to the long-lived
+``ClusterRuntime`` objects. A request then reads one ``ListenerView`` (swapped atomically
+when a snapshot is applied) and never looks at the config model.
+
+The HTTP engine asks a ``RouteSource`` for the ``VirtualHost`` of a request: a mesh
+listener always answers its service's routes; the ingress answers by ``Host`` header
+(``HostRouter``), which is how the ingress gateway reuses this engine.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from typing import Protocol
+
+from localmesh.config.model import (
+    Destination,
+    Limits,
+    LoadBalancer,
+    MeshConfig,
+    Mirror,
+    RateLimit,
+    Route,
+    Service,
+)
+from localmesh.config.model import Protocol as Proto
+from localmesh.runtime.dataplane.core.balancer import Picker
+from localmesh.runtime.dataplane.core.policy import (
+    UNKNOWN_CALLER,
+    Caller,
+    TargetPolicy,
+    compile_policies,
+)
+from localmesh.runtime.dataplane.core.ratelimit import RateLimiter
+from localmesh.runtime.dataplane.core.routing import RouteTable, compile_routes
+from localmesh.runtime.dataplane.upstream import ClusterRuntime
+from localmesh.runtime.snapshot import ListenerSpec, Snapshot
+
+#: Limiters are keyed by where they apply and their settings, so a reload that leaves a
+#: rate limit unchanged keeps its buckets (no burst of free tokens on every reload).
+LimiterStore = dict[tuple[str, RateLimit], RateLimiter]
+
+
+class RouteTarget:
+    """One route destination: the cluster, a picker over its (subset's) endpoints, authz."""
+
+    __slots__ = ("cluster", "lb", "picker", "policy", "service")
+
+    def __init__(
+        self,
+        cluster: ClusterRuntime,
+        lb: LoadBalancer,
+        subset: tuple[tuple[str, str], ...] | None,
+        policy: TargetPolicy | None,
+        rng: random.Random,
+    ) -> None:
+        self.cluster = cluster
+        self.service = cluster.name
+        self.lb = lb
+        self.picker = Picker(cluster.state, lb, subset, rng)
+        self.policy = policy
+
+
+class VirtualHost:
+    """The routes and limits an HTTP request is served with."""
+
+    __slots__ = ("limits", "name", "rate_limiter", "route_limiters", "routes")
+
+    def __init__(
+        self,
+        name: str,
+        routes: RouteTable[RouteTarget],
+        limits: Limits,
+        rate_limiter: RateLimiter | None,
+        route_limiters: dict[str, RateLimiter],
+    ) -> None:
+        self.name = name
+        self.routes = routes
+        self.limits = limits
+        self.rate_limiter = rate_limiter
+        self.route_limiters = route_limiters
+
+
+class RouteSource(Protocol):
+    """Which virtual host serves a request with this ``Host`` header (None: 404)."""
+
+    def virtual_host(self, authority: bytes) -> VirtualHost | None: ...
+
+
+class FixedRoutes:
+    """A mesh listener: every request gets its service's routes."""
+
+    __slots__ = ("vhost",)
+
+    def __init__(self, vhost: VirtualHost) -> None:
+        self.vhost = vhost
+
+    def virtual_host(self, authority: bytes) -> VirtualHost | None:
+        return self.vhost
+
+
+class _NoRoutes:
+    """A listener whose service is gone (or the intercept listener itself): 404."""
+
+    def virtual_host(self, authority: bytes) -> VirtualHost | None:
+        return None
+
+
+NO_ROUTES = _NoRoutes()
+
+
+class HostRouter:
+    """The ingress: exact host names first, then ``*.suffix`` wildcards (longest first)."""
+
+    def __init__(self, hosts: Mapping[str, VirtualHost]) -> None:
+        self._exact = {h.lower().encode(): v for h, v in hosts.items() if not h.startswith("*")}
+        wild = [(h[1:].lower().encode(), v) for h, v in hosts.items() if h.startswith("*")]
+        self._wild = sorted(wild, key=lambda hv: -len(hv[0]))
+
+    def virtual_host(self, authority: bytes) -> VirtualHost | None:
+        host = authority.lower()
+        host = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
+        found = self._exact.get(host)
+        if found is not None:
+            return found
+        for suffix, vhost in self._wild:
+            if host.endswith(suffix):
+                return vhost
+        return None
+
+
+class ListenerView:
+    """What one listener serves under one snapshot; replaced as a whole on apply."""
+
+    __slots__ = ("caller", "compiled", "limits", "protocol", "routes", "service", "target")
+
+    def __init__(
+        self,
+        compiled: CompiledSnapshot,
+        *,
+        service: str,
+        protocol: Proto,
+        routes: RouteSource,
+        caller: Caller | None,
+        limits: Limits,
+        target: RouteTarget | None,
+    ) -> None:
+        self.compiled = compiled
+        self.service = service
+        self.protocol = protocol
+        self.routes = routes
+        self.caller = caller  # pinned caller (host mode); None: look up by peer IP
+        self.limits = limits
+        self.target = target  # TCP: where connections go
+
+    def caller_for(self, peer_ip: str) -> Caller:
+        if self.caller is not None:
+            return self.caller
+        return self.compiled.callers.get(peer_ip, UNKNOWN_CALLER)
+
+
+class CompiledSnapshot:
+    """Everything derived from one snapshot that requests read."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        clusters: Mapping[str, ClusterRuntime],
+        limiters: LimiterStore,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.version = snapshot.version
+        config: MeshConfig = snapshot.config
+        self.config = config
+        self.trust_domain = config.mesh.trust_domain
+        self.access_log = config.mesh.access_log
+        self.clusters = clusters
+        self._rng = rng or random.Random()
+        self._limiters = limiters
+        self._now = time.monotonic()
+        self.policies = compile_policies(config.policies)
+        self.services = {s.name: s for s in config.services}
+        self.callers = {
+            ip: Caller.service(name, self.trust_domain) for ip, name in snapshot.sources.items()
+        }
+        self._targets: dict[tuple[str, str | None], RouteTarget] = {}
+        self.vhosts = {
+            s.name: self._vhost(s.name, s, None) for s in config.services if s.name in clusters
+        }
+        self.ingress = HostRouter(
+            {
+                h.host: self._vhost(
+                    f"ingress:{h.host}", Service(name=f"ingress:{h.host}"), h.routes
+                )
+                for h in config.ingress.hosts
+            }
+        )
+
+    def caller(self, name: str | None) -> Caller | None:
+        return None if name is None else Caller.service(name, self.trust_domain)
+
+    def target(self, service: str, subset: str | None) -> RouteTarget:
+        key = (service, subset)
+        found = self._targets.get(key)
+        if found is None:
+            svc = self.services[service]
+            labels = None
+            if subset is not None:
+                labels = next(s.labels for s in svc.subsets if s.name == subset)
+            found = self._targets[key] = RouteTarget(
+                self.clusters[service],
+                svc.load_balancer,
+                labels,
+                self.policies.get(service),
+                self._rng,
+            )
+        return found
+
+    def mirror_target(self, mirror: Mirror) -> RouteTarget:
+        return self.target(mirror.service, mirror.subset)
+
+    def _limiter(self, scope: str, config: RateLimit | None) -> RateLimiter | None:
+        if config is None:
+            return None
+        key = (scope, config)
+        found = self._limiters.get(key)
+        if found is None:
+            found = self._limiters[key] = RateLimiter(config, self._now)
+        return found
+
+    def _vhost(self, name: str, service: Service, routes: tuple[Route, ...] | None) -> VirtualHost:
+        def make(dest: Destination) -> RouteTarget:
+            return self.target(dest.service, dest.subset)
+
+        table = compile_routes(service, make, routes)
+        route_limiters: dict[str, RateLimiter] = {}
+        for route in table.routes:
+            limiter = self._limiter(f"{name}/{route.name}", route.rate_limit)
+            if limiter is not None:
+                route_limiters[route.name] = limiter
+        return VirtualHost(
+            name,
+            table,
+            service.limits,
+            self._limiter(name, service.rate_limit),
+            route_limiters,
+        )
+
+    def view(self, spec: ListenerSpec, routes: RouteSource | None = None) -> ListenerView:
+        """The view of a mesh listener (or, with ``routes``, of an ingress-style one)."""
+        svc = self.services.get(spec.service)
+        limits = svc.limits if svc is not None else Limits()
+        vhost = self.vhosts.get(spec.service)
+        if routes is None:
+            routes = FixedRoutes(vhost) if vhost is not None else NO_ROUTES
+        target = self.target(spec.service, None) if spec.service in self.clusters else None
+        return ListenerView(
+            self,
+            service=spec.service,
+            protocol=spec.protocol,
+            routes=routes,
+            caller=self.caller(spec.source),
+            limits=limits,
+            target=target,
+        )
+
+    def port_protocol(self, service: str, port: int) -> Proto:
+        svc = self.services.get(service)
+        if svc is not None:
+            for p in svc.ports:
+                if p.port == port:
+                    return p.protocol
+        return Proto.TCP

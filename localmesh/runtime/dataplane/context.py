@@ -1,0 +1,97 @@
+"""What every connection of one listener shares: the current view, telemetry, the clock.
+
+``ListenerContext.view`` is the one attribute a snapshot swap replaces; a connection reads
+it once per request (HTTP) or once at accept (TCP), so new requests see the new snapshot
+while in-flight ones finish on the one they started with.
+
+``ticks`` is a coarse clock advanced by the data plane's sweeper: connections note the tick
+when they start waiting (for headers, for the next request) and the sweeper enforces
+header and idle timeouts from it, so the hot path never arms a timer for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from localmesh.runtime.dataplane.compiled import ListenerView
+from localmesh.runtime.dataplane.core.headers import TraceIds
+from localmesh.runtime.dataplane.core.policy import Caller
+from localmesh.runtime.telemetry import AccessLog, MeshMetrics
+
+if TYPE_CHECKING:
+    from localmesh.runtime.dataplane.http import HttpDownstream
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamIdentity:
+    """A verified downstream (ingress mTLS): who it is for policy, and the XFCC to send.
+
+    ``xfcc`` None: strip any ``x-forwarded-client-cert`` the client sent and add none.
+    """
+
+    caller: Caller
+    xfcc: bytes | None = None
+
+
+#: Called once per connection (after the TLS handshake) by listeners that authenticate
+#: downstreams; returning None means "no verified identity".
+IdentifyHook = Callable[[asyncio.Transport], DownstreamIdentity | None]
+
+
+class Clock:
+    """The sweeper's coarse clock, shared by all listeners of a data plane."""
+
+    __slots__ = ("tick", "ticks")
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick  # seconds per tick
+        self.ticks = 0
+
+    def span(self, seconds: float) -> int:
+        """How many ticks must pass before ``seconds`` have surely elapsed."""
+        return max(1, int(seconds / self.tick + 0.999)) + 1
+
+
+class ListenerContext:
+    """Shared state of one listener (or of one intercepted destination)."""
+
+    __slots__ = (
+        "access_log",
+        "clock",
+        "connections",
+        "identify",
+        "ids",
+        "loop",
+        "metrics",
+        "name",
+        "rng",
+        "scheme",
+        "view",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        view: ListenerView,
+        metrics: MeshMetrics,
+        access_log: AccessLog,
+        clock: Clock,
+        *,
+        scheme: bytes = b"http",
+        identify: IdentifyHook | None = None,
+    ) -> None:
+        self.name = name
+        self.view = view
+        self.metrics = metrics
+        self.access_log = access_log
+        self.clock = clock
+        self.scheme = scheme
+        self.identify = identify
+        self.loop = asyncio.get_running_loop()
+        self.rng = random.Random()
+        self.ids = TraceIds(self.rng)
+        self.connections: set[HttpDownstream | asyncio.Protocol] = set()

@@ -1,0 +1,1223 @@
+"""HTTP/1.1 proxying: the downstream connection and the exchange (one request's life).
+
+Life of a request::
+
+    HttpDownstream.data_received ─▶ llhttp ─▶ on_headers_complete ─▶ Exchange.start
+      route (RouteSource ▶ VirtualHost ▶ RouteTable) ─▶ authz ─▶ rate limits ─▶ upstream head
+      ─▶ attempt: fault dice ─▶ pick endpoint ─▶ pooled connection ─▶ write head + body
+      ─▶ UpstreamConnection: response head ─▶ retry? ─▶ downstream head, body, end
+      ─▶ metrics (plain ints), access log (buffered) ─▶ next pipelined request
+
+Everything is callbacks on one event loop: no task per request, no per-request timers for
+header/idle timeouts (the sweeper enforces them), one write per read in each direction.
+Bodies stream with backpressure: when the upstream cannot take more we stop reading the
+downstream, and the other way round. A request body is kept for replay (retries, mirrors)
+only while it is at most ``REPLAY_LIMIT`` bytes; past that the request is not retried.
+
+Locally generated responses (404 no route, 403 denied, 429, 503, 504, ...) carry
+``x-localmesh-reason``. A request the mesh answers before reading its whole body closes
+the connection afterwards: the unread body would otherwise be parsed as the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import cast
+
+import httptools
+
+from localmesh.runtime.dataplane.compiled import ListenerView, RouteTarget, VirtualHost
+from localmesh.runtime.dataplane.context import DownstreamIdentity, ListenerContext
+from localmesh.runtime.dataplane.core import wire
+from localmesh.runtime.dataplane.core.balancer import hash_key
+from localmesh.runtime.dataplane.core.fault import decide as decide_fault
+from localmesh.runtime.dataplane.core.headers import HOP_BY_HOP, connection_tokens
+from localmesh.runtime.dataplane.core.policy import Caller
+from localmesh.runtime.dataplane.core.retry import Outcome, backoff, budget_allows, is_retriable
+from localmesh.runtime.dataplane.core.routing import CompiledRoute, RouteMatcher
+from localmesh.runtime.dataplane.core.uri import BadTarget, split_target
+from localmesh.runtime.dataplane.mirror import send_mirror
+from localmesh.runtime.dataplane.tasks import spawn
+from localmesh.runtime.dataplane.upstream import (
+    FRAMING_CHUNKED,
+    FRAMING_CLOSE,
+    Headers,
+    UpstreamConnection,
+    UpstreamHost,
+)
+from localmesh.runtime.telemetry import HttpEdge
+
+REPLAY_LIMIT = 64 * 1024  # request bodies up to this size can be retried and mirrored
+HIGH_WATER = 256 * 1024  # request bytes buffered while connecting before we stop reading
+
+# Why downstream reading is paused (a bit mask: resume only when all are cleared).
+PAUSE_PIPELINE = 1  # a later request arrived while one is in flight
+PAUSE_UPSTREAM = 2  # the upstream's write buffer is full, or we are still connecting
+PAUSE_DONE = 4  # the connection will close after the current response
+
+CRLF = b"\r\n"
+SEP = b": "
+HTTP11 = b" HTTP/1.1\r\n"
+CHUNK_END = b"0\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Request headers the exchange looks at while copying the rest through.
+_SPECIAL = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-request-id",
+    b"traceparent",
+    b"x-b3-traceid",
+    b"x-b3-spanid",
+    b"x-b3-sampled",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-client-cert",
+}
+
+
+class _Refuse(Exception):
+    """Raised from a parser callback to answer with ``status`` and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class HttpDownstream(asyncio.Protocol):
+    """One downstream connection: parses requests, runs one exchange at a time."""
+
+    __slots__ = (
+        "_active",
+        "_current",
+        "_edges",
+        "_hbytes",
+        "_headers",
+        "_max_hbytes",
+        "_parser",
+        "_paused",
+        "_queue",
+        "_refused",
+        "_url",
+        "_view",
+        "caller",
+        "ctx",
+        "identity",
+        "in_head",
+        "peer_ip",
+        "transport",
+        "tunnel",
+        "upgraded",
+        "wait_since",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: Headers = []
+        self._hbytes = 0
+        self._max_hbytes = 0
+        self._active: Exchange | None = None
+        self._current: Exchange | None = None
+        self._queue: deque[Exchange] = deque()
+        self._paused = 0
+        self._view: ListenerView | None = None
+        self._edges: dict[str, HttpEdge] = {}
+        self.caller: Caller | None = None
+        self.identity: DownstreamIdentity | None = None
+        self.peer_ip = "unknown"
+        self.tunnel: asyncio.Transport | None = None  # after an upgrade: the upstream
+        self.upgraded = False
+        self._refused = False
+        self.write_paused = False
+        # For the sweeper: the tick since which we wait for the next request (``in_head``
+        # False: idle timeout) or for the rest of a request head (True: header timeout);
+        # -1 while a request is being served.
+        self.wait_since = 0
+        self.in_head = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = str(peer[0])
+        ctx = self.ctx
+        ctx.connections.add(self)
+        if ctx.identify is not None:
+            self.identity = ctx.identify(self.transport)
+        self.wait_since = ctx.clock.ticks
+        self._max_hbytes = ctx.view.limits.max_request_headers_bytes
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.upgraded:
+            self._tunnel_data(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[int(exc.args[0]) :])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Refuse):
+                self.refuse(cause.status, cause.reason)
+            else:
+                raise
+        except httptools.HttpParserError as exc:
+            self.refuse(400, "bad-request", str(exc))
+            return
+        ex = self._active
+        if ex is not None:
+            ex.flush_up()
+
+    def eof_received(self) -> bool | None:
+        if self._active is not None:
+            self._paused |= PAUSE_DONE  # answer what was asked, then close
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        active, self._active = self._active, None
+        self._queue.clear()
+        if active is not None:
+            active.downstream_lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        conn = self._active.conn if self._active is not None else None
+        if conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()
+        elif self.tunnel is not None:
+            self.tunnel.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        conn = self._active.conn if self._active is not None else None
+        if conn is not None and conn.transport is not None:
+            conn.transport.resume_reading()
+        elif self.tunnel is not None:
+            self.tunnel.resume_reading()
+
+    # -- llhttp callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._hbytes = 0
+        self.in_head = True
+        self.wait_since = self.ctx.clock.ticks
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._hbytes += len(url)
+        if self._hbytes > self._max_hbytes:
+            raise _Refuse(414 if len(self._url) > self._max_hbytes else 431, "headers-too-large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+        self._hbytes += len(name) + len(value) + 4
+        if self._hbytes > self._max_hbytes:
+            raise _Refuse(431, "headers-too-large")
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.wait_since = -1
+        view = self.ctx.view
+        if view is not self._view:
+            self._adopt(view)
+        parser = self._parser
+        ex = Exchange(
+            self,
+            view,
+            method=parser.get_method(),
+            url=self._url,
+            headers=self._headers,
+            http11=parser.get_http_version() == "1.1",
+            keep_alive=parser.should_keep_alive(),
+            hbytes=self._hbytes,
+        )
+        self._current = ex
+        if self._active is None:
+            self._active = ex
+            ex.start()
+        else:
+            self._queue.append(ex)
+            self.pause(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self._current
+        if ex is not None:
+            ex.request_body(body)
+
+    def on_message_complete(self) -> None:
+        ex, self._current = self._current, None
+        if ex is not None:
+            ex.request_complete()
+
+    # -- exchanges --------------------------------------------------------------------------
+
+    def _adopt(self, view: ListenerView) -> None:
+        """First request under a new snapshot: re-resolve the caller and metric edges."""
+        self._view = view
+        ident = self.identity
+        self.caller = ident.caller if ident is not None else view.caller_for(self.peer_ip)
+        self._edges = {}
+        self._max_hbytes = view.limits.max_request_headers_bytes
+
+    def edge(self, destination: str) -> HttpEdge:
+        edge = self._edges.get(destination)
+        if edge is None:
+            assert self.caller is not None
+            edge = self._edges[destination] = self.ctx.metrics.http_edge(
+                self.caller.name, destination
+            )
+        return edge
+
+    def exchange_done(self, ex: Exchange, close: bool) -> None:
+        if self._active is not ex:
+            return
+        self._active = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if close or self._paused & PAUSE_DONE:
+            self._queue.clear()
+            transport.close()
+            return
+        if self._queue:
+            nxt = self._queue.popleft()
+            self._active = nxt
+            nxt.start()
+            if self._active is nxt:
+                nxt.flush_up()
+            return
+        if not self.in_head:
+            self.wait_since = self.ctx.clock.ticks
+        self.resume(PAUSE_PIPELINE)
+
+    def pause(self, why: int) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= why
+
+    def resume(self, why: int) -> None:
+        if not self._paused & why:
+            return
+        self._paused &= ~why
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def refuse(self, status: int, reason: str, detail: str = "") -> None:
+        """A broken or hostile request: answer once (if we still can) and close."""
+        self._refused = True  # nothing more is parsed
+        self.wait_since = -1
+        self._queue.clear()
+        active = self._active
+        if active is not None:
+            if active.response_started:
+                active.abort_response(wire.DOWNSTREAM_PROTOCOL_ERROR)
+            else:
+                active.keep_alive = False
+                active.local(status, reason, detail, wire.DOWNSTREAM_PROTOCOL_ERROR)
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(wire.local_response(status, reason, detail, close=True))
+            transport.close()
+        self._log_refusal(status, reason)
+
+    def timed_out(self, idle: bool) -> None:
+        """The sweeper found us waiting too long for a request head (408) or idle."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if idle:
+            transport.close()
+        else:
+            self.refuse(408, "request-header-timeout")
+
+    def _log_refusal(self, status: int, reason: str) -> None:
+        view = self.ctx.view
+        caller = self.caller or view.caller_for(self.peer_ip)
+        self.ctx.metrics.http_edge(caller.name, view.service).observe(
+            status, wire.DOWNSTREAM_PROTOCOL_ERROR, 0.0, self._hbytes, 0
+        )
+        if view.compiled.access_log:
+            self.ctx.access_log.log(
+                {
+                    "kind": "http",
+                    "listener": self.ctx.name,
+                    "source": caller.name,
+                    "destination": view.service,
+                    "status": status,
+                    "flags": wire.DOWNSTREAM_PROTOCOL_ERROR,
+                    "reason": reason,
+                    "peer": self.peer_ip,
+                }
+            )
+
+    # -- upgrades (WebSocket and friends) ---------------------------------------------------
+
+    def _upgrade(self, rest: bytes) -> None:
+        """The parser stopped after an upgrade request: the rest is raw tunnel bytes."""
+        self.upgraded = True
+        ex = self._active
+        if ex is None or ex.done:  # already answered (CONNECT, denied, ...): swallow the rest
+            return
+        if not ex.upgrade:
+            self.refuse(400, "bad-request", "unexpected upgrade")
+            return
+        if rest:
+            ex.request_body(rest)
+        ex.flush_up()
+
+    def _tunnel_data(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        ex = self._active
+        if ex is not None and ex.upgrade:
+            ex.request_body(data)
+            ex.flush_up()
+
+
+class Exchange:
+    """One request from head to end of response, across retries."""
+
+    __slots__ = (
+        "_backoff_timer",
+        "_body_bytes",
+        "_complete",
+        "_deadline_timer",
+        "_down_chunked",
+        "_in_retry",
+        "_try_timer",
+        "_unsent_bytes",
+        "_wire_bytes",
+        "close_after",
+        "conn",
+        "done",
+        "down",
+        "flags",
+        "head_only",
+        "headers",
+        "host",
+        "http11",
+        "keep_alive",
+        "matcher",
+        "method",
+        "mirror",
+        "out",
+        "path",
+        "req_bytes",
+        "req_chunked",
+        "req_complete",
+        "request_id",
+        "resp_bytes",
+        "response_started",
+        "retries",
+        "route",
+        "started",
+        "status",
+        "target",
+        "traceparent",
+        "unsent",
+        "upgrade",
+        "upstream_address",
+        "url",
+        "view",
+        "waiting",
+        "wire",
+    )
+
+    def __init__(
+        self,
+        down: HttpDownstream,
+        view: ListenerView,
+        *,
+        method: bytes,
+        url: bytes,
+        headers: Headers,
+        http11: bool,
+        keep_alive: bool,
+        hbytes: int,
+    ) -> None:
+        self.down = down
+        self.view = view
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.head_only = method == b"HEAD"
+        self.upgrade = False
+        self.req_bytes = hbytes
+        self.req_chunked = False
+        self.req_complete = False
+        self.unsent: list[bytes] = []
+        self._unsent_bytes = 0
+        self._body_bytes = 0
+        self.wire: list[bytes] | None = []  # everything sent upstream, while replayable
+        self._wire_bytes = 0
+        self.out: list[bytes] = []
+        self.conn: UpstreamConnection | None = None
+        self.host: UpstreamHost | None = None
+        self.target: RouteTarget | None = None
+        self.route: CompiledRoute[RouteTarget] | None = None
+        self.matcher: RouteMatcher[RouteTarget] | None = None
+        self.mirror: RouteTarget | None = None
+        self.path = b""
+        self.status = 0
+        self.flags = wire.NO_FLAGS
+        self.resp_bytes = 0
+        self.retries = 0
+        self.response_started = False
+        self.done = False
+        self.close_after = False
+        self.waiting = False
+        self.request_id = b""
+        self.traceparent = b""
+        self.upstream_address = ""
+        self.started = down.ctx.loop.time()
+        self._complete = False
+        self._down_chunked = False
+        self._in_retry = False
+        self._try_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._backoff_timer: asyncio.TimerHandle | None = None
+
+    # -- request side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Route, authorise, limit, build the upstream head, start the first attempt."""
+        down = self.down
+        ctx = down.ctx
+        view = self.view
+        try:
+            path, query = split_target(self.url)
+        except BadTarget as exc:
+            self.local(400, "bad-request", str(exc), wire.DOWNSTREAM_PROTOCOL_ERROR)
+            return
+        if self.method == b"CONNECT":
+            self.local(405, "method-not-allowed", "CONNECT is not proxied", wire.NO_FLAGS)
+            return
+        self.path = path
+        headers = self.headers
+        authority = b""
+        for name, value in headers:
+            if name == b"host":
+                authority = value
+                break
+        vhost = view.routes.virtual_host(authority)
+        caller = down.caller
+        assert caller is not None
+        matcher = (
+            vhost.routes.match(self.method, path, query, headers, caller.name)
+            if vhost is not None
+            else None
+        )
+        if vhost is None or matcher is None:
+            self.local(404, "no-route", f"{path.decode(errors='replace')}", wire.NO_ROUTE)
+            return
+        self.matcher = matcher
+        route = self.route = matcher.route
+        rng = ctx.rng
+        target = self.target = route.targets[
+            route.pick(rng.random()) if len(route.targets) > 1 else 0
+        ]
+        target.cluster.state.active_requests += 1  # undone in _finish
+        if target.policy is not None:
+            refused = target.policy.check(caller, self.method, path)
+            if refused is not None:
+                self.local(403, "denied", refused, wire.DENIED)
+                return
+        limited = vhost.rate_limiter is not None or route.rate_limit is not None
+        if limited and self._rate_limited(vhost, route, caller):
+            return
+        limit = view.limits.max_request_body_bytes
+        upstream_path = matcher.rewrite(path) if route.rewrite is not None else path
+        if not self._build_head(authority, upstream_path, query, route, limit):
+            return
+        if route.mirror is not None and rng.random() * 100.0 < route.mirror.percent:
+            self.mirror = view.compiled.mirror_target(route.mirror)
+        if route.timeout:
+            self._deadline_timer = ctx.loop.call_later(route.timeout, self._on_deadline)
+        if self.req_complete:
+            self._maybe_mirror()
+        self._attempt()
+
+    def _rate_limited(
+        self, vhost: VirtualHost, route: CompiledRoute[RouteTarget], caller: Caller
+    ) -> bool:
+        now = self.down.ctx.loop.time()
+        wait = 0.0
+        if vhost.rate_limiter is not None:
+            wait = vhost.rate_limiter.take(caller.name, now)
+        limiter = vhost.route_limiters.get(route.name)
+        if not wait and limiter is not None:
+            wait = limiter.take(caller.name, now)
+        if not wait:
+            return False
+        self.down.ctx.metrics.rate_limited(route.name)
+        retry_after = str(max(1, int(wait + 0.999))).encode()
+        self.local(
+            429,
+            "rate-limited",
+            f"route {route.name}",
+            wire.RATE_LIMITED,
+            extra=((b"retry-after", retry_after),),
+        )
+        return True
+
+    def _build_head(
+        self,
+        authority: bytes,
+        path: bytes,
+        query: bytes,
+        route: CompiledRoute[RouteTarget],
+        body_limit: int,
+    ) -> bool:
+        """Serialise the upstream request head once (retries and mirrors reuse it)."""
+        down = self.down
+        ctx = down.ctx
+        out: Headers = []
+        xff = xfp = xfh = rid = tp = b3t = b3s = b3f = None
+        tokens: frozenset[bytes] = frozenset()
+        upgrade_to = None
+        expect = False
+        content_length = -1
+        sanitize = ctx.identify is not None
+        for item in self.headers:
+            name = item[0]
+            if name not in _SPECIAL:
+                out.append(item)
+                continue
+            value = item[1]
+            if name in {b"host", b"x-forwarded-host"}:
+                if name == b"x-forwarded-host":
+                    xfh = value
+                out.append(item)
+            elif name == b"content-length":
+                content_length = int(value)
+                out.append(item)
+            elif name == b"transfer-encoding":
+                self.req_chunked = True
+            elif name == b"connection":
+                tokens = connection_tokens(value)
+            elif name == b"upgrade":
+                upgrade_to = value
+            elif name == b"expect":
+                expect = value.lower() == b"100-continue"
+            elif name == b"x-request-id":
+                rid = value
+                out.append(item)
+            elif name == b"traceparent":
+                tp = value
+            elif name == b"x-b3-traceid":
+                b3t = value
+                out.append(item)
+            elif name == b"x-b3-spanid":
+                b3s = value
+                out.append(item)
+            elif name == b"x-b3-sampled":
+                b3f = value
+                out.append(item)
+            elif name == b"x-forwarded-for":
+                xff = value
+            elif name == b"x-forwarded-proto":
+                xfp = value
+            elif name == b"x-forwarded-client-cert" and not sanitize:
+                out.append(item)
+            # other hop-by-hop headers (keep-alive, te, trailer, proxy-connection): dropped
+        if body_limit and content_length > body_limit:
+            self.local(413, "body-too-large", f"limit {body_limit} bytes", wire.NO_FLAGS)
+            return False
+        if tokens - {b"keep-alive", b"close", b"upgrade"}:
+            out = [h for h in out if h[0] not in tokens]
+        if route.request_ops is not None:
+            out = route.request_ops.apply(out)
+        peer = down.peer_ip.encode()
+        out.append((b"x-forwarded-for", xff + b", " + peer if xff else peer))
+        if sanitize or xfp is None:
+            out.append((b"x-forwarded-proto", ctx.scheme))
+        else:
+            out.append((b"x-forwarded-proto", xfp))
+        if xfh is None and authority:
+            out.append((b"x-forwarded-host", authority))
+        elif not authority:  # HTTP/1.0 without Host: HTTP/1.1 upstreams require one
+            target = self.target
+            out.append((b"host", (target.service if target else self.view.service).encode()))
+        ids = ctx.ids
+        if rid is None:
+            rid = ids.request_id()
+            out.append((b"x-request-id", rid))
+        self.request_id = rid
+        traceparent, trace_extra = ids.trace_context(tp, b3t, b3s, b3f)
+        if tp is not None and traceparent == tp:
+            out.append((b"traceparent", tp))
+        out.extend(trace_extra)
+        self.traceparent = traceparent
+        ident = down.identity
+        if ident is not None and ident.xfcc is not None:
+            out.append((b"x-forwarded-client-cert", ident.xfcc))
+        if upgrade_to is not None and b"upgrade" in tokens:
+            self.upgrade = True
+            out.append((b"connection", b"upgrade"))
+            out.append((b"upgrade", upgrade_to))
+        elif self.req_chunked:
+            out.append((b"transfer-encoding", b"chunked"))
+        parts = [self.method, b" ", path + b"?" + query if query else path, HTTP11]
+        for name, value in out:
+            parts += (name, SEP, value, CRLF)
+        parts.append(CRLF)
+        head = b"".join(parts)
+        if route.mirror is not None:
+            self.headers = out  # kept for the mirror's head
+        self.unsent.insert(0, head)
+        self._unsent_bytes += len(head)
+        assert self.wire is not None
+        self.wire.insert(0, head)
+        self._wire_bytes += len(head)
+        if expect and not self.req_complete:
+            transport = down.transport
+            if transport is not None:
+                transport.write(CONTINUE_100)
+        return True
+
+    def request_body(self, chunk: bytes) -> None:
+        if self.done:
+            return
+        n = len(chunk)
+        self.req_bytes += n
+        self._body_bytes += n
+        limit = self.view.limits.max_request_body_bytes
+        if limit and self._body_bytes > limit and not self.upgrade:
+            self._body_too_large(limit)
+            return
+        pieces = [b"%x\r\n" % n, chunk, CRLF] if self.req_chunked and not self.upgrade else [chunk]
+        self.unsent += pieces
+        self._unsent_bytes += n
+        replay = self.wire
+        if replay is not None:
+            self._wire_bytes += n
+            if self._wire_bytes > REPLAY_LIMIT:
+                self.wire = None
+            else:
+                replay += pieces
+        if self.conn is None and self._unsent_bytes > HIGH_WATER:
+            self.down.pause(PAUSE_UPSTREAM)
+
+    def request_complete(self) -> None:
+        self.req_complete = True
+        if self.done:
+            return
+        if self.req_chunked:
+            self.unsent.append(CHUNK_END)
+            if self.wire is not None:
+                self.wire.append(CHUNK_END)
+        if self.route is not None:
+            self._maybe_mirror()
+
+    def flush_up(self) -> None:
+        """Write what the last read produced to the upstream, in one write."""
+        conn = self.conn
+        if conn is None or not self.unsent:
+            return
+        transport = conn.transport
+        if transport is not None and not transport.is_closing():
+            unsent = self.unsent
+            transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
+        self.unsent = []
+        self._unsent_bytes = 0
+
+    def _body_too_large(self, limit: int) -> None:
+        if self.response_started:
+            self.abort_response(wire.NO_FLAGS)
+            return
+        self._drop_upstream()
+        self.local(413, "body-too-large", f"limit {limit} bytes", wire.NO_FLAGS)
+
+    def _maybe_mirror(self) -> None:
+        target = self.mirror
+        if target is None or self.wire is None:
+            return
+        self.mirror = None
+        body = b"".join(self.wire[1:])
+        head = _mirror_head(self.wire[0], self.headers)
+        spawn(send_mirror(target, head + body), name=f"mirror {target.service}")
+
+    # -- attempts ---------------------------------------------------------------------------
+
+    def _attempt(self) -> None:
+        self._backoff_timer = None
+        if self.done:
+            return
+        route = self.route
+        assert route is not None
+        if route.fault is not None:
+            rng = self.down.ctx.rng
+            assert self.down.caller is not None
+            delay, abort = decide_fault(
+                route.fault, self.down.caller.name, rng.random(), rng.random()
+            )
+            if delay:
+                self.flags = wire.join_flags(self.flags, wire.FAULT_DELAY)
+                self._backoff_timer = self.down.ctx.loop.call_later(
+                    delay, self._after_fault_delay, abort
+                )
+                return
+            if abort:
+                self._fault_abort(abort)
+                return
+        self._attempt_upstream()
+
+    def _after_fault_delay(self, abort: int) -> None:
+        self._backoff_timer = None
+        if self.done:
+            return
+        if abort:
+            self._fault_abort(abort)
+        else:
+            self._attempt_upstream()
+
+    def _fault_abort(self, status: int) -> None:
+        """An injected abort is an upstream answer: the retry policy sees it."""
+        if self._can_retry(Outcome.RESPONSE, status):
+            self._retry()
+            return
+        self.local(
+            status,
+            "fault-abort",
+            f"route {self.route.name if self.route else '-'}",
+            wire.FAULT_ABORT,
+        )
+
+    def _attempt_upstream(self) -> None:
+        target = self.target
+        route = self.route
+        assert target is not None
+        assert route is not None
+        loop = self.down.ctx.loop
+        now = loop.time()
+        key = (
+            hash_key(target.lb, self.headers, self.down.peer_ip)
+            if target.lb.hash_on is not None
+            else None
+        )
+        host = target.picker.pick(now, key)
+        if host is None:
+            self.local(
+                503, "no-healthy-upstream", f"cluster {target.service}", wire.NO_HEALTHY_UPSTREAM
+            )
+            return
+        assert isinstance(host, UpstreamHost)
+        self.host = host
+        host.active_requests += 1
+        host.total_requests += 1
+        retry = route.retry
+        if retry is not None and retry.per_try_timeout:
+            self._try_timer = loop.call_at(now + retry.per_try_timeout, self._on_try_timeout)
+        target.cluster.acquire(self)
+
+    def on_connection(self, conn: UpstreamConnection) -> None:
+        """The pool (or a new connect) gave us a connection: send what we have."""
+        if self.done or self.host is None:
+            self.target.cluster.release(
+                conn, self.down.ctx.loop.time()
+            ) if self.target else conn.close()
+            return
+        if conn.host is not self.host:  # handed over from the pending queue
+            self.host.active_requests -= 1
+            self.host = conn.host
+            self.host.active_requests += 1
+        self.conn = conn
+        self.upstream_address = conn.host.address
+        conn.begin(self, self.head_only)
+        self.flush_up()
+        self.down.resume(PAUSE_UPSTREAM)
+        if self.down.write_paused and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def on_connect_failure(self, outcome: Outcome, detail: str) -> None:
+        if self.done:
+            return
+        host = self.host
+        target = self.target
+        assert target is not None
+        if detail == "overflow":
+            self._end_attempt()
+            self.local(
+                503, "circuit-open", f"cluster {target.service}: {detail}", wire.UPSTREAM_OVERFLOW
+            )
+            return
+        if host is not None:
+            self._report_failure(host)
+        self._failed(
+            outcome, 503, "upstream-connect-failure", detail, wire.UPSTREAM_CONNECT_FAILURE
+        )
+
+    def _report_failure(self, host: UpstreamHost) -> None:
+        target = self.target
+        assert target is not None
+        state = target.cluster.state
+        if state.outlier is not None and state.report_failure(host, self.down.ctx.loop.time()):
+            self.down.ctx.metrics.ejection(target.service)
+
+    def _failed(self, outcome: Outcome, status: int, reason: str, detail: str, flag: str) -> None:
+        """An attempt ended without a usable response: retry it or answer locally."""
+        self._end_attempt()
+        if self._can_retry(outcome, status):
+            self._retry()
+            return
+        if self.retries:
+            flag = wire.join_flags(flag, wire.UPSTREAM_RETRY_LIMIT)
+        self.local(status, reason, detail, flag)
+
+    def _can_retry(self, outcome: Outcome, status: int) -> bool:
+        route = self.route
+        policy = route.retry if route is not None else None
+        if policy is None or self.retries >= policy.attempts:
+            return False
+        if self.response_started or self.wire is None or self.upgrade:
+            return False
+        if not is_retriable(policy, outcome, status):
+            return False
+        state = self.target.cluster.state if self.target is not None else None
+        if state is None:
+            return False
+        active_retries = state.active_retries - (1 if self._in_retry else 0)
+        return budget_allows(policy, state.active_requests, active_retries)
+
+    def _retry(self) -> None:
+        route = self.route
+        target = self.target
+        assert route is not None
+        assert route.retry is not None
+        assert target is not None
+        self.retries += 1
+        if not self._in_retry:
+            self._in_retry = True
+            target.cluster.state.active_retries += 1
+        self.down.ctx.metrics.retry(target.service)
+        assert self.wire is not None
+        self.unsent = list(self.wire)
+        self._unsent_bytes = sum(map(len, self.unsent))
+        delay = backoff(route.retry, self.retries - 1, self.down.ctx.rng.random())
+        self._backoff_timer = self.down.ctx.loop.call_later(delay, self._attempt)
+
+    def _end_attempt(self) -> None:
+        """Release what the current attempt holds (not the connection: callers decide)."""
+        if self._try_timer is not None:
+            self._try_timer.cancel()
+            self._try_timer = None
+        if self.waiting and self.target is not None:
+            self.target.cluster.forget(self)
+        host, self.host = self.host, None
+        if host is not None:
+            host.active_requests -= 1
+
+    def _drop_upstream(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+
+    def _on_try_timeout(self) -> None:
+        self._try_timer = None
+        if self.done or self.response_started:
+            return
+        host = self.host
+        self._drop_upstream()
+        if host is not None:
+            self._report_failure(host)
+        self._failed(
+            Outcome.TIMEOUT, 504, "upstream-timeout", "per-try timeout", wire.UPSTREAM_TIMEOUT
+        )
+
+    def _on_deadline(self) -> None:
+        self._deadline_timer = None
+        if self.done or self.response_started:
+            return
+        self._drop_upstream()
+        self._end_attempt()
+        if self._backoff_timer is not None:
+            self._backoff_timer.cancel()
+            self._backoff_timer = None
+        timeout = self.route.timeout if self.route is not None else 0
+        self.local(504, "upstream-timeout", f"no response within {timeout}s", wire.UPSTREAM_TIMEOUT)
+
+    # -- response side (UpstreamOwner) ------------------------------------------------------
+
+    def up_head(self, status: int, headers: Headers, framing: int) -> None:
+        if self._try_timer is not None:
+            self._try_timer.cancel()
+            self._try_timer = None
+        target = self.target
+        host = self.host
+        assert target is not None
+        assert host is not None
+        state = target.cluster.state
+        if state.outlier is not None and state.report_status(
+            host, status, self.down.ctx.loop.time()
+        ):
+            self.down.ctx.metrics.ejection(target.service)
+        if status >= 500 and self._can_retry(Outcome.RESPONSE, status):
+            self._drop_upstream()
+            self._end_attempt()
+            self._retry()
+            return
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self.status = status
+        self.response_started = True
+        if self.retries and status >= 500:
+            self.flags = wire.join_flags(self.flags, wire.UPSTREAM_RETRY_LIMIT)
+        route = self.route
+        assert route is not None
+        if route.response_ops is not None:
+            headers = route.response_ops.apply(headers)
+        if self.upgrade and status != 101:
+            self.keep_alive = False  # the downstream parser stopped at the upgrade
+        parts = [wire.status_line(status)]
+        tokens: frozenset[bytes] = frozenset()
+        for name, value in headers:
+            if name in HOP_BY_HOP:
+                if name == b"connection":
+                    tokens = connection_tokens(value)
+                elif status == 101 and name == b"upgrade":
+                    parts += (name, SEP, value, CRLF)
+                continue
+            if tokens and name in tokens:
+                continue
+            parts += (name, SEP, value, CRLF)
+        if status == 101:
+            parts.append(b"connection: upgrade\r\n")
+        elif framing in (FRAMING_CHUNKED, FRAMING_CLOSE):
+            if self.http11:
+                self._down_chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False
+        if status != 101:
+            if not self.keep_alive or self.down._paused & PAUSE_DONE:
+                parts.append(b"connection: close\r\n")
+            elif not self.http11:
+                parts.append(b"connection: keep-alive\r\n")
+        parts.append(CRLF)
+        self.out.append(b"".join(parts))
+
+    def up_body(self, chunk: bytes) -> None:
+        self.resp_bytes += len(chunk)
+        if self._down_chunked:
+            self.out += (b"%x\r\n" % len(chunk), chunk, CRLF)
+        else:
+            self.out.append(chunk)
+
+    def up_complete(self) -> None:
+        if self._down_chunked:
+            self.out.append(CHUNK_END)
+        self._complete = True
+
+    def up_after_data(self) -> None:
+        out = self.out
+        if out:
+            self.out = []
+            transport = self.down.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._complete and not self.done:
+            self._finish()
+
+    def up_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        if self.done or conn is not self.conn:
+            return
+        self.conn = None
+        host = self.host
+        if self.response_started:
+            self.up_after_data()
+            self.abort_response(wire.UPSTREAM_TERMINATION)
+            return
+        if host is not None and conn.served > 1 and self.wire is not None and self.retries == 0:
+            # A keep-alive connection the upstream had already closed: not the upstream's
+            # fault and not a retry. Drop its idle siblings too (likely stale as well).
+            for idle in list(host.idle):
+                idle.close()
+            self._end_attempt()
+            self.unsent = list(self.wire)
+            self._unsent_bytes = sum(map(len, self.unsent))
+            self._attempt_upstream()
+            return
+        if host is not None:
+            self._report_failure(host)
+        detail = str(exc) if exc is not None else "upstream closed the connection"
+        self._failed(Outcome.RESET, 502, "upstream-reset", detail, wire.UPSTREAM_TERMINATION)
+
+    def up_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """101 Switching Protocols: from now on both connections are one byte tunnel."""
+        down = self.down
+        self.up_after_data()
+        if self.status != 101 or down.transport is None:
+            conn.abort()
+            self.abort_response(wire.UPSTREAM_TERMINATION)
+            return
+        conn.owner = None
+        conn.tunnel = down.transport
+        down.tunnel = conn.transport
+        down.upgraded = True
+        self.conn = None
+        self.flush_pending_tunnel(conn)
+        if rest:
+            down.transport.write(rest)
+        self._finish_tunnel()
+
+    def flush_pending_tunnel(self, conn: UpstreamConnection) -> None:
+        if self.unsent and conn.transport is not None:
+            conn.transport.write(b"".join(self.unsent))
+        self.unsent = []
+
+    def up_writable(self, writable: bool) -> None:
+        if writable:
+            self.down.resume(PAUSE_UPSTREAM)
+        else:
+            self.down.pause(PAUSE_UPSTREAM)
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def local(
+        self,
+        status: int,
+        reason: str,
+        detail: str,
+        flag: str,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """Answer from the mesh itself (never after a response head went out)."""
+        if self.done:
+            return
+        if self.response_started:
+            self.abort_response(flag)
+            return
+        close = not self.keep_alive or not self.req_complete or self.upgrade
+        self.status = status
+        self.flags = wire.join_flags(self.flags, flag)
+        self.out.append(
+            wire.local_response(
+                status, reason, detail, close=close, head_only=self.head_only, extra=extra
+            )
+        )
+        self.close_after = close
+        self.up_after_data()
+        self._finish()
+
+    def abort_response(self, flag: str) -> None:
+        """The response cannot be completed: reset the downstream (never a hang)."""
+        if self.done:
+            return
+        self.flags = wire.join_flags(self.flags, flag)
+        self._drop_upstream()
+        transport = self.down.transport
+        if transport is not None:
+            transport.abort()
+        self._finish()
+
+    def downstream_lost(self) -> None:
+        if self.done:
+            return
+        self.flags = wire.join_flags(self.flags, wire.DOWNSTREAM_TERMINATION)
+        self._drop_upstream()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        for timer in (self._deadline_timer, self._backoff_timer):
+            if timer is not None:
+                timer.cancel()
+        self._deadline_timer = self._backoff_timer = None
+        conn, self.conn = self.conn, None
+        target = self.target
+        if conn is not None:
+            if self.req_complete and self._complete and target is not None:
+                target.cluster.release(conn, self.down.ctx.loop.time())
+            else:
+                conn.abort()
+        self._end_attempt()
+        if target is not None:
+            state = target.cluster.state
+            state.active_requests -= 1
+            if self._in_retry:
+                state.active_retries -= 1
+        self._record()
+        close = self.close_after or not self.keep_alive or not self.req_complete
+        self.down.exchange_done(self, close)
+
+    def _finish_tunnel(self) -> None:
+        self.done = True
+        self._end_attempt()
+        target = self.target
+        if target is not None:
+            target.cluster.state.active_requests -= 1
+            if self._in_retry:
+                target.cluster.state.active_retries -= 1
+        self._record()
+        self.down._active = None
+
+    def _record(self) -> None:
+        down = self.down
+        ctx = down.ctx
+        target = self.target
+        destination = target.service if target is not None else self.view.service
+        duration = ctx.loop.time() - self.started
+        down.edge(destination).observe(
+            self.status, self.flags, duration, self.req_bytes, self.resp_bytes
+        )
+        if self.view.compiled.access_log:
+            caller = down.caller
+            ctx.access_log.log(
+                {
+                    "kind": "http",
+                    "listener": ctx.name,
+                    "source": caller.name if caller is not None else "unknown",
+                    "destination": destination,
+                    "route": self.route.name if self.route is not None else None,
+                    "method": self.method.decode("latin-1"),
+                    "path": self.url.decode("latin-1"),
+                    "status": self.status,
+                    "flags": self.flags,
+                    "request_bytes": self.req_bytes,
+                    "response_bytes": self.resp_bytes,
+                    "duration_ms": round(duration * 1000.0, 3),
+                    "upstream": self.upstream_address or None,
+                    "retries": self.retries,
+                    "request_id": self.request_id.decode("latin-1") or None,
+                    "traceparent": self.traceparent.decode("latin-1") or None,
+                    "peer": down.peer_ip,
+                }
+            )
+
+
+def _mirror_head(head: bytes, headers: Headers) -> bytes:
+    """The upstream head with ``Host`` suffixed ``-shadow`` (Envoy's mirror convention)."""
+    line = head[: head.index(CRLF) + 2]
+    parts = [line]
+    for name, value in headers:
+        if name == b"host":
+            host, sep, port = value.partition(b":")
+            parts += (name, SEP, host + b"-shadow" + sep + port, CRLF)
+        else:
+            parts += (name, SEP, value, CRLF)
+    parts.append(CRLF)
+    return b"".join(parts)

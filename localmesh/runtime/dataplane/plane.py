@@ -1,0 +1,357 @@
+"""The data plane: listeners and clusters driven by snapshots.
+
+``apply(snapshot)`` is atomic from a request's point of view:
+
+1. compile the snapshot against the long-lived clusters (new clusters are created aside);
+2. bind every new or changed listener without serving yet; if one bind fails, close
+   the new sockets and raise ``RuntimeStartError``: the previous state is untouched;
+3. commit: update cluster membership, swap every kept listener's view (one attribute per
+   listener), start serving the new listeners, stop accepting on the removed ones and let
+   their connections finish (drain), restart health checks.
+
+A sweeper task advances the coarse clock that header/idle timeouts use, closes idle
+upstream connections and moves TCP byte counts to the metrics.
+
+``close(drain_timeout)`` shuts down in uvicorn's order: stop accepting, close idle
+connections, wait for in-flight requests up to the timeout, then abort what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from localmesh.config.model import Protocol as Proto
+from localmesh.config.model import Service
+from localmesh.errors import RuntimeStartError
+from localmesh.runtime.dataplane.compiled import CompiledSnapshot, LimiterStore, RouteSource
+from localmesh.runtime.dataplane.context import Clock, IdentifyHook, ListenerContext
+from localmesh.runtime.dataplane.health import HealthChecker
+from localmesh.runtime.dataplane.http import HttpDownstream
+from localmesh.runtime.dataplane.listeners import Listener
+from localmesh.runtime.dataplane.tasks import spawn
+from localmesh.runtime.dataplane.tcp import TCP_IDLE_TIMEOUT, TcpDownstream
+from localmesh.runtime.dataplane.upstream import ClusterRuntime, UpstreamTLS
+from localmesh.runtime.snapshot import ListenerSpec, Snapshot
+from localmesh.runtime.telemetry import AccessLog, MeshMetrics
+
+log = logging.getLogger("localmesh.dataplane")
+
+MIN_TICK = 0.05
+MAX_TICK = 0.5
+POOL_SWEEP_EVERY = 1.0  # seconds between idle upstream connection sweeps
+
+#: Gives a cluster TLS origination (or None: plain TCP); see ``ingress/origination.py``.
+UpstreamTLSProvider = Callable[[Service], UpstreamTLS | None]
+
+
+class DataPlane:
+    """Every listener and cluster of one runtime; the control plane calls ``apply``."""
+
+    def __init__(
+        self,
+        metrics: MeshMetrics,
+        access_log: AccessLog,
+        *,
+        upstream_tls: UpstreamTLSProvider | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.access_log = access_log
+        self._upstream_tls = upstream_tls
+        self._clusters: dict[str, ClusterRuntime] = {}
+        self._limiters: LimiterStore = {}
+        self._listeners: dict[str, Listener] = {}
+        self._draining: list[Listener] = []
+        self._compiled: CompiledSnapshot | None = None
+        self._clock = Clock(MAX_TICK)
+        self._health = HealthChecker()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    # -- the control plane's API ------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._compiled.snapshot if self._compiled is not None else None
+
+    async def apply(self, snapshot: Snapshot) -> None:
+        """Serve ``snapshot``: bind new listeners, keep unchanged ones, drain removed ones."""
+        async with self._lock:
+            if self._closed:
+                raise RuntimeStartError("the data plane is closed")
+            await self._apply(snapshot)
+        if self._sweeper is None:
+            self._sweeper = spawn(self._sweep_forever(), name="dataplane sweeper")
+
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Listener name -> the (host, port) it is bound to (bind_port 0 resolved)."""
+        return {name: lst.address for name, lst in self._listeners.items() if lst.server}
+
+    def clusters(self) -> list[dict[str, Any]]:
+        """Per cluster: endpoints with health, outlier state, active requests."""
+        now = time.monotonic()
+        return [c.state.describe(now) for c in self._clusters.values()]
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        async with self._lock:
+            self._closed = True
+            listeners = [*self._listeners.values(), *self._draining]
+            for lst in listeners:
+                lst.stop_accepting()
+            for lst in listeners:
+                for conn in lst.connections():
+                    if isinstance(conn, HttpDownstream) and conn.wait_since >= 0:
+                        _close_transport(conn.transport)
+            deadline = time.monotonic() + drain_timeout
+            # Connections leave from many protocol callbacks; polling for the few
+            # seconds of a shutdown is simpler than threading an event through each.
+            while time.monotonic() < deadline and any(  # noqa: ASYNC110
+                lst.connections() for lst in listeners
+            ):
+                await asyncio.sleep(0.02)
+            for lst in listeners:
+                for conn in lst.connections():
+                    transport = getattr(conn, "transport", None)
+                    if transport is not None:
+                        transport.abort()
+                if lst.server is not None:
+                    lst.server.close()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(lst.server.wait_closed(), 1.0)
+            self._listeners.clear()
+            self._draining.clear()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._sweeper
+                self._sweeper = None
+            await self._health.stop()
+            for cluster in self._clusters.values():
+                cluster.close()
+
+    # -- the ingress seam -------------------------------------------------------------------
+
+    async def serve_http(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        routes: Callable[[CompiledSnapshot], RouteSource] | None = None,
+        identify: IdentifyHook | None = None,
+    ) -> tuple[str, int]:
+        """Bind an extra HTTP listener served by this engine (the ingress gateway).
+
+        ``routes`` picks the route source from each snapshot (default: the ingress hosts,
+        matched by ``Host``); ``ssl_context`` terminates TLS (SNI callbacks and client-cert
+        settings are the context's); ``identify`` turns the verified peer into the caller
+        and the ``x-forwarded-client-cert`` value (any XFCC a client sends is stripped).
+        """
+        listener = self._external(
+            name, host=host, port=port, ssl_context=ssl_context, routes=routes, identify=identify
+        )
+        try:
+            await listener.bind()
+        except OSError as exc:
+            raise RuntimeStartError(
+                f"cannot listen on {host}:{port} for {name}: {exc.strerror or exc}",
+                hint="another process holds the port; choose another or stop it",
+            ) from exc
+        await listener.start()
+        self._listeners[name] = listener
+        return listener.address
+
+    def http_protocol_factory(
+        self,
+        name: str,
+        *,
+        scheme: bytes = b"https",
+        routes: Callable[[CompiledSnapshot], RouteSource] | None = None,
+        identify: IdentifyHook | None = None,
+    ) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for connections the caller accepts itself (e.g. after peeking
+        at a ClientHello); it follows snapshot swaps like any listener."""
+        listener = self._external(
+            name, host="", port=0, ssl_context=None, routes=routes, identify=identify
+        )
+        listener.ctx.scheme = scheme
+        self._listeners[name] = listener
+        return listener.factory
+
+    def _external(
+        self,
+        name: str,
+        *,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        routes: Callable[[CompiledSnapshot], RouteSource] | None,
+        identify: IdentifyHook | None,
+    ) -> Listener:
+        compiled = self._compiled
+        if compiled is None:
+            raise RuntimeStartError("no snapshot applied yet", hint="apply a snapshot first")
+        spec = ListenerSpec(name, "ingress", port, Proto.HTTP, host, port)
+        pick = routes or (lambda c: c.ingress)
+        listener = Listener(
+            spec,
+            compiled.view(spec, pick(compiled)),
+            self.metrics,
+            self.access_log,
+            self._clock,
+            ssl_context=ssl_context,
+            routes=pick,
+            identify=identify,
+            external=True,
+        )
+        return listener
+
+    # -- apply ------------------------------------------------------------------------------
+
+    async def _apply(self, snapshot: Snapshot) -> None:
+        config = snapshot.config
+        clusters = dict(self._clusters)
+        for svc in config.services:
+            if svc.name not in clusters:
+                clusters[svc.name] = ClusterRuntime(svc)
+        for name in list(clusters):
+            if config.service(name) is None:
+                del clusters[name]
+        compiled = CompiledSnapshot(snapshot, clusters, self._limiters)
+
+        wanted = {spec.name: spec for spec in snapshot.listeners}
+        keep = {
+            n: lst
+            for n, lst in self._listeners.items()
+            if lst.external or wanted.get(n) == lst.spec
+        }
+        fresh: list[Listener] = []
+        replaced = [lst for n, lst in self._listeners.items() if n not in keep]
+        addresses_in_use = {
+            (lst.spec.bind_host, lst.spec.bind_port): lst for lst in replaced if lst.spec.bind_port
+        }
+        try:
+            for name, spec in wanted.items():
+                if name in keep:
+                    continue
+                # same socket, different spec: the old one must let go first
+                old = addresses_in_use.get((spec.bind_host, spec.bind_port))
+                if old is not None:
+                    old.stop_accepting()
+                listener = Listener(
+                    spec, compiled.view(spec), self.metrics, self.access_log, self._clock
+                )
+                try:
+                    await listener.bind()
+                except OSError as exc:
+                    raise RuntimeStartError(
+                        f"listener {name}: cannot listen on {spec.bind_host}:{spec.bind_port}:"
+                        f" {exc.strerror or exc}",
+                        hint="another process holds the port; set listen: to a free one",
+                    ) from exc
+                fresh.append(listener)
+        except BaseException:
+            for lst in fresh:
+                lst.stop_accepting()
+            raise
+
+        # commit: nothing below awaits before every view is swapped
+        for svc in config.services:
+            cluster = clusters[svc.name]
+            cluster.update(svc, snapshot.endpoints.get(svc.name, ()))
+            cluster.tls = self._upstream_tls(svc) if self._upstream_tls is not None else None
+        removed_clusters = [c for n, c in self._clusters.items() if n not in clusters]
+        self._clusters = clusters
+        self._compiled = compiled
+        for lst in keep.values():
+            lst.update(compiled)
+        for lst in fresh:
+            lst.update(compiled)
+        self._listeners = {**keep, **{lst.spec.name: lst for lst in fresh}}
+        self._clock.tick = self._tick_for(compiled)
+        for lst in fresh:
+            await lst.start()
+        for lst in replaced:
+            lst.stop_accepting()
+            self._draining.append(lst)
+        for cluster in removed_clusters:
+            cluster.close()
+        self._health.update(list(clusters.values()))
+        log.info(
+            "snapshot %s applied: %d listeners (%d new, %d draining)",
+            snapshot.version,
+            len(self._listeners),
+            len(fresh),
+            len(replaced),
+        )
+
+    @staticmethod
+    def _tick_for(compiled: CompiledSnapshot) -> float:
+        spans = [MAX_TICK * 4]
+        for svc in compiled.config.services:
+            spans.append(svc.limits.header_timeout)
+            spans.append(svc.connection_pool.idle_timeout)
+        return min(MAX_TICK, max(MIN_TICK, min(spans) / 4))
+
+    # -- the sweeper ------------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        clock = self._clock
+        last_pool_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(clock.tick)
+            clock.ticks += 1
+            for lst in list(self._listeners.values()):
+                for ctx in lst.contexts:
+                    self._sweep_context(ctx)
+            for lst in list(self._draining):
+                if not lst.connections():
+                    self._draining.remove(lst)
+                    if lst.server is not None:
+                        lst.server.close()
+                    continue
+                for ctx in lst.contexts:
+                    self._sweep_context(ctx)
+            now = time.monotonic()
+            if now - last_pool_sweep >= POOL_SWEEP_EVERY:
+                last_pool_sweep = now
+                for cluster in self._clusters.values():
+                    cluster.sweep(now)
+
+    def _sweep_context(self, ctx: ListenerContext) -> None:
+        clock = self._clock
+        ticks = clock.ticks
+        view = ctx.view
+        service = view.compiled.services.get(view.service)
+        header_span = clock.span(view.limits.header_timeout)
+        idle_span = clock.span(service.connection_pool.idle_timeout if service else 60.0)
+        tcp_idle_span = clock.span(TCP_IDLE_TIMEOUT)
+        for conn in list(ctx.connections):
+            if isinstance(conn, HttpDownstream):
+                since = conn.wait_since
+                if since < 0:
+                    continue
+                if conn.in_head:
+                    if ticks - since > header_span:
+                        conn.timed_out(idle=False)
+                elif ticks - since > idle_span:
+                    conn.timed_out(idle=True)
+            elif isinstance(conn, TcpDownstream):
+                conn.flush_counts()
+                if conn.activity:
+                    conn.activity = 0
+                    conn.wait_since = ticks
+                elif ticks - conn.wait_since > tcp_idle_span:
+                    conn.timed_out()
+
+
+def _close_transport(transport: asyncio.BaseTransport | None) -> None:
+    if transport is not None and not transport.is_closing():
+        transport.close()

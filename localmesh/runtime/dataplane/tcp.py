@@ -1,0 +1,291 @@
+"""The L4 relay for ``tcp``, ``postgres`` and ``redis`` listeners.
+
+Per downstream connection: identify the caller, authorise (TCP rules: see ``core.policy``),
+pick an endpoint (consistent hash on the caller's IP when configured), connect (retrying
+other endpoints on connect failure when the service's retry policy says
+``connect-failure``), then relay bytes both ways with backpressure and half-close.
+
+Bytes are counted per connection and added to the metric edge by the sweeper and at close,
+never per read. Until the upstream is connected the downstream is not read (its bytes wait
+in the kernel), so nothing is buffered here.
+
+A relayed connection idle in both directions for ``TCP_IDLE_TIMEOUT`` is closed (Istio's
+default TCP idle timeout: one hour, long enough for database connection pools).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import cast
+
+from localmesh.runtime.dataplane.compiled import ListenerView
+from localmesh.runtime.dataplane.context import ListenerContext
+from localmesh.runtime.dataplane.core import wire
+from localmesh.runtime.dataplane.core.policy import Caller
+from localmesh.runtime.dataplane.core.retry import Outcome, is_retriable
+from localmesh.runtime.dataplane.tasks import spawn
+from localmesh.runtime.dataplane.upstream import UpstreamHost
+from localmesh.runtime.telemetry import TcpEdge
+
+TCP_IDLE_TIMEOUT = 3600.0
+
+
+class TcpDownstream(asyncio.Protocol):
+    __slots__ = (
+        "_down_eof",
+        "_flushed_received",
+        "_flushed_sent",
+        "_up_eof",
+        "activity",
+        "caller",
+        "closed",
+        "ctx",
+        "edge",
+        "flags",
+        "host",
+        "peer_ip",
+        "received",
+        "sent",
+        "started",
+        "transport",
+        "upstream",
+        "view",
+        "wait_since",
+    )
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.view: ListenerView = ctx.view
+        self.transport: asyncio.Transport | None = None
+        self.upstream: TcpUpstream | None = None
+        self.host: UpstreamHost | None = None
+        self.caller: Caller | None = None
+        self.edge: TcpEdge | None = None
+        self.peer_ip = "unknown"
+        self.received = 0  # from the downstream
+        self.sent = 0  # to the downstream
+        self._flushed_received = 0
+        self._flushed_sent = 0
+        self.flags = wire.NO_FLAGS
+        self.started = time.monotonic()
+        self.closed = False
+        self._down_eof = False
+        self._up_eof = False
+        self.activity = 0  # bumped on every read; the sweeper compares it between ticks
+        self.wait_since = 0
+
+    # -- downstream -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = str(peer[0])
+        ctx = self.ctx
+        ctx.connections.add(self)
+        self.wait_since = ctx.clock.ticks
+        view = self.view
+        caller = self.caller = view.caller_for(self.peer_ip)
+        self.edge = ctx.metrics.tcp_edge(caller.name, view.service)
+        self.edge.opened()
+        target = view.target
+        if target is None:
+            self._refuse(wire.NO_ROUTE)
+            return
+        if target.policy is not None and target.policy.check_tcp(caller) is not None:
+            self._refuse(wire.DENIED)
+            return
+        self.transport.pause_reading()
+        spawn(self._connect(), name=f"tcp {ctx.name} {self.peer_ip}")
+
+    async def _connect(self) -> None:
+        target = self.view.target
+        assert target is not None
+        cluster = target.cluster
+        state = cluster.state
+        retry = cluster.service.retries
+        tries = 1 + (retry.attempts if retry is not None else 0)
+        key = self.peer_ip.encode() if target.lb.hash_on is not None else None
+        for attempt in range(tries):
+            if self.closed:
+                return
+            host = target.picker.pick(time.monotonic(), key)
+            if host is None:
+                self._refuse(wire.NO_HEALTHY_UPSTREAM)
+                return
+            if not state.can_connect():
+                self._refuse(wire.UPSTREAM_OVERFLOW)
+                return
+            assert isinstance(host, UpstreamHost)
+            try:
+                transport, proto = await cluster.open_stream(host, lambda: TcpUpstream(self))
+            except (OSError, TimeoutError):
+                if state.outlier is not None and state.report_failure(host, time.monotonic()):
+                    self.ctx.metrics.ejection(cluster.name)
+                last = attempt == tries - 1
+                if last or retry is None or not is_retriable(retry, Outcome.CONNECT_FAILURE):
+                    self._refuse(wire.UPSTREAM_CONNECT_FAILURE)
+                    return
+                self.ctx.metrics.retry(cluster.name)
+                continue
+            state.report_status(host, 200, time.monotonic())
+            assert isinstance(proto, TcpUpstream)
+            if self._gone():  # the downstream left while we were connecting
+                transport.close()
+                return
+            self.host = host
+            host.active_requests += 1
+            host.total_requests += 1
+            self.upstream = proto
+            if self.transport is not None:
+                self.transport.resume_reading()
+            return
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.activity += 1
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+
+    def eof_received(self) -> bool | None:
+        self._down_eof = True
+        up = self.upstream
+        if up is not None and up.transport is not None and up.transport.can_write_eof():
+            up.transport.write_eof()
+        if self._up_eof or up is None:
+            return None
+        return True  # keep relaying the other direction
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self._up_eof:
+            self.flags = wire.join_flags(self.flags, wire.DOWNSTREAM_TERMINATION)
+        self._close()
+
+    def pause_writing(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+
+    # -- upstream events --------------------------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        self.sent += len(data)
+        self.activity += 1
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def upstream_eof(self) -> bool:
+        self._up_eof = True
+        t = self.transport
+        if t is not None and t.can_write_eof() and not t.is_closing():
+            t.write_eof()
+        return not self._down_eof
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.flags = wire.join_flags(self.flags, wire.UPSTREAM_TERMINATION)
+        if self.transport is not None:
+            self.transport.close()
+        self._close()
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def _refuse(self, flag: str) -> None:
+        self.flags = wire.join_flags(self.flags, flag)
+        if self.transport is not None:
+            self.transport.abort()
+        self._close()
+
+    def _gone(self) -> bool:
+        return self.closed
+
+    def flush_counts(self) -> None:
+        """Move byte counts to the metric edge (sweeper and close)."""
+        edge = self.edge
+        if edge is None:
+            return
+        if self.sent != self._flushed_sent:
+            edge.add_sent(self.sent - self._flushed_sent)
+            self._flushed_sent = self.sent
+        if self.received != self._flushed_received:
+            edge.add_received(self.received - self._flushed_received)
+            self._flushed_received = self.received
+
+    def timed_out(self) -> None:
+        self.flags = wire.join_flags(self.flags, wire.STREAM_IDLE_TIMEOUT)
+        if self.transport is not None:
+            self.transport.close()
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.close()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ctx.connections.discard(self)
+        up, self.upstream = self.upstream, None
+        if up is not None and up.transport is not None:
+            up.transport.close()
+        if self.host is not None:
+            self.host.active_requests -= 1
+        self.flush_counts()
+        if self.edge is not None:
+            self.edge.closed(self.flags)
+        view = self.view
+        if view.compiled.access_log:
+            self.ctx.access_log.log(
+                {
+                    "kind": "tcp",
+                    "listener": self.ctx.name,
+                    "source": self.caller.name if self.caller is not None else "unknown",
+                    "destination": view.service,
+                    "protocol": str(view.protocol),
+                    "flags": self.flags,
+                    "request_bytes": self.received,
+                    "response_bytes": self.sent,
+                    "duration_ms": round((time.monotonic() - self.started) * 1000.0, 3),
+                    "upstream": self.host.address if self.host is not None else None,
+                    "peer": self.peer_ip,
+                }
+            )
+
+
+class TcpUpstream(asyncio.Protocol):
+    __slots__ = ("down", "transport")
+
+    def __init__(self, down: TcpDownstream) -> None:
+        self.down = down
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.down.upstream_data(data)
+
+    def eof_received(self) -> bool | None:
+        return True if self.down.upstream_eof() else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        target = self.down.view.target
+        if target is not None:
+            target.cluster.state.connections -= 1
+        self.down.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        t = self.down.transport
+        if t is not None:
+            t.pause_reading()
+
+    def resume_writing(self) -> None:
+        t = self.down.transport
+        if t is not None:
+            t.resume_reading()

@@ -1,0 +1,425 @@
+"""Clusters at run time: endpoint state plus the upstream connections to each endpoint.
+
+A ``ClusterRuntime`` lives across snapshots (keyed by service name) so pools, ejections
+and health survive a reload. It owns:
+
+- per endpoint (``UpstreamHost``) a LIFO list of idle keep-alive connections: the most
+  recently used connection is the least likely to have been closed by the upstream;
+- the circuit breaker: a new connection is opened only below ``max_connections``; a request
+  that finds none idle and no slot waits in a bounded pending queue (``max_pending_requests``)
+  and is refused past it;
+- the connect path (connect timeout, optional TLS origination).
+
+An ``UpstreamConnection`` parses responses with llhttp (httptools) and hands one response
+head, its body chunks and its end to its current owner (an HTTP exchange). Writes to the
+downstream are flushed once per read (``after_data``), so a small response costs one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import httptools
+
+from localmesh.config.model import Service
+from localmesh.runtime.dataplane.core.cluster import ClusterState, EndpointState
+from localmesh.runtime.dataplane.core.retry import Outcome
+from localmesh.runtime.dataplane.tasks import spawn
+from localmesh.runtime.snapshot import Endpoint
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTLS:
+    """How to originate TLS to a cluster's endpoints (see ``ingress/origination.py``)."""
+
+    context: ssl.SSLContext
+    server_hostname: Callable[[str], str | None]
+    check_peer: Callable[[ssl.SSLObject | None], None]
+
+
+class UpstreamOwner(Protocol):
+    """What an upstream connection reports to the request it serves."""
+
+    def up_head(self, status: int, headers: Headers, framing: int) -> None: ...
+    def up_body(self, chunk: bytes) -> None: ...
+    def up_complete(self) -> None: ...
+    def up_after_data(self) -> None: ...
+    def up_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None: ...
+    def up_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
+    def up_writable(self, writable: bool) -> None: ...
+
+
+class Waiter(Protocol):
+    """A request waiting for a connection to its chosen host."""
+
+    host: UpstreamHost | None
+    waiting: bool
+
+    def on_connection(self, conn: UpstreamConnection) -> None: ...
+    def on_connect_failure(self, outcome: Outcome, detail: str) -> None: ...
+
+
+# Response framings (how the downstream learns where the body ends).
+FRAMING_LENGTH = 0  # Content-Length
+FRAMING_CHUNKED = 1  # chunked (or must be re-framed as chunked)
+FRAMING_NONE = 2  # no body: HEAD, 1xx, 204, 304
+FRAMING_CLOSE = 3  # body until the upstream closes
+
+
+class UpstreamHost(EndpointState):
+    """An endpoint plus its idle keep-alive connections."""
+
+    __slots__ = ("idle",)
+
+    def __init__(self, host: str, port: int, labels: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(host, port, labels)
+        self.idle: list[UpstreamConnection] = []
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_bodyless",
+        "_framing",
+        "_headers",
+        "_interim",
+        "_replace_parser",
+        "_status",
+        "cluster",
+        "host",
+        "idle_since",
+        "owner",
+        "parser",
+        "served",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, cluster: ClusterRuntime, host: UpstreamHost) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.owner: UpstreamOwner | None = None
+        self.tunnel: asyncio.Transport | None = None  # after an upgrade: the downstream
+        self.served = 0
+        self.idle_since = 0.0
+        self._headers: Headers = []
+        self._bodyless = False
+        self._framing = FRAMING_LENGTH
+        self._interim = False
+        self._replace_parser = False
+        self._status = 0
+
+    # -- the exchange side ------------------------------------------------------------------
+
+    def begin(self, owner: UpstreamOwner, bodyless: bool) -> None:
+        """Serve one request; ``bodyless``: the response has no body whatever it says (HEAD)."""
+        self.owner = owner
+        self.served += 1
+        self._headers = []
+        self._bodyless = bodyless
+        self._framing = FRAMING_LENGTH
+
+    @property
+    def usable(self) -> bool:
+        t = self.transport
+        return t is not None and not t.is_closing()
+
+    def close(self) -> None:
+        self.owner = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.owner = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        owner = self.owner
+        if owner is None:  # unsolicited bytes on an idle connection: it is broken
+            self.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = int(exc.args[0])
+            if self.owner is owner:
+                owner.up_upgraded(self, data[offset:])
+            return
+        except httptools.HttpParserError as exc:
+            if self.owner is owner:
+                self.owner = None
+                assert self.transport is not None
+                self.transport.abort()
+                owner.up_lost(self, exc)
+            return
+        if self._replace_parser:  # after a HEAD response llhttp still waits for the body
+            self._replace_parser = False
+            self.parser = httptools.HttpResponseParser(self)
+        owner.up_after_data()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.cluster.connection_closed(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+            return
+        owner = self.owner
+        if owner is None:
+            return
+        if self._framing == FRAMING_CLOSE and exc is None:
+            self.owner = None
+            owner.up_complete()
+            owner.up_after_data()
+            return
+        self.owner = None
+        owner.up_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()
+        elif self.owner is not None:
+            self.owner.up_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
+        elif self.owner is not None:
+            self.owner.up_writable(True)
+
+    # -- llhttp callbacks -------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        owner = self.owner
+        if owner is None:
+            return
+        status = self._status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._interim = True  # 100/102/103: dropped, the final response follows
+            self._headers = []
+            return
+        headers = self._headers
+        if self._bodyless or status in (204, 304):
+            framing = FRAMING_NONE
+        else:
+            framing = FRAMING_CLOSE
+            for name, value in headers:
+                if name == b"content-length":
+                    framing = FRAMING_LENGTH
+                    break
+                if name == b"transfer-encoding" and value.lower().endswith(b"chunked"):
+                    framing = FRAMING_CHUNKED
+                    break
+        self._framing = framing
+        owner.up_head(status, headers, framing)
+        if self._bodyless and self.owner is owner:
+            self._replace_parser = True
+            self._framing = FRAMING_LENGTH
+            self.owner = None
+            owner.up_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.owner is not None:
+            self.owner.up_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self._status == 101:  # the parser raises HttpParserUpgrade next: a tunnel
+            return
+        owner = self.owner
+        if owner is not None:
+            self._framing = FRAMING_LENGTH
+            self.owner = None
+            owner.up_complete()
+
+    def keep_alive(self) -> bool:
+        return self.parser.should_keep_alive() and self.usable
+
+
+class ClusterRuntime:
+    """One service's endpoints, pools and circuit breaker, kept across snapshots."""
+
+    def __init__(self, service: Service) -> None:
+        self.name = service.name
+        self.service = service
+        self.state = ClusterState(
+            service.name, service.connection_pool, service.outlier_detection, service.health_check
+        )
+        self.tls: UpstreamTLS | None = None
+        self._waiters: deque[Waiter] = deque()
+        self.on_ejection: Callable[[str], None] | None = None
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def update(self, service: Service, endpoints: tuple[Endpoint, ...]) -> None:
+        self.service = service
+        self.state.configure(
+            service.connection_pool, service.outlier_detection, service.health_check
+        )
+        removed = self.state.set_endpoints(
+            UpstreamHost(e.host, e.port, e.labels) for e in endpoints
+        )
+        for host in removed:
+            assert isinstance(host, UpstreamHost)
+            self._close_idle(host)
+
+    @property
+    def hosts(self) -> list[UpstreamHost]:
+        return self.state.endpoints  # type: ignore[return-value]
+
+    # -- connections ------------------------------------------------------------------------
+
+    def acquire(self, waiter: Waiter) -> None:
+        """Give ``waiter`` a connection now, or when one frees up; or refuse it (overflow)."""
+        host = waiter.host
+        assert host is not None
+        idle = host.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable:
+                waiter.on_connection(conn)
+                return
+        state = self.state
+        if state.can_connect():
+            self._open(waiter)
+        elif state.can_queue():
+            state.pending += 1
+            waiter.waiting = True
+            self._waiters.append(waiter)
+        else:
+            waiter.on_connect_failure(Outcome.CONNECT_FAILURE, "overflow")
+
+    def forget(self, waiter: Waiter) -> None:
+        """A queued request gave up (timeout, downstream gone)."""
+        if waiter.waiting:
+            waiter.waiting = False
+            self.state.pending -= 1
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _next_waiter(self) -> Waiter | None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.waiting:
+                waiter.waiting = False
+                self.state.pending -= 1
+                return waiter
+        return None
+
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        """A request finished cleanly on ``conn``: reuse it, park it, or close it."""
+        limit = self.state.pool.max_requests_per_connection
+        if not conn.usable or (
+            conn.served and (not conn.keep_alive() or (limit and conn.served >= limit))
+        ):
+            conn.close()
+            return
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.on_connection(conn)
+            return
+        conn.idle_since = now
+        conn.host.idle.append(conn)
+
+    def connection_closed(self, conn: UpstreamConnection) -> None:
+        self.state.connections -= 1
+        idle = conn.host.idle
+        if conn in idle:
+            idle.remove(conn)
+        if self._waiters and self.state.can_connect():
+            waiter = self._next_waiter()
+            if waiter is not None:
+                self._open(waiter)
+
+    def _open(self, waiter: Waiter) -> None:
+        self.state.connections += 1
+        spawn(self._connect(waiter), name=f"connect {self.name}")
+
+    async def _connect(self, waiter: Waiter) -> None:
+        host = waiter.host
+        assert host is not None
+        loop = asyncio.get_running_loop()
+        tls = self.tls
+        try:
+            async with asyncio.timeout(self.state.pool.connect_timeout):
+                if tls is None:
+                    _, proto = await loop.create_connection(
+                        lambda: UpstreamConnection(self, host), host.host, host.port
+                    )
+                else:
+                    transport, proto = await loop.create_connection(
+                        lambda: UpstreamConnection(self, host),
+                        host.host,
+                        host.port,
+                        ssl=tls.context,
+                        server_hostname=tls.server_hostname(host.host),
+                    )
+                    tls.check_peer(transport.get_extra_info("ssl_object"))
+        except (OSError, TimeoutError) as exc:
+            self.state.connections -= 1
+            detail = "connect timeout" if isinstance(exc, TimeoutError) else str(exc)
+            if self._waiters and self.state.can_connect():
+                queued = self._next_waiter()
+                if queued is not None:
+                    self._open(queued)
+            waiter.on_connect_failure(Outcome.CONNECT_FAILURE, detail)
+            return
+        waiter.on_connection(proto)
+
+    async def open_stream(
+        self, host: UpstreamHost, factory: Callable[[], asyncio.Protocol]
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        """A raw connection (TCP relay) counted against ``max_connections``."""
+        loop = asyncio.get_running_loop()
+        self.state.connections += 1
+        try:
+            async with asyncio.timeout(self.state.pool.connect_timeout):
+                return await loop.create_connection(factory, host.host, host.port)
+        except BaseException:
+            self.state.connections -= 1
+            raise
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle for longer than the pool's ``idle_timeout``."""
+        limit = now - self.state.pool.idle_timeout
+        for host in self.hosts:
+            if host.idle and host.idle[0].idle_since < limit:
+                for conn in [c for c in host.idle if c.idle_since < limit]:
+                    conn.close()
+
+    def _close_idle(self, host: UpstreamHost) -> None:
+        for conn in list(host.idle):
+            conn.close()
+
+    def close(self) -> None:
+        for host in self.hosts:
+            self._close_idle(host)
+        while self._next_waiter() is not None:
+            pass

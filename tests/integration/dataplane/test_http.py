@@ -1,0 +1,174 @@
+"""HTTP/1.1 through the mesh against real aiohttp backends: headers, framing, streaming,
+keep-alive and pipelining, 100-continue, HTTP/1.0, HEAD/204/304, WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+
+from localmesh.runtime.snapshot import Snapshot
+from tests.integration.dataplane.harness import raw_exchange, running, service, snapshot
+from tests.support.services import HttpBackend
+
+
+def api(backend: HttpBackend, **kw: Any) -> Snapshot:
+    return snapshot(service("api", (backend.host, backend.port), **kw))
+
+
+async def test_request_headers_are_forwarded_with_mesh_headers(http_backend: HttpBackend) -> None:
+    async with running(api(http_backend)) as mesh, aiohttp.ClientSession() as s:
+        headers = {
+            "x-custom": "1",
+            "Connection": "keep-alive, x-hop",
+            "x-hop": "must not pass",
+            "keep-alive": "timeout=5",
+            "x-forwarded-for": "10.9.9.9",
+        }
+        async with s.post(mesh.url("web>api", "/echo/a?q=1"), data=b"hello", headers=headers) as r:
+            assert r.status == 200
+            assert r.headers["x-backend"] == "backend"
+            body = await r.json()
+    seen = body["headers"]
+    assert body["method"] == "POST"
+    assert body["path"] == "/echo/a"
+    assert body["query"] == "q=1"
+    assert body["body_length"] == 5
+    assert seen["x-custom"] == "1"
+    assert "x-hop" not in seen
+    assert "keep-alive" not in seen
+    assert seen["x-forwarded-for"] == "10.9.9.9, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == seen["host"]
+    assert re.fullmatch(r"[0-9a-f-]{36}", seen["x-request-id"])
+    tp = seen["traceparent"]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", tp)
+    assert seen["x-b3-traceid"] == tp[3:35]
+    [record] = mesh.records()
+    assert record["request_id"] == seen["x-request-id"]
+    assert record["traceparent"] == tp
+    assert (record["source"], record["destination"], record["status"]) == ("web", "api", 200)
+    assert record["upstream"] == f"{http_backend.host}:{http_backend.port}"
+
+
+async def test_incoming_ids_propagate(http_backend: HttpBackend) -> None:
+    tp = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    async with running(api(http_backend)) as mesh, aiohttp.ClientSession() as s:
+        headers = {"x-request-id": "req-1", "traceparent": tp}
+        async with s.get(mesh.url("web>api", "/echo"), headers=headers) as r:
+            seen = (await r.json())["headers"]
+    assert seen["x-request-id"] == "req-1"
+    assert seen["traceparent"] == tp
+    assert seen["x-b3-traceid"] == "a" * 32
+
+
+async def test_bodies_stream_both_ways(http_backend: HttpBackend) -> None:
+    big = 8 * 1024 * 1024
+
+    async def chunks():  # chunked upload, larger than any buffer
+        for _ in range(64):
+            yield b"z" * (big // 64)
+
+    async with running(api(http_backend)) as mesh, aiohttp.ClientSession() as s:
+        async with s.post(mesh.url("web>api", "/echo"), data=chunks()) as r:
+            assert (await r.json())["body_length"] == big
+        async with s.get(mesh.url("web>api", f"/bytes/{big}")) as r:
+            assert r.headers["content-length"] == str(big)
+            assert len(await r.read()) == big
+        async with s.get(mesh.url("web>api", "/stream/50")) as r:
+            assert r.headers["transfer-encoding"] == "chunked"
+            text = await r.text()
+    assert text == "".join(f"chunk-{i}\n" for i in range(50))
+
+
+async def test_keep_alive_and_pipelining_answer_in_order(http_backend: HttpBackend) -> None:
+    async with running(api(http_backend)) as mesh:
+        reqs = (
+            b"".join(b"GET /echo/%d HTTP/1.1\r\nhost: api\r\n\r\n" % i for i in range(5))
+            + b"GET /echo/last HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"
+        )
+        raw = await raw_exchange(mesh.address("web>api"), reqs)
+    paths = re.findall(rb'"path": "(/echo/[^"]+)"', raw)
+    assert paths == [b"/echo/0", b"/echo/1", b"/echo/2", b"/echo/3", b"/echo/4", b"/echo/last"]
+    assert raw.count(b"HTTP/1.1 200 OK") == 6
+
+
+async def test_expect_100_continue(http_backend: HttpBackend) -> None:
+    async with running(api(http_backend)) as mesh:
+        reader, writer = await asyncio.open_connection(*mesh.address("web>api"))
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nhost: api\r\ncontent-length: 4\r\n"
+            b"expect: 100-continue\r\nconnection: close\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"abcd")
+        rest = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert rest.startswith(b"HTTP/1.1 200")
+    assert b'"body_length": 4' in rest
+
+
+async def test_http10_client_gets_a_close_delimited_body(http_backend: HttpBackend) -> None:
+    async with running(api(http_backend)) as mesh:
+        raw = await raw_exchange(mesh.address("web>api"), b"GET /stream/3 HTTP/1.0\r\n\r\n")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding" not in head.lower()
+    assert b"connection: close" in head.lower()
+    assert body == b"chunk-0\nchunk-1\nchunk-2\n"
+
+
+async def test_http10_keep_alive(http_backend: HttpBackend) -> None:
+    async with running(api(http_backend)) as mesh:
+        reader, writer = await asyncio.open_connection(*mesh.address("web>api"))
+        for _ in range(2):
+            writer.write(b"GET /bytes/3 HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert b"connection: keep-alive" in head.lower()
+            assert await reader.readexactly(3) == b"xxx"
+        writer.close()
+
+
+async def test_head_204_304_have_no_body_and_keep_the_connection(
+    http_backend: HttpBackend,
+) -> None:
+    async with running(api(http_backend)) as mesh:
+        reqs = (
+            b"HEAD /bytes/100 HTTP/1.1\r\nhost: a\r\n\r\n"
+            b"GET /status/204 HTTP/1.1\r\nhost: a\r\n\r\n"
+            b"GET /status/304 HTTP/1.1\r\nhost: a\r\n\r\n"
+            b"GET /bytes/2 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
+        )
+        raw = await raw_exchange(mesh.address("web>api"), reqs)
+    parts = raw.split(b"HTTP/1.1 ")
+    assert [p[:3] for p in parts[1:]] == [b"200", b"204", b"304", b"200"]
+    assert b"content-length: 100\r\n" in parts[1].lower()
+    assert parts[1].endswith(b"\r\n\r\n")  # no body after the HEAD response
+    assert raw.endswith(b"\r\n\r\nxx")
+
+
+async def test_websocket_upgrade_is_a_tunnel(http_backend: HttpBackend) -> None:
+    async with (
+        running(api(http_backend)) as mesh,
+        aiohttp.ClientSession() as s,
+        s.ws_connect(mesh.url("web>api", "/ws")) as ws,
+    ):
+        for i in range(3):
+            await ws.send_str(f"hi {i}")
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.data == f"backend:hi {i}"
+    [record] = mesh.records()
+    assert record["status"] == 101
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "PATCH", "OPTIONS"])
+async def test_methods(http_backend: HttpBackend, method: str) -> None:
+    async with (
+        running(api(http_backend)) as mesh,
+        aiohttp.ClientSession() as s,
+        s.request(method, mesh.url("web>api", "/echo"), data=b"x") as r,
+    ):
+        assert (await r.json())["method"] == method
