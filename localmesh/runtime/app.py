@@ -58,9 +58,10 @@ DataPlaneFactory = Callable[[MeshMetrics, AccessLog], DataPlane]
 
 
 def default_dataplane(metrics: MeshMetrics, access_log: AccessLog) -> DataPlane:
-    """The real data plane, imported when the runtime starts (it pulls in the hot path)."""
-    module = importlib.import_module("localmesh.runtime.dataplane")
-    dataplane: DataPlane = module.DataPlane(metrics, access_log)
+    """The real data plane, imported when the runtime starts (it pulls in the hot path),
+    inside the ingress gateway, which mirrors its API and adds the edge listeners."""
+    module = importlib.import_module("localmesh.runtime.ingress.gateway")
+    dataplane: DataPlane = module.IngressGateway(metrics, access_log)
     return dataplane
 
 

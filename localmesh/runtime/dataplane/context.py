@@ -31,10 +31,14 @@ class DownstreamIdentity:
     """A verified downstream (ingress mTLS): who it is for policy, and the XFCC to send.
 
     ``xfcc`` None: strip any ``x-forwarded-client-cert`` the client sent and add none.
+    ``misdirected`` (the ingress, for connections without a client certificate): given a
+    request's ``Host``, a reason when that host may not be served on this connection
+    (it requires a certificate); the request is answered 421 Misdirected Request.
     """
 
     caller: Caller
     xfcc: bytes | None = None
+    misdirected: Callable[[bytes], str | None] | None = None
 
 
 #: Called once per connection (after the TLS handshake) by listeners that authenticate

@@ -522,6 +522,12 @@ class Exchange:
             if name == b"host":
                 authority = value
                 break
+        ident = down.identity
+        if ident is not None and ident.misdirected is not None:
+            wrong = ident.misdirected(authority)
+            if wrong is not None:
+                self.local(421, "misdirected", wrong, wire.NO_FLAGS)
+                return
         vhost = view.routes.virtual_host(authority)
         caller = down.caller
         assert caller is not None

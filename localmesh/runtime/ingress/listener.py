@@ -109,22 +109,42 @@ class TLSListener:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start accepting; returns the bound address (port 0 picks one)."""
+        bound = self.bind(host, port)
+        self.serve()
+        return bound
+
+    def bind(self, host: str, port: int) -> tuple[str, int]:
+        """Bind and listen without accepting yet (so a reload can fail before it commits)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
         self._sock = sock
+        return self.address
+
+    def serve(self) -> None:
+        """Start accepting on the bound socket."""
+        assert self._sock is not None, "bind() first"
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._accept)
-        bound = sock.getsockname()
+        self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._sock is not None
+        bound = self._sock.getsockname()
         return str(bound[0]), int(bound[1])
 
     async def close(self) -> None:
         """Stop accepting, drop connections still before their handshake, end handshakes."""
-        if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
         for fd in list(self._pending):

@@ -1,4 +1,5 @@
-"""Helpers for ingress tests: a running TLS listener and blocking TLS clients (run in threads)."""
+"""Helpers for ingress tests: a running TLS listener, blocking TLS clients (run in threads),
+an aiohttp resolver for ``*.localhost`` names and small backends."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+
 from localmesh.ca.authority import CertificateAuthority, IssuedCert
 from localmesh.runtime.ingress.identity import client_identity
 from localmesh.runtime.ingress.listener import TLSListener
 from localmesh.runtime.ingress.tls import Selected
+from tests.support.services import HttpBackend
 
 
 class WhoAmI(asyncio.Protocol):
@@ -98,3 +103,50 @@ def fetch(port: int, sni: str | None, ctx: ssl.SSLContext, requests: int = 1) ->
         return Fetched(
             body, tls.getpeercert(True) or b"", tls.selected_alpn_protocol(), tls.version()
         )
+
+
+class LoopbackResolver(AbstractResolver):
+    """aiohttp resolver sending every name (``shop.localhost``, ...) to 127.0.0.1, so the
+    URL's host is the SNI, the certificate name checked and the ``Host`` header at once."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host,
+                host="127.0.0.1",
+                port=port,
+                family=socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+def headers_app(backend: HttpBackend) -> web.Application:
+    """Answers every request with the list of its header pairs (duplicates kept) and name."""
+
+    async def handle(request: web.Request) -> web.Response:
+        backend.hits[request.path] = backend.hits.get(request.path, 0) + 1
+        pairs = [[k.lower(), v] for k, v in request.headers.items()]
+        return web.json_response({"backend": backend.name, "headers": pairs})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def failing_app(backend: HttpBackend) -> web.Application:
+    """Answers everything with 503: the bad endpoint a retry must get around."""
+
+    async def handle(request: web.Request) -> web.Response:
+        backend.hits[request.path] = backend.hits.get(request.path, 0) + 1
+        return web.Response(status=503, text=backend.name, headers={"x-backend": backend.name})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app

@@ -1,0 +1,333 @@
+"""The ingress gateway: the edge listeners, served by the data plane's HTTP engine.
+
+Life of an edge request::
+
+    client ─TLS─▶ TLSListener: peek the ClientHello, the SNI host's context, handshake
+        ─▶ the data plane's HTTP protocol (an external listener: Host → ingress.hosts routes,
+           then timeouts, retries, splits, faults, rate limits, WebSockets like any call)
+           identify, once per connection: a verified client certificate → the caller policy
+           sees (``client:NAME`` → its name, else its SPIFFE ID or subject) and the
+           ``x-forwarded-client-cert`` upstreams get (a client-sent one is always stripped);
+           no certificate → the ``unknown`` caller, no XFCC
+           each request: a ``Host`` that requires a client certificate the connection did not
+           present → 421 (the client chose an SNI that asks for none: RFC 9110 §15.5.20)
+    client ─plain HTTP─▶ 308 to HTTPS (``redirect_http``), or the same engine with scheme http
+
+``IngressGateway`` owns the ``DataPlane`` and mirrors its API (``apply``, ``addresses``,
+``clusters``, ``close``), so the runtime uses it in the data plane's place. ``apply`` keeps the
+data plane's all-or-nothing promise: the ingress sockets a snapshot needs are bound, its
+certificates issued and its upstream TLS contexts built *before* the data plane swaps; if
+anything fails, nothing changes. The gateway also gives the data plane TLS origination
+(``services.<name>.tls``; ``mutual`` presents the gateway's workload identity,
+``spiffe://<td>/svc/ingress``). Every certificate rotates from one task while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from localmesh.ca.authority import CertificateAuthority
+from localmesh.ca.rotation import Rotator, WorkloadIdentity
+from localmesh.config.model import ClientCerts, Ingress, Service, TLSMode
+from localmesh.errors import LocalmeshError, RuntimeStartError
+from localmesh.runtime.dataplane import Caller, DataPlane, DownstreamIdentity, UpstreamTLS
+from localmesh.runtime.dataplane.core.policy import UNKNOWN_CALLER
+from localmesh.runtime.ingress.hosts import authority_host, find_host, misdirected
+from localmesh.runtime.ingress.identity import client_identity
+from localmesh.runtime.ingress.listener import TLSListener
+from localmesh.runtime.ingress.origination import UpstreamTLSContexts
+from localmesh.runtime.ingress.redirect import RedirectProtocol
+from localmesh.runtime.ingress.tls import IngressTLS, Selected
+from localmesh.runtime.snapshot import Snapshot
+from localmesh.runtime.telemetry import AccessLog, MeshMetrics
+
+log = logging.getLogger("localmesh.ingress")
+
+HTTPS_LISTENER = "ingress-https"
+HTTP_LISTENER = "ingress-http"
+BACKLOG = 1024
+
+CALoader = Callable[[], CertificateAuthority]
+
+
+def default_ca() -> CertificateAuthority:
+    """The user's CA, created on first use (``$LOCALMESH_HOME/ca``)."""
+    return CertificateAuthority.init()[0]
+
+
+@dataclass(frozen=True, slots=True)
+class _TLSSettings:
+    """What the TLS contexts depend on; routes can change without touching certificates."""
+
+    hosts: tuple[tuple[str, ClientCerts], ...]
+    extra_cert_hosts: tuple[str, ...]
+
+    @classmethod
+    def of(cls, ingress: Ingress) -> _TLSSettings:
+        return cls(tuple((h.host, h.client_certs) for h in ingress.hosts), ingress.extra_cert_hosts)
+
+
+class IngressGateway:
+    """The data plane plus the edge: HTTPS/HTTP listeners, certificates, their rotation."""
+
+    def __init__(
+        self,
+        metrics: MeshMetrics,
+        access_log: AccessLog,
+        *,
+        ca: CALoader = default_ca,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.dataplane = DataPlane(metrics, access_log, upstream_tls=self._upstream_tls)
+        self._load_ca = ca
+        self._ca: CertificateAuthority | None = None
+        self._handshake_timeout = handshake_timeout
+        self.rotator = Rotator()
+        self._rotating: asyncio.Task[None] | None = None
+        self.tls: IngressTLS | None = None
+        self._tls_settings: _TLSSettings | None = None
+        self._https: TLSListener | None = None
+        self._http: socket.socket | None = None
+        self._http_server: asyncio.Server | None = None
+        self._https_protocol: Callable[[], asyncio.Protocol] | None = None
+        self._plain_protocol: Callable[[], asyncio.Protocol] | None = None
+        self._origination: UpstreamTLSContexts | None = None
+        self._ingress = Ingress()
+        self._trust_domain = ""  # of the snapshot being applied (origination needs it early)
+        self._anonymous = DownstreamIdentity(UNKNOWN_CALLER, None, misdirected=self._misdirected)
+
+    # -- the data plane's API ---------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.dataplane.snapshot
+
+    async def apply(self, snapshot: Snapshot) -> None:
+        """Bind what the snapshot's ingress needs, apply the data plane, then switch over."""
+        ingress = snapshot.config.ingress
+        previous_tls = self._tls_settings
+        fresh_https: TLSListener | None = None
+        fresh_http: socket.socket | None = None
+        self._trust_domain = snapshot.config.mesh.trust_domain
+        try:
+            self._prepare_origination(snapshot.config.services)
+            if ingress.hosts:
+                self._update_tls(ingress)
+                if self._https is None or _port(ingress, True) != _port(self._ingress, True):
+                    fresh_https = self._bind_https(ingress)
+                if self._http is None or _port(ingress, False) != _port(self._ingress, False):
+                    fresh_http = self._bind_http(ingress)
+            await self.dataplane.apply(snapshot)
+        except BaseException:
+            if fresh_https is not None:
+                await fresh_https.close()
+            if fresh_http is not None:
+                fresh_http.close()
+            if previous_tls is not None and self.tls is not None:
+                self._update_tls(self._ingress)  # certificates of unchanged names are kept
+            raise
+        # commit: nothing below can fail for a reason the snapshot could have avoided
+        self._ingress = ingress
+        if self._rotating is None:
+            self._rotating = asyncio.get_running_loop().create_task(
+                self.rotator.run(), name="ingress certificate rotation"
+            )
+        if not ingress.hosts:
+            await self._stop_edge()
+            return
+        self._ensure_protocols()
+        if fresh_https is not None:
+            old_https, self._https = self._https, fresh_https
+            fresh_https.serve()
+            if old_https is not None:
+                await old_https.close()
+        if fresh_http is not None:
+            await self._serve_http(fresh_http)
+
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """The data plane's listeners plus ``ingress-https`` and ``ingress-http``."""
+        bound = self.dataplane.addresses()
+        if self._https is not None:
+            bound[HTTPS_LISTENER] = self._https.address
+        if self._http is not None:
+            host, port = self._http.getsockname()[:2]
+            bound[HTTP_LISTENER] = (str(host), int(port))
+        return bound
+
+    def clusters(self) -> list[dict[str, Any]]:
+        return self.dataplane.clusters()
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        """Stop accepting at the edge, then drain and close the data plane (edge included)."""
+        await self._stop_edge()
+        task, self._rotating = self._rotating, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.dataplane.close(drain_timeout)
+
+    # -- TLS origination --------------------------------------------------------------------
+
+    def _prepare_origination(self, services: tuple[Service, ...]) -> None:
+        """Build every TLS context the snapshot needs now, so the data plane's commit (which
+        asks ``_upstream_tls``) cannot fail half-way."""
+        for service in services:
+            if service.tls.mode is not TLSMode.DISABLE:
+                try:
+                    self._upstream_tls(service)
+                except LocalmeshError as exc:
+                    raise RuntimeStartError(exc.message, exc.hint) from exc
+
+    def _upstream_tls(self, service: Service) -> UpstreamTLS | None:
+        """The data plane's ``upstream_tls`` provider (contexts are cached per settings)."""
+        if service.tls.mode is TLSMode.DISABLE:
+            return None
+        if self._origination is None:
+            self._origination = UpstreamTLSContexts(
+                self._certificate_authority().root_pem, self._trust_domain, self._identity
+            )
+        origin = self._origination.get(service, caller=None)
+        assert origin is not None
+        return UpstreamTLS(origin.context, origin.server_hostname, origin.check_peer)
+
+    def _identity(self, name: str) -> WorkloadIdentity:
+        identity = WorkloadIdentity(self._certificate_authority(), self._trust_domain, name)
+        self.rotator.add(identity)
+        return identity
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _certificate_authority(self) -> CertificateAuthority:
+        if self._ca is None:
+            try:
+                self._ca = self._load_ca()
+            except LocalmeshError as exc:
+                raise RuntimeStartError(
+                    f"the ingress needs the local CA: {exc.message}", exc.hint
+                ) from exc
+        return self._ca
+
+    def _update_tls(self, ingress: Ingress) -> None:
+        settings = _TLSSettings.of(ingress)
+        if self.tls is not None and settings == self._tls_settings:
+            return
+        if self.tls is None:
+            self.tls = IngressTLS(self._certificate_authority(), self.rotator)
+        try:
+            self.tls.update(ingress)
+        except LocalmeshError as exc:
+            raise RuntimeStartError(f"ingress certificates: {exc.message}", exc.hint) from exc
+        self._tls_settings = settings
+
+    def _bind_https(self, ingress: Ingress) -> TLSListener:
+        assert self.tls is not None
+        listener = TLSListener(
+            self.tls, self._https_connection, handshake_timeout=self._handshake_timeout
+        )
+        _bind_or_explain(lambda: listener.bind(ingress.bind, ingress.https_port), ingress, "HTTPS")
+        return listener
+
+    def _bind_http(self, ingress: Ingress) -> socket.socket:
+        family = socket.AF_INET6 if ":" in ingress.bind else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+
+        def bind() -> tuple[str, int]:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((ingress.bind, ingress.http_port))
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+            return ingress.bind, ingress.http_port
+
+        try:
+            _bind_or_explain(bind, ingress, "HTTP")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def _serve_http(self, sock: socket.socket) -> None:
+        old_server, old_sock = self._http_server, self._http
+        loop = asyncio.get_running_loop()
+        self._http = sock
+        self._http_server = await loop.create_server(self._http_connection, sock=sock)
+        if old_server is not None:
+            old_server.close()
+        if old_sock is not None:
+            old_sock.close()
+
+    def _ensure_protocols(self) -> None:
+        """The data plane's HTTP engine for edge connections (made once; follows snapshots)."""
+        if self._https_protocol is None:
+            self._https_protocol = self.dataplane.http_protocol_factory(
+                HTTPS_LISTENER, scheme=b"https", identify=self._identify
+            )
+        if self._plain_protocol is None:
+            self._plain_protocol = self.dataplane.http_protocol_factory(
+                HTTP_LISTENER, scheme=b"http", identify=self._identify
+            )
+
+    def _https_connection(self, selected: Selected) -> asyncio.Protocol:
+        assert self._https_protocol is not None
+        return self._https_protocol()
+
+    def _http_connection(self) -> asyncio.Protocol:
+        """Plain HTTP: 308 to HTTPS, or (``redirect_http: false``) served like HTTPS."""
+        ingress = self._ingress
+        if ingress.redirect_http:
+            https_port = self._https.address[1] if self._https else ingress.https_port
+            return RedirectProtocol(https_port)
+        assert self._plain_protocol is not None
+        return self._plain_protocol()
+
+    def _identify(self, transport: asyncio.Transport) -> DownstreamIdentity:
+        """Once per connection: who the verified client certificate says the caller is."""
+        tls = transport.get_extra_info("ssl_object")
+        ident = None
+        if tls is not None:
+            ident = client_identity(tls.getpeercert() or {}, tls.getpeercert(True) or b"")
+        if ident is None:
+            return self._anonymous
+        name = ident.client_name(self._trust_domain) or ident.principal
+        return DownstreamIdentity(Caller(name, ident.principal), ident.xfcc().encode())
+
+    def _misdirected(self, authority: bytes) -> str | None:
+        """For a connection without a client certificate: is this ``Host`` one needing it?"""
+        host = find_host(authority_host(authority.decode("latin-1")), self._ingress.hosts)
+        if not misdirected(host, verified_client=False):
+            return None
+        assert host is not None
+        return f"{host.host} requires a client certificate: connect with it as the TLS SNI"
+
+    async def _stop_edge(self) -> None:
+        """Stop accepting edge connections; those already served drain with the data plane."""
+        https, self._https = self._https, None
+        if https is not None:
+            await https.close()
+        server, self._http_server = self._http_server, None
+        if server is not None:
+            server.close()
+        sock, self._http = self._http, None
+        if sock is not None:
+            sock.close()
+
+
+def _port(ingress: Ingress, https: bool) -> tuple[str, int]:
+    return ingress.bind, ingress.https_port if https else ingress.http_port
+
+
+def _bind_or_explain(bind: Callable[[], tuple[str, int]], ingress: Ingress, what: str) -> None:
+    try:
+        bind()
+    except OSError as exc:
+        port = ingress.https_port if what == "HTTPS" else ingress.http_port
+        raise RuntimeStartError(
+            f"the ingress cannot listen on {ingress.bind}:{port} ({what}): {exc.strerror or exc}",
+            hint=f"another process holds the port; set ingress.{what.lower()}_port to a free one",
+        ) from exc

@@ -1,0 +1,451 @@
+"""The ingress gateway end to end: real HTTPS through the data plane to real aiohttp backends.
+
+mesh.yaml text → the control plane's compiler → ``IngressGateway.apply``; clients are aiohttp
+(TLS with SNI, client certificates, WebSockets), curl and openssl s_client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from localmesh.ca.authority import CertificateAuthority
+from localmesh.config.loader import parse_mesh_text
+from localmesh.errors import RuntimeStartError
+from localmesh.runtime.controlplane.compile import Inputs, compile_snapshot
+from localmesh.runtime.ingress.gateway import HTTP_LISTENER, HTTPS_LISTENER, IngressGateway
+from localmesh.runtime.snapshot import Snapshot
+from localmesh.runtime.telemetry import AccessLog, MeshMetrics
+from tests.integration.controlplane.support import running
+from tests.integration.ingress.support import (
+    LoopbackResolver,
+    client_context,
+    failing_app,
+    headers_app,
+    write_pair,
+)
+from tests.support.services import HttpBackend, free_port, run_http_backend
+
+TD = "edge.test"
+XFCC = "x-forwarded-client-cert"
+
+MESH = """
+mesh: {{name: edge, trust_domain: {td}}}
+services:
+  web:
+    ports: [{{port: 8000, protocol: http}}]
+    endpoints: ["127.0.0.1:{web}"]
+  api:
+    ports: [{{port: 8001, protocol: http}}]
+    endpoints: ["127.0.0.1:{api}"]
+  whoami:
+    ports: [{{port: 8002, protocol: http}}]
+    endpoints: ["127.0.0.1:{whoami}"]
+  flaky:
+    ports: [{{port: 8003, protocol: http}}]
+    endpoints: ["127.0.0.1:{bad}", "127.0.0.1:{good}"]
+    outlier_detection: false
+  secret:
+    ports: [{{port: 8004, protocol: http}}]
+    endpoints: ["127.0.0.1:{secret}"]
+policies:
+  - {{name: alice-only, action: allow, to: [secret], from: ["client:alice"]}}
+ingress:
+  bind: 127.0.0.1
+  https_port: {https}
+  http_port: {http}
+  redirect_http: {redirect}
+  hosts:
+    - host: shop.localhost
+      client_certs: optional
+      routes:
+        - {{name: api, match: [{{path: {{prefix: /api/}}}}], route: [api]}}
+        - {{name: whoami, match: [{{path: {{prefix: /whoami}}}}], route: [whoami]}}
+        - name: flaky
+          match: [{{path: {{prefix: /flaky}}}}]
+          route: [flaky]
+          retries: {{attempts: 3, retry_on: [5xx]}}
+        - name: teapot
+          match: [{{path: {{prefix: /teapot}}}}]
+          route: [web]
+          fault: {{abort: {{status: 418, percent: 100}}}}
+        - name: slow
+          match: [{{path: {{prefix: /delay/}}}}]
+          route: [web]
+          timeout: 200ms
+        - {{name: secret, match: [{{path: {{prefix: /secret}}}}], route: [secret]}}
+        - {{name: web, route: [web]}}
+    - host: admin.localhost
+      client_certs: required
+      routes: [{{name: admin, route: [whoami]}}]
+    - host: "*.apps.localhost"
+      routes:
+        - name: split
+          route: [{{service: web, weight: 50}}, {{service: api, weight: 50}}]
+"""
+
+
+@dataclass
+class Edge:
+    gateway: IngressGateway
+    ca: CertificateAuthority
+    certs: dict[str, tuple[Path, Path]]
+    backends: dict[str, HttpBackend]
+    ports: dict[str, int]
+    log: AccessLog
+
+    @property
+    def https(self) -> int:
+        return self.gateway.addresses()[HTTPS_LISTENER][1]
+
+    @property
+    def http(self) -> int:
+        return self.gateway.addresses()[HTTP_LISTENER][1]
+
+    def url(self, host: str, path: str = "/", *, scheme: str = "https") -> str:
+        port = self.https if scheme in ("https", "wss") else self.http
+        return f"{scheme}://{host}:{port}{path}"
+
+    def snapshot(self, version: int = 1, **changes: Any) -> Snapshot:
+        return compile_mesh(
+            MESH.format(td=TD, **{**self.ports, "redirect": "true", **changes}), version
+        )
+
+    def context(self, client: str | None = None) -> ssl.SSLContext:
+        return client_context(self.ca, self.certs[client] if client else None)
+
+
+def compile_mesh(text: str, version: int = 1) -> Snapshot:
+    """Compile like the control plane does, with every service listener on a free port."""
+    snap = compile_snapshot(
+        Inputs(parse_mesh_text(text, "mesh.yaml")), version=version, origin="test"
+    )
+    listeners = tuple(dataclasses.replace(spec, bind_port=0) for spec in snap.listeners)
+    return dataclasses.replace(snap, listeners=listeners)
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, HttpBackend]]:
+    with contextlib.ExitStack() as stack:
+        yield {
+            "web": stack.enter_context(run_http_backend("web")),
+            "api": stack.enter_context(run_http_backend("api")),
+            "whoami": stack.enter_context(run_http_backend("whoami", headers_app)),
+            "bad": stack.enter_context(run_http_backend("bad", failing_app)),
+            "good": stack.enter_context(run_http_backend("good")),
+            "secret": stack.enter_context(run_http_backend("secret")),
+        }
+
+
+@pytest.fixture
+async def edge(
+    local_ca: CertificateAuthority, backends: dict[str, HttpBackend], tmp_path: Path
+) -> AsyncIterator[Edge]:
+    ports = {name: b.port for name, b in backends.items()}
+    ports |= {"https": free_port(), "http": free_port()}
+    certs = {
+        name: write_pair(local_ca.issue_client(TD, name), tmp_path / "clients", name)
+        for name in ("alice", "bob")
+    }
+    log = AccessLog(io.StringIO())
+    gateway = IngressGateway(MeshMetrics("edge", TD), log, ca=lambda: local_ca)
+    running = Edge(gateway, local_ca, certs, backends, ports, log)
+    await gateway.apply(running.snapshot())
+    try:
+        yield running
+    finally:
+        await gateway.close(drain_timeout=1.0)
+
+
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(resolver=LoopbackResolver(), force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as s:
+        yield s
+
+
+async def get(
+    edge: Edge, url: str, client: str | None = None, ctx: ssl.SSLContext | None = None, **kw: Any
+) -> tuple[int, dict[str, str], bytes]:
+    """One GET on a new connection (with ``client``'s certificate when given)."""
+    async with session() as s, s.get(url, ssl=ctx or edge.context(client), **kw) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+async def run(*cmd: str, stdin: bytes = b"") -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+def xfcc_values(body: bytes) -> list[str]:
+    return [v for k, v in json.loads(body)["headers"] if k == XFCC]
+
+
+# -- routing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "served_by"),
+    [
+        ("shop.localhost", "/", {"web"}),
+        ("shop.localhost", "/api/echo", {"api"}),
+        ("shop.localhost", "/anything/else", {"web"}),
+        ("x.apps.localhost", "/echo", {"web", "api"}),  # the wildcard host's 50/50 split
+    ],
+)
+async def test_host_and_path_routing(edge: Edge, host: str, path: str, served_by: set[str]) -> None:
+    status, headers, _ = await get(edge, edge.url(host, path))
+    assert status == 200
+    assert headers["x-backend"] in served_by
+
+
+async def test_the_upstream_learns_the_edge_scheme_and_host(edge: Edge) -> None:
+    status, _, body = await get(edge, edge.url("shop.localhost", "/whoami"))
+    assert status == 200
+    seen = dict(json.loads(body)["headers"])
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["host"] == f"shop.localhost:{edge.https}"
+    assert XFCC not in seen  # no client certificate, no identity
+
+
+async def test_split_reaches_both_services(edge: Edge) -> None:
+    seen = set()
+    async with session() as s:
+        for _ in range(40):
+            async with s.get(edge.url("v1.apps.localhost", "/"), ssl=edge.context()) as r:
+                assert r.status == 200
+                seen.add(r.headers["x-backend"])
+            if seen == {"web", "api"}:
+                break
+    assert seen == {"web", "api"}
+
+
+async def test_unknown_host_is_404_no_route(edge: Edge) -> None:
+    ctx = edge.context()
+    ctx.check_hostname = False  # the default certificate does not name it
+    status, headers, _ = await get(edge, edge.url("nowhere.localhost", "/"), ctx=ctx)
+    assert status == 404
+    assert headers["x-localmesh-reason"] == "no-route"
+
+
+# -- client certificates, identity, policy ------------------------------------------------
+
+
+async def test_required_client_cert_is_enforced_and_identity_reaches_the_upstream(
+    edge: Edge,
+) -> None:
+    with pytest.raises(aiohttp.ClientError):
+        await get(edge, edge.url("admin.localhost", "/"))
+    forged = {XFCC: "URI=spiffe://edge.test/client/root"}
+    status, _, body = await get(edge, edge.url("admin.localhost", "/x"), "alice", headers=forged)
+    assert status == 200
+    (xfcc,) = xfcc_values(body)  # the forged one is gone, ours is the only one
+    assert "URI=spiffe://edge.test/client/alice" in xfcc
+    assert 'Subject="CN=alice,OU=edge.test,O=localmesh client"' in xfcc
+    assert xfcc.startswith("Hash=")
+
+
+async def test_a_forged_xfcc_without_a_certificate_is_stripped(edge: Edge) -> None:
+    forged = {XFCC: "URI=spiffe://edge.test/client/alice"}
+    status, _, body = await get(edge, edge.url("shop.localhost", "/whoami"), headers=forged)
+    assert status == 200
+    assert xfcc_values(body) == []
+
+
+async def test_policy_allows_only_the_named_client(edge: Edge) -> None:
+    url = edge.url("shop.localhost", "/secret")
+    status, _, _ = await get(edge, url, "alice")
+    assert status == 200
+    for client in ("bob", None):
+        status, headers, _ = await get(edge, url, client)
+        assert status == 403, client
+        assert headers["x-localmesh-reason"] == "denied"
+    assert edge.backends["secret"].hits == {"/secret": 1}
+
+
+async def test_host_requiring_a_cert_on_a_connection_without_one_is_421(edge: Edge) -> None:
+    # TLS for shop.localhost (no certificate asked), then Host: admin.localhost
+    url = edge.url("shop.localhost", "/")
+    status, headers, _ = await get(edge, url, headers={"Host": "admin.localhost"})
+    assert status == 421
+    assert headers["x-localmesh-reason"] == "misdirected"
+    # the same trick with a verified certificate is not misdirected: alice may use admin
+    status, _, body = await get(edge, url, "alice", headers={"Host": "admin.localhost"})
+    assert status == 200
+    assert json.loads(body)["backend"] == "whoami"
+
+
+# -- everything the data plane offers -----------------------------------------------------
+
+
+async def test_retries_get_around_a_failing_endpoint(edge: Edge) -> None:
+    async with session() as s:
+        for _ in range(6):
+            async with s.get(edge.url("shop.localhost", "/flaky"), ssl=edge.context()) as r:
+                assert r.status == 200
+                assert r.headers["x-backend"] == "good"
+    assert edge.backends["bad"].hits.get("/flaky", 0) >= 1
+
+
+async def test_fault_abort_and_timeout(edge: Edge) -> None:
+    status, _, _ = await get(edge, edge.url("shop.localhost", "/teapot"))
+    assert status == 418
+    assert "/teapot" not in edge.backends["web"].hits
+    status, headers, _ = await get(edge, edge.url("shop.localhost", "/delay/800"))
+    assert status == 504
+    assert "x-localmesh-reason" in headers
+
+
+async def test_websocket_through_the_ingress(edge: Edge) -> None:
+    async with (
+        session() as s,
+        s.ws_connect(edge.url("shop.localhost", "/ws", scheme="wss"), ssl=edge.context()) as ws,
+    ):
+        for text in ("hello", "again"):
+            await ws.send_str(text)
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.data == f"web:{text}"
+
+
+# -- plain HTTP -----------------------------------------------------------------------------
+
+
+async def test_plain_http_is_redirected_with_308(edge: Edge) -> None:
+    async with (
+        session() as s,
+        s.post(
+            edge.url("shop.localhost", "/api/echo?q=1", scheme="http"),
+            data=b"body",
+            allow_redirects=False,
+        ) as r,
+    ):
+        assert r.status == 308
+        assert r.headers["location"] == f"https://shop.localhost:{edge.https}/api/echo?q=1"
+    assert edge.backends["api"].hits == {}
+
+
+async def test_plain_http_served_when_redirect_is_off(edge: Edge) -> None:
+    await edge.gateway.apply(edge.snapshot(version=2, redirect="false"))
+    async with session() as s:
+        async with s.get(edge.url("shop.localhost", "/whoami", scheme="http")) as r:
+            assert r.status == 200
+            assert ["x-forwarded-proto", "http"] in (await r.json())["headers"]
+        # a host that requires a client certificate is never served without one
+        async with s.get(edge.url("admin.localhost", "/", scheme="http")) as r:
+            assert r.status == 421
+    await edge.gateway.apply(edge.snapshot(version=3))
+    async with (
+        session() as s,
+        s.get(edge.url("shop.localhost", "/", scheme="http"), allow_redirects=False) as r,
+    ):
+        assert r.status == 308
+
+
+# -- the real command-line clients ----------------------------------------------------------
+
+
+async def test_curl_with_a_client_certificate(edge: Edge) -> None:
+    cert, key = edge.certs["alice"]
+    base = ("curl", "-sS", "--cacert", str(edge.ca.root_path),
+            "--resolve", f"admin.localhost:{edge.https}:127.0.0.1")  # fmt: skip
+    url = edge.url("admin.localhost", "/curl")
+    code, out = await run(*base, "--cert", str(cert), "--key", str(key), url)
+    assert code == 0, out
+    assert "spiffe://edge.test/client/alice" in "".join(xfcc_values(out.encode()))
+    code, out = await run(*base, url)
+    assert code != 0  # no certificate: the handshake is refused
+    assert edge.backends["whoami"].hits == {"/curl": 1}
+
+
+async def test_openssl_s_client_gets_a_response(edge: Edge) -> None:
+    request = b"GET /api/echo HTTP/1.1\r\nHost: shop.localhost\r\nConnection: close\r\n\r\n"
+    code, out = await run(
+        "openssl", "s_client", "-connect", f"127.0.0.1:{edge.https}",
+        "-servername", "shop.localhost", "-verify_hostname", "shop.localhost",
+        "-CAfile", str(edge.ca.root_path), "-verify_return_error", "-quiet",
+        stdin=request,
+    )  # fmt: skip
+    assert code == 0, out
+    assert "HTTP/1.1 200 OK" in out
+    assert "x-backend: api" in out.lower()
+
+
+# -- apply: all or nothing ------------------------------------------------------------------
+
+
+async def test_a_taken_ingress_port_rejects_the_snapshot_and_keeps_the_old_one(
+    edge: Edge,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with pytest.raises(RuntimeStartError, match=f"127.0.0.1:{busy} \\(HTTPS\\)"):
+            await edge.gateway.apply(edge.snapshot(version=2, https=busy))
+    assert edge.gateway.snapshot is not None
+    assert edge.gateway.snapshot.version == 1
+    status, _, _ = await get(edge, edge.url("shop.localhost", "/"))
+    assert status == 200
+
+
+async def test_the_https_port_moves_on_reload(edge: Edge) -> None:
+    old = edge.https
+    new = free_port()
+    await edge.gateway.apply(edge.snapshot(version=2, https=new))
+    assert edge.https == new
+    status, _, _ = await get(edge, edge.url("shop.localhost", "/"))
+    assert status == 200
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", old)
+
+
+# -- inside the runtime process -----------------------------------------------------------
+
+
+async def test_the_runtime_serves_the_ingress_and_closes_it(
+    local_ca: CertificateAuthority, http_backend: HttpBackend, tmp_path: Path
+) -> None:
+    https, http = free_port(), free_port()
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(
+        "services:\n"
+        "  web:\n"
+        f'    ports: [{{port: 8000, listen: "127.0.0.1:{free_port()}"}}]\n'
+        f'    endpoints: ["127.0.0.1:{http_backend.port}"]\n'
+        "ingress:\n"
+        f"  bind: 127.0.0.1\n  https_port: {https}\n  http_port: {http}\n"
+        "  hosts: [{host: shop.localhost, routes: [{name: web, route: [web]}]}]\n"
+    )
+    async with running(mesh, tmp_path / "state") as runtime:
+        assert runtime.dataplane is not None
+        assert runtime.dataplane.addresses()[HTTPS_LISTENER] == ("127.0.0.1", https)
+        ctx = client_context(local_ca)  # the runtime issued its certificate from this CA
+        async with session() as s:
+            async with s.get(f"https://shop.localhost:{https}/hello", ssl=ctx) as r:
+                assert r.status == 200
+                assert r.headers["x-backend"] == "backend"
+            url = f"http://shop.localhost:{http}/hello"
+            async with s.get(url, allow_redirects=False) as r:
+                assert r.status == 308
+    for port in (https, http):
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
