@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from localmesh.ca.authority import CertificateAuthority
-from localmesh.ca.rotation import Rotator, WorkloadIdentity
+from localmesh.ca.rotation import Rotator, WorkloadIdentities
 from localmesh.config.model import ClientCerts, Ingress, Service, TLSMode
 from localmesh.errors import LocalmeshError, RuntimeStartError
 from localmesh.runtime.dataplane import Caller, DataPlane, DownstreamIdentity, UpstreamTLS
@@ -98,8 +98,11 @@ class IngressGateway:
         self._https_protocol: Callable[[], asyncio.Protocol] | None = None
         self._plain_protocol: Callable[[], asyncio.Protocol] | None = None
         self._origination: UpstreamTLSContexts | None = None
+        self._origination_domain = ""
         self._ingress = Ingress()
-        self._trust_domain = ""  # of the snapshot being applied (origination needs it early)
+        # of the snapshot being applied: origination contexts are built before the swap
+        self._trust_domain = ""
+        self._workload_lifetime = 0.0
         self._anonymous = DownstreamIdentity(UNKNOWN_CALLER, None, misdirected=self._misdirected)
 
     # -- the data plane's API ---------------------------------------------------------------
@@ -115,6 +118,7 @@ class IngressGateway:
         fresh_https: TLSListener | None = None
         fresh_http: socket.socket | None = None
         self._trust_domain = snapshot.config.mesh.trust_domain
+        self._workload_lifetime = snapshot.config.mesh.workload_cert_lifetime
         try:
             self._prepare_origination(snapshot.config.services)
             if ingress.hosts:
@@ -189,18 +193,16 @@ class IngressGateway:
         """The data plane's ``upstream_tls`` provider (contexts are cached per settings)."""
         if service.tls.mode is TLSMode.DISABLE:
             return None
-        if self._origination is None:
-            self._origination = UpstreamTLSContexts(
-                self._certificate_authority().root_pem, self._trust_domain, self._identity
+        if self._origination is None or self._origination_domain != self._trust_domain:
+            self._origination_domain = self._trust_domain
+            ca = self._certificate_authority()
+            identities = WorkloadIdentities(
+                ca, self._trust_domain, self.rotator, self._workload_lifetime
             )
+            self._origination = UpstreamTLSContexts(ca.root_pem, self._trust_domain, identities.get)
         origin = self._origination.get(service, caller=None)
         assert origin is not None
         return UpstreamTLS(origin.context, origin.server_hostname, origin.check_peer)
-
-    def _identity(self, name: str) -> WorkloadIdentity:
-        identity = WorkloadIdentity(self._certificate_authority(), self._trust_domain, name)
-        self.rotator.add(identity)
-        return identity
 
     # -- internals --------------------------------------------------------------------------
 

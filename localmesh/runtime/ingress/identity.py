@@ -7,7 +7,9 @@ The ingress passes a verified client identity upstream in ``x-forwarded-client-c
 
 Envoy's ``SANITIZE_SET`` rule applies: whatever XFCC a client sends is removed, and only the
 mesh sets it, only from a certificate that passed verification. Without that, any client
-could claim any identity by sending the header.
+could claim any identity by sending the header. The data plane applies it while it copies
+the request head (one pass over the headers): ``DownstreamIdentity.xfcc`` is this module's
+``xfcc()`` for a verified client, None otherwise, and a client's own XFCC never passes.
 """
 
 from __future__ import annotations
@@ -16,9 +18,6 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-XFCC_HEADER = "x-forwarded-client-cert"
-_XFCC_BYTES = XFCC_HEADER.encode()
 
 _RDN_SHORT = {
     "commonName": "CN",
@@ -101,13 +100,3 @@ def client_identity(peercert: Mapping[str, Any], der: bytes) -> ClientIdentity |
         dns=tuple(v for k, v in sans if k == "DNS"),
         sha256=hashlib.sha256(der).hexdigest(),
     )
-
-
-def sanitize_set(
-    headers: Iterable[tuple[bytes, bytes]], identity: ClientIdentity | None
-) -> list[tuple[bytes, bytes]]:
-    """Drop every downstream XFCC header; add ours when the client presented a verified cert."""
-    kept = [(k, v) for k, v in headers if k.lower() != _XFCC_BYTES]
-    if identity is not None:
-        kept.append((_XFCC_BYTES, identity.xfcc().encode()))
-    return kept

@@ -20,12 +20,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from localmesh.ca.authority import CertificateAuthority
+from localmesh.ca.rotation import WorkloadIdentity
 from localmesh.config.loader import parse_mesh_text
 from localmesh.errors import RuntimeStartError
 from localmesh.runtime.controlplane.compile import Inputs, compile_snapshot
 from localmesh.runtime.ingress.gateway import HTTP_LISTENER, HTTPS_LISTENER, IngressGateway
+from localmesh.runtime.ingress.identity import client_identity
 from localmesh.runtime.snapshot import Snapshot
 from localmesh.runtime.telemetry import AccessLog, MeshMetrics
 from tests.integration.controlplane.support import running
@@ -449,3 +452,76 @@ async def test_the_runtime_serves_the_ingress_and_closes_it(
     for port in (https, http):
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
+
+
+# -- TLS origination ------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def tls_workload(ca: CertificateAuthority, service: str) -> AsyncIterator[int]:
+    """An aiohttp app serving TLS as ``service``'s workload identity, requiring a client
+    certificate from the mesh CA and answering with the caller's SPIFFE ID."""
+
+    async def whoami(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        tls: ssl.SSLObject = request.transport.get_extra_info("ssl_object")
+        ident = client_identity(tls.getpeercert() or {}, tls.getpeercert(True) or b"")
+        return web.Response(text=ident.principal if ident else "-")
+
+    ctx = WorkloadIdentity(ca, TD, service).server_context()
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=ca.root_pem.decode())
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", whoami)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    try:
+        assert site._server is not None
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    finally:
+        await runner.cleanup()
+
+
+async def test_mutual_tls_origination_presents_the_gateway_identity(
+    local_ca: CertificateAuthority,
+) -> None:
+    async with tls_workload(local_ca, "vault") as port:
+        text = f"""
+mesh: {{trust_domain: {TD}}}
+services:
+  vault:
+    ports: [8200]
+    endpoints: ["127.0.0.1:{port}"]
+    tls: mutual
+    retries: false
+  imposter:  # the same server, which is not this service: its identity check fails
+    ports: [8201]
+    endpoints: ["127.0.0.1:{port}"]
+    tls: mutual
+    retries: false
+ingress:
+  bind: 127.0.0.1
+  https_port: {free_port()}
+  http_port: {free_port()}
+  hosts:
+    - host: vault.localhost
+      routes:
+        - {{name: imposter, match: [{{path: {{prefix: /imposter}}}}], route: [imposter]}}
+        - {{name: vault, route: [vault]}}
+"""
+        gateway = IngressGateway(MeshMetrics("edge", TD), AccessLog(None), ca=lambda: local_ca)
+        await gateway.apply(compile_mesh(text))
+        try:
+            port_https = gateway.addresses()[HTTPS_LISTENER][1]
+            ctx = client_context(local_ca)
+            async with session() as s:
+                async with s.get(f"https://vault.localhost:{port_https}/", ssl=ctx) as r:
+                    assert r.status == 200
+                    assert await r.text() == f"spiffe://{TD}/svc/ingress"
+                async with s.get(f"https://vault.localhost:{port_https}/imposter", ssl=ctx) as r:
+                    assert r.status == 503
+                    assert "expected spiffe://edge.test/svc/imposter" in await r.text()
+        finally:
+            await gateway.close(drain_timeout=1.0)

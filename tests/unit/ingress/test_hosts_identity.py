@@ -13,10 +13,7 @@ from localmesh.runtime.ingress.hosts import (
     redirect_location,
 )
 from localmesh.runtime.ingress.identity import (
-    XFCC_HEADER,
-    ClientIdentity,
     client_identity,
-    sanitize_set,
     subject_string,
 )
 
@@ -105,14 +102,3 @@ def test_identity_from_a_verified_peer_cert() -> None:
 
 def test_subject_with_multi_valued_rdn() -> None:
     assert subject_string(((("commonName", "a"), ("userId", "7")),)) == "CN=a+UID=7"
-
-
-def test_sanitize_set_strips_what_the_client_sent() -> None:
-    forged = [(b"host", b"x"), (b"X-Forwarded-Client-Cert", b"URI=spiffe://shop/client/root")]
-    assert sanitize_set(forged, None) == [(b"host", b"x")]
-    ident = ClientIdentity("CN=bob", ("spiffe://shop/client/bob",), (), "ab")
-    out = sanitize_set(forged, ident)
-    assert out == [
-        (b"host", b"x"),
-        (XFCC_HEADER.encode(), b'Hash=ab;Subject="CN=bob";URI=spiffe://shop/client/bob'),
-    ]
