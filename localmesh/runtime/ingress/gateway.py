@@ -52,6 +52,7 @@ log = logging.getLogger("localmesh.ingress")
 HTTPS_LISTENER = "ingress-https"
 HTTP_LISTENER = "ingress-http"
 BACKLOG = 1024
+MISDIRECTED_MEMO = 1024
 
 CALoader = Callable[[], CertificateAuthority]
 
@@ -103,7 +104,10 @@ class IngressGateway:
         # of the snapshot being applied: origination contexts are built before the swap
         self._trust_domain = ""
         self._workload_lifetime = 0.0
+        # a connection's identity lives as long as it does: the check reads the current hosts
         self._anonymous = DownstreamIdentity(UNKNOWN_CALLER, None, misdirected=self._misdirected)
+        self._misdirected_memo: dict[bytes, str | None] = {}
+        self._any_required = False
 
     # -- the data plane's API ---------------------------------------------------------------
 
@@ -138,6 +142,8 @@ class IngressGateway:
             raise
         # commit: nothing below can fail for a reason the snapshot could have avoided
         self._ingress = ingress
+        self._misdirected_memo.clear()
+        self._any_required = any(h.client_certs is ClientCerts.REQUIRED for h in ingress.hosts)
         if self._rotating is None:
             self._rotating = asyncio.get_running_loop().create_task(
                 self.rotator.run(), name="ingress certificate rotation"
@@ -300,12 +306,21 @@ class IngressGateway:
         return DownstreamIdentity(Caller(name, ident.principal), ident.xfcc().encode())
 
     def _misdirected(self, authority: bytes) -> str | None:
-        """For a connection without a client certificate: is this ``Host`` one needing it?"""
-        host = find_host(authority_host(authority.decode("latin-1")), self._ingress.hosts)
-        if not misdirected(host, verified_client=False):
+        """For a connection without a client certificate: is this ``Host`` one needing it?
+        Memoised per ``Host`` value (bounded: random ``Host``s only cost a recomputation)."""
+        if not self._any_required:
             return None
-        assert host is not None
-        return f"{host.host} requires a client certificate: connect with it as the TLS SNI"
+        memo = self._misdirected_memo
+        if authority in memo:
+            return memo[authority]
+        host = find_host(authority_host(authority.decode("latin-1")), self._ingress.hosts)
+        reason = None
+        if host is not None and misdirected(host, verified_client=False):
+            reason = f"{host.host} requires a client certificate: connect with it as the TLS SNI"
+        if len(memo) >= MISDIRECTED_MEMO:
+            memo.clear()
+        memo[authority] = reason
+        return reason
 
     async def _stop_edge(self) -> None:
         """Stop accepting edge connections; those already served drain with the data plane."""

@@ -91,9 +91,10 @@ ingress:
         - {{name: secret, match: [{{path: {{prefix: /secret}}}}], route: [secret]}}
         - {{name: web, route: [web]}}
     - host: admin.localhost
-      client_certs: required
+      client_certs: {admin_certs}
       routes: [{{name: admin, route: [whoami]}}]
     - host: "*.apps.localhost"
+      client_certs: {apps_certs}
       routes:
         - name: split
           route: [{{service: web, weight: 50}}, {{service: api, weight: 50}}]
@@ -122,9 +123,8 @@ class Edge:
         return f"{scheme}://{host}:{port}{path}"
 
     def snapshot(self, version: int = 1, **changes: Any) -> Snapshot:
-        return compile_mesh(
-            MESH.format(td=TD, **{**self.ports, "redirect": "true", **changes}), version
-        )
+        values = {"redirect": "true", "apps_certs": "off", "admin_certs": "required"}
+        return compile_mesh(MESH.format(td=TD, **{**self.ports, **values, **changes}), version)
 
     def context(self, client: str | None = None) -> ssl.SSLContext:
         return client_context(self.ca, self.certs[client] if client else None)
@@ -295,6 +295,29 @@ async def test_host_requiring_a_cert_on_a_connection_without_one_is_421(edge: Ed
     status, _, body = await get(edge, url, "alice", headers={"Host": "admin.localhost"})
     assert status == 200
     assert json.loads(body)["backend"] == "whoami"
+
+
+async def test_a_host_that_starts_requiring_certs_is_421_on_open_connections(edge: Edge) -> None:
+    await edge.gateway.apply(edge.snapshot(version=2, admin_certs="optional"))  # none required
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", edge.https, ssl=edge.context(), server_hostname="shop.localhost"
+    )
+
+    async def status_of_get(host: str) -> bytes:
+        writer.write(f"GET / HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        return head.split(b" ")[1]
+
+    try:
+        assert await status_of_get("x.apps.localhost") == b"200"
+        await edge.gateway.apply(
+            edge.snapshot(version=3, admin_certs="optional", apps_certs="required")
+        )
+        assert await status_of_get("x.apps.localhost") == b"421"
+    finally:
+        writer.close()
 
 
 # -- everything the data plane offers -----------------------------------------------------
