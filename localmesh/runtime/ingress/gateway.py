@@ -119,6 +119,7 @@ class IngressGateway:
         """Bind what the snapshot's ingress needs, apply the data plane, then switch over."""
         ingress = snapshot.config.ingress
         previous_tls = self._tls_settings
+        previous_mesh = (self._trust_domain, self._workload_lifetime)
         fresh_https: TLSListener | None = None
         fresh_http: socket.socket | None = None
         self._trust_domain = snapshot.config.mesh.trust_domain
@@ -139,6 +140,7 @@ class IngressGateway:
                 fresh_http.close()
             if previous_tls is not None and self.tls is not None:
                 self._update_tls(self._ingress)  # certificates of unchanged names are kept
+            self._trust_domain, self._workload_lifetime = previous_mesh
             raise
         # commit: nothing below can fail for a reason the snapshot could have avoided
         self._ingress = ingress

@@ -25,7 +25,7 @@ from aiohttp import web
 from localmesh.ca.authority import CertificateAuthority
 from localmesh.ca.rotation import WorkloadIdentity
 from localmesh.config.loader import parse_mesh_text
-from localmesh.errors import RuntimeStartError
+from localmesh.errors import CAError, RuntimeStartError
 from localmesh.runtime.controlplane.compile import Inputs, compile_snapshot
 from localmesh.runtime.ingress.gateway import HTTP_LISTENER, HTTPS_LISTENER, IngressGateway
 from localmesh.runtime.ingress.identity import client_identity
@@ -431,6 +431,39 @@ async def test_a_taken_ingress_port_rejects_the_snapshot_and_keeps_the_old_one(
     assert edge.gateway.snapshot.version == 1
     status, _, _ = await get(edge, edge.url("shop.localhost", "/"))
     assert status == 200
+
+
+async def test_a_data_plane_failure_leaves_the_ingress_as_it_was(edge: Edge) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        snap = edge.snapshot(version=2, https=free_port())
+        web = next(s for s in snap.listeners if s.service == "web")
+        busy = dataclasses.replace(web, bind_port=taken.getsockname()[1])
+        listeners = tuple(busy if s is web else s for s in snap.listeners)
+        with pytest.raises(RuntimeStartError, match="listener web:8000"):
+            await edge.gateway.apply(dataclasses.replace(snap, listeners=listeners))
+    assert edge.https == edge.ports["https"]  # the new HTTPS socket was closed, not swapped
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", snap.config.ingress.https_port)
+    status, _, _ = await get(edge, edge.url("shop.localhost", "/"))
+    assert status == 200
+
+
+async def test_an_unusable_ca_is_a_start_error(tmp_path: Path) -> None:
+    def broken() -> CertificateAuthority:
+        raise CAError("intermediate-key.pem is readable by others", hint="chmod 600 it")
+
+    text = MESH.format(
+        td=TD, web=1, api=2, whoami=3, bad=4, good=5, secret=6, https=free_port(),
+        http=free_port(), redirect="true", apps_certs="off", admin_certs="off",
+    )  # fmt: skip
+    gateway = IngressGateway(MeshMetrics("edge", TD), AccessLog(None), ca=broken)
+    with pytest.raises(RuntimeStartError, match="the ingress needs the local CA: intermediate"):
+        await gateway.apply(compile_mesh(text))
+    assert gateway.snapshot is None
+    assert gateway.addresses() == {}
+    await gateway.close(0)
 
 
 async def test_the_https_port_moves_on_reload(edge: Edge) -> None:
