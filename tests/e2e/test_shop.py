@@ -237,6 +237,7 @@ def test_3_every_hop_went_through_the_mesh_with_source_identities(shop: Shop) ->
     web_to_api = metric(
         text,
         "istio_requests_total",
+        reporter="source",
         source_workload="web",
         destination_workload="api",
         response_code="200",
@@ -248,6 +249,7 @@ def test_3_every_hop_went_through_the_mesh_with_source_identities(shop: Shop) ->
         opened = metric(
             text,
             "istio_tcp_connections_opened_total",
+            reporter="source",
             source_workload="api",
             destination_workload=upstream,
         )
@@ -271,9 +273,17 @@ def test_4_isolation_is_kept_web_cannot_reach_the_database(shop: Shop) -> None:
     from_api = shop.compose_run("exec", "-T", "api", "python3", "-c", PG_PROBE)
     assert from_api.returncode == 0, from_api.stderr  # the probe itself works...
     assert "('3',)" in from_api.stdout
+    started = time.monotonic()
     from_web = shop.compose_run("exec", "-T", "web", "python3", "-c", PG_PROBE)
     assert from_web.returncode != 0, f"web reached the database: {from_web.stdout}"  # ...not here
     assert "('3',)" not in from_web.stdout
+    assert "timed out" not in from_web.stderr, "not refused, just no answer"
+    assert time.monotonic() - started < 4.5  # the probe's own timeout is 5 s
+    records = json.loads(shop.admin_get("/logs?limit=500&service=db"))["records"]
+    denied = [r for r in records if r.get("source") == "web" and r.get("destination") == "db"]
+    assert denied, "the mesh did not see web's attempt"
+    assert all(r.get("flags") == "UAEX" for r in denied), denied  # denied by policy
+    assert not any(r.get("upstream") for r in denied), "web's connection reached db"
 
 
 FAULT = (
