@@ -57,6 +57,11 @@ class HostName:
     is_ip: bool
 
 
+#: What the ingress's default certificate names, besides ``ingress.extra_cert_hosts``: the
+#: one a ClientHello gets without a known SNI (``curl https://127.0.0.1``, ``https://localhost``).
+INGRESS_DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
 def parse_host(raw: str) -> HostName:
     """Normalise one ``--host``/``ingress.hosts`` entry; reject what no certificate can hold."""
     text = raw.strip().lower().rstrip(".")

@@ -35,11 +35,12 @@ from localmesh.ca.containers import write_container_certs
 from localmesh.compose import emit, engine, image
 from localmesh.compose.addresses import parse_subnet
 from localmesh.compose.plan import MeshPlan
-from localmesh.compose.planner import EngineFacts, image_ref, make_plan, relative_position
+from localmesh.compose.planner import EngineFacts, make_plan, relative_position
 from localmesh.compose.project import ComposeProject, compose_command, load_project
 from localmesh.compose.rewrite import MeshService, rewrite
 from localmesh.config import infer_mesh, load_mesh_file
 from localmesh.config.model import MeshConfig
+from localmesh.config.ports import image_ref
 from localmesh.errors import ComposeError, DockerError, Finding, LocalmeshError
 
 STATE_DIR = ".localmesh"
@@ -94,11 +95,16 @@ def generate(
         options.files, options.env_files, options.project_name, options.profiles, cwd
     )
     mesh_file = _mesh_file(options.mesh_file, cwd)
-    mesh = load_mesh_file(mesh_file, project) if mesh_file else infer_mesh(project)
+    facts = facts or engine_facts(project)
+    mesh = (
+        load_mesh_file(mesh_file, project, facts.image_ports)
+        if mesh_file
+        else infer_mesh(project, facts.image_ports)
+    )
     subnet = parse_subnet(options.subnet) if options.subnet else None
     compose_file = (cwd / options.output) if options.output else cwd / STATE_DIR / COMPOSE_FILE
     state = compose_file.parent
-    planned = make_plan(project, mesh, facts or engine_facts(project), subnet=subnet)
+    planned = make_plan(project, mesh, facts, subnet=subnet)
     plan = dataclasses.replace(
         planned.plan, warnings=planned.plan.warnings + tuple(_leaky_builds(project, state))
     )

@@ -10,12 +10,13 @@ Rules (why each exists is in docs/compose.md):
   names must keep resolving to the real container) or mesh.yaml says ``meshed: false``.
 - Every other service is both an **upstream** (it gets a VIP) and a **client** (its
   ``extra_hosts`` map the names of every other upstream to their VIPs).
-- A client maps, for each other upstream: its service name, ``container_name`` and the
-  default container names (``<project>-<service>-<n>``), which Docker's DNS answers on
-  every network and so also on the shared mesh network; the upstream's network aliases on
-  the networks the client is on; and the client's own ``links`` aliases. The client's own
-  names are never mapped (a server binding to its own name must get its own address), and
+- Which names a client maps, and to which upstream, is ``config.names``: service and
+  container names (which Docker's DNS answers on every network and so also on the shared
+  mesh network), aliases on the client's networks, its ``links`` aliases; never the
+  client's own names (a server binding to its own name must get its own address), and
   names the user already set in ``extra_hosts`` stay the user's.
+- Ports and protocols are ``config.ports.learn``'s, the same ``init`` writes, plus what
+  a mesh.yaml adds or overrides (source ``mesh-config``).
 - Isolation: a client may reach an upstream through the mesh when they shared a compose
   network before the rewrite (``Client.reach``).
 """
@@ -26,9 +27,8 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from localmesh.compose import addresses, ports
+from localmesh.compose import addresses
 from localmesh.compose.plan import (
     Client,
     MeshNetwork,
@@ -40,6 +40,8 @@ from localmesh.compose.plan import (
 )
 from localmesh.compose.project import ComposeProject
 from localmesh.config.model import MeshConfig
+from localmesh.config.names import networks_of, user_extra_hosts
+from localmesh.config.ports import Learned, Ports, ip_literals, learn
 from localmesh.errors import ConfigError, Finding, Position, Problem
 
 MESH_KEY = "localmesh"  # the service and the network generate adds
@@ -65,16 +67,6 @@ class Planned:
 
     plan: MeshPlan
     hosts: Mapping[str, tuple[tuple[str, str], ...]]
-
-
-def image_ref(project: str, name: str, svc: Mapping[str, Any]) -> str | None:
-    """The image a service runs: its ``image``, or Compose's name for a built one."""
-    image = svc.get("image")
-    if isinstance(image, str) and image:
-        return image
-    if svc.get("build") is not None:
-        return f"{project}-{name}"
-    return None
 
 
 def make_plan(
@@ -103,8 +95,7 @@ class _Planner:
         self.findings.append(Finding(code, message, pos))
 
     def networks_of(self, name: str) -> set[str]:
-        nets = self.services[name].get("networks") or {}
-        return {str(n) for n in nets}
+        return networks_of(self.services[name])
 
     # --- the plan -------------------------------------------------------------------------
 
@@ -116,21 +107,21 @@ class _Planner:
                 "no Docker engine answered: the mesh subnet was picked without seeing the "
                 "engine's networks and images were not inspected for ports",
             )
-        known = {n: self.scan(n) for n in self.services}
-        meshed, unmeshed = self.split(known)
-        for name, found in known.items():
-            self.complete(name, found)
-        self.add_namespace_sharers(known, unmeshed)
+        excluded = {s.name for s in self.mesh.services if not s.meshed}
+        learned = learn(self.name, self.services, self.engine.image_ports, unmeshed=excluded)
+        meshed = learned.upstreams
+        unmeshed = self.split(learned)
         self.warn_addresses()
         net = self.network(requested)
         vips = addresses.assign_vips(meshed, ipaddress.IPv4Network(net.vip_range))
-        hosts, routes = self.client_hosts(meshed, vips)
-        self.add_references(known, meshed, routes)
-        names = {n: set().union(*self.names_of(n).values()) for n in meshed}
-        for route in routes.values():
-            for host, upstream in route.items():
+        hosts = self.client_hosts(learned, vips)
+        names = {n: learned.names.all_names(n) for n in meshed}
+        for client in meshed:
+            for host, upstream in learned.names.route(client).items():
                 names[upstream].add(host)
-        upstreams = tuple(self.upstream(n, vips[n], names[n], known[n]) for n in sorted(meshed))
+        upstreams = tuple(
+            self.upstream(n, vips[n], names[n], learned.ports[n]) for n in sorted(meshed)
+        )
         clients = tuple(Client(n, self.reach(n, meshed)) for n in sorted(meshed))
         plan = MeshPlan(
             project=self.name,
@@ -156,28 +147,20 @@ class _Planner:
         if problems:
             raise ConfigError(problems)
 
-    def split(self, known: Mapping[str, ports.Ports]) -> tuple[list[str], dict[str, str]]:
-        meshed: list[str] = []
-        unmeshed: dict[str, str] = {}
-        for name, svc in sorted(self.services.items()):
-            mode = svc.get("network_mode")
-            configured = self.mesh.service(name)
-            udp = sorted(known[name].udp)
-            if isinstance(mode, str) and mode:
-                unmeshed[name] = f"network_mode: {mode}"
+    def split(self, learned: Learned) -> dict[str, str]:
+        """The services left alone, with the reason; a warning for each compose made so."""
+        for name, why in sorted(learned.unmeshed.items()):
+            if why.kind == "network-mode":
                 self.warn(
                     "network-mode",
-                    f"service '{name}' has network_mode: {mode}; it is left as it was and its "
+                    f"service '{name}' has {why.reason}; it is left as it was and its "
                     "calls do not go through the mesh",
                     "services",
                     name,
                     "network_mode",
                 )
-            elif configured is not None and not configured.meshed:
-                unmeshed[name] = "meshed: false in the mesh config"
-            elif udp:
-                listed = ", ".join(f"{p}/udp" for p in udp)
-                unmeshed[name] = f"UDP ports {listed}"
+            elif why.kind == "udp":
+                listed = why.reason.removeprefix("UDP ports ")
                 self.warn(
                     "udp",
                     f"service '{name}' uses UDP ({listed}); the mesh relays TCP only, so it is "
@@ -185,85 +168,7 @@ class _Planner:
                     "services",
                     name,
                 )
-            else:
-                meshed.append(name)
-        return meshed, unmeshed
-
-    def scan(self, name: str) -> ports.Ports:
-        """What the service itself and its image say (TCP and UDP)."""
-        svc = self.services[name]
-        found = ports.Ports()
-        ports.declared(svc, found)
-        ref = image_ref(self.name, name, svc)
-        if ref is not None:
-            ports.image_exposed(self.engine.image_ports.get(ref, ()), found)
-        return found
-
-    def complete(self, name: str, found: ports.Ports) -> None:
-        """Well-known image ports when nothing else is known, then the mesh config's."""
-        svc = self.services[name]
-        if not found.tcp:
-            for port in ports.well_known_image(svc.get("image")):
-                found.add(port, "well-known-image")
-        configured = self.mesh.service(name)
-        if configured is not None:
-            for spec in configured.ports:
-                if spec.port not in found.tcp:
-                    found.add(spec.port, "mesh-config")
-
-    def add_namespace_sharers(
-        self, known: dict[str, ports.Ports], unmeshed: Mapping[str, str]
-    ) -> None:
-        """``network_mode: service:x`` serves its ports on x's addresses: they are x's ports."""
-        for name in unmeshed:
-            mode = self.services[name].get("network_mode")
-            if isinstance(mode, str) and mode.startswith("service:"):
-                owner = mode.split(":", 1)[1]
-                if owner in known:
-                    ports.declared(self.services[name], known[owner], f":{name}")
-
-    def names_of(self, name: str) -> dict[str, set[str]]:
-        """Network-independent names and per-network aliases: ``{"": {...}, net: {...}}``."""
-        svc = self.services[name]
-        out: dict[str, set[str]] = {"": {name}}
-        container_name = svc.get("container_name")
-        if isinstance(container_name, str) and container_name:
-            out[""].add(container_name)
-        else:
-            out[""].update(f"{self.name}-{name}-{i}" for i in range(1, replicas(svc) + 1))
-        nets = svc.get("networks") or {}
-        if isinstance(nets, Mapping):
-            for net, cfg in nets.items():
-                aliases = cfg.get("aliases") if isinstance(cfg, Mapping) else None
-                if aliases:
-                    out.setdefault(str(net), set()).update(str(a) for a in aliases)
-        return out
-
-    def add_references(
-        self,
-        known: dict[str, ports.Ports],
-        meshed: list[str],
-        routes: Mapping[str, Mapping[str, str]],
-    ) -> None:
-        """Ports other services name: ``db:5432`` in a client's env is a port of ``db``.
-
-        A name means what it means in that client (aliases differ per network); names a
-        client does not map (its own, or any in an unmeshed client) fall back to service
-        and container names, which mean the same everywhere.
-        """
-        everywhere: dict[str, str] = {}
-        for name in meshed:
-            for n in self.names_of(name)[""]:
-                everywhere.setdefault(n, name)
-        for client, svc in sorted(self.services.items()):
-            route = routes.get(client, {})
-            for ref in ports.references(client, svc):
-                owner = route.get(ref.host) or everywhere.get(ref.host)
-                if owner is None or ref.port is None:
-                    continue
-                known[owner].add(ref.port, f"{ref.where}:{client}")
-                if ref.protocol is not None and ref.port in known[owner].tcp:
-                    known[owner].hints.setdefault(ref.port, ref.protocol)
+        return {name: why.reason for name, why in learned.unmeshed.items()}
 
     def warn_addresses(self) -> None:
         """Static addresses and IP literals: every service, since unmeshed ones call too."""
@@ -286,7 +191,7 @@ class _Planner:
                                 str(net),
                                 key,
                             )
-            for key, ip in ports.ip_literals(svc):
+            for key, ip in ip_literals(svc):
                 self.warn(
                     "ip-literal",
                     f"service '{name}' names the address {ip} in {key}; calls to an address "
@@ -325,42 +230,15 @@ class _Planner:
         )
 
     def client_hosts(
-        self, meshed: list[str], vips: Mapping[str, str]
-    ) -> tuple[dict[str, tuple[tuple[str, str], ...]], dict[str, dict[str, str]]]:
-        """Per client: the ``(name, VIP)`` host entries, and which upstream each of those
-        names means there."""
-        names = {n: self.names_of(n) for n in meshed}
-        all_names: dict[str, set[str]] = {n: set().union(*g.values()) for n, g in names.items()}
+        self, learned: Learned, vips: Mapping[str, str]
+    ) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Per client: the ``(name, VIP)`` host entries, warning about names two upstreams
+        claim and names the user maps itself."""
         hosts: dict[str, tuple[tuple[str, str], ...]] = {}
-        routes: dict[str, dict[str, str]] = {}
-        for client in meshed:
-            svc = self.services[client]
-            own = all_names[client]
-            user = user_extra_hosts(svc)
-            nets = self.networks_of(client)
-            # name -> {upstream: priority}; lower wins (links, then names, then aliases)
-            claims: dict[str, dict[str, int]] = {}
-            for link in svc.get("links") or ():
-                target, _, alias = str(link).partition(":")
-                if target in vips and target != client:
-                    claims.setdefault(alias or target, {})[target] = 0
-            for upstream in meshed:
-                if upstream == client:
-                    continue
-                for net, group in names[upstream].items():
-                    if net and net not in nets:
-                        continue
-                    for n in group:
-                        prio = 2 if net else 1
-                        current = claims.setdefault(n, {})
-                        current[upstream] = min(current.get(upstream, prio), prio)
+        for client in learned.upstreams:
+            user = user_extra_hosts(self.services[client])
             entries: list[tuple[str, str]] = []
-            route: dict[str, str] = {}
-            for n, owners in sorted(claims.items()):
-                if n in own:
-                    continue
-                best = min(owners.values())
-                winners = sorted(u for u, p in owners.items() if p == best)
+            for n, winners in learned.names.claims(client).items():
                 if len(winners) > 1:
                     self.warn(
                         "name-conflict",
@@ -381,21 +259,21 @@ class _Planner:
                     )
                     continue
                 entries.append((n, vips[winners[0]]))
-                route[n] = winners[0]
             hosts[client] = tuple(entries)
-            routes[client] = route
-        return hosts, routes
+        return hosts
 
-    def upstream(self, name: str, vip: str, names: set[str], known: ports.Ports) -> Upstream:
-        """Protocols: the mesh config's, else what a client's URL scheme says, else a guess."""
-        svc = self.services[name]
+    def upstream(self, name: str, vip: str, names: set[str], known: Ports) -> Upstream:
+        """Ports and protocols as learned, with the mesh config's additions and overrides
+        (source ``mesh-config``: only the config knows the port, or it says otherwise)."""
         configured = self.mesh.service(name)
+        for spec in configured.ports if configured else ():
+            if spec.port not in known.tcp or spec.protocol is not known.protocol(spec.port)[0]:
+                known.add(spec.port, "mesh-config")
         protocols = {p.port: p.protocol for p in configured.ports} if configured else {}
-        image = svc.get("image") if isinstance(svc.get("image"), str) else None
         plan_ports = tuple(
             PlanPort(
                 port,
-                protocols.get(port) or known.hints.get(port) or ports.protocol_for(port, image),
+                protocols.get(port) or known.protocol(port)[0],
                 tuple(sorted(sources)),
             )
             for port, sources in sorted(known.tcp.items())
@@ -477,29 +355,6 @@ def relative_position(project: ComposeProject, *path: str) -> Position | None:
     except ValueError:
         return found
     return Position(rel.as_posix(), found.line, found.column)
-
-
-def replicas(svc: Mapping[str, Any]) -> int:
-    """How many containers a service runs (``scale``, else ``deploy.replicas``, else 1)."""
-    scale = svc.get("scale")
-    if isinstance(scale, int):
-        return max(scale, 1)
-    deploy = svc.get("deploy") or {}
-    count = deploy.get("replicas") if isinstance(deploy, Mapping) else None
-    return max(count, 1) if isinstance(count, int) else 1
-
-
-def user_extra_hosts(svc: Mapping[str, Any]) -> set[str]:
-    """Names the user maps in ``extra_hosts`` (list ``name=ip``/``name:ip`` or mapping)."""
-    raw = svc.get("extra_hosts") or ()
-    if isinstance(raw, Mapping):
-        return {str(k) for k in raw}
-    out: set[str] = set()
-    for entry in raw:
-        text = str(entry)
-        sep = "=" if "=" in text else ":"
-        out.add(text.split(sep, 1)[0])
-    return out
 
 
 def _ipv4(text: str) -> ipaddress.IPv4Network | None:

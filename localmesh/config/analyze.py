@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from localmesh.compose.project import ComposeProject
-from localmesh.config.infer import UNMESHABLE_NETWORK_MODE, declared_ports
 from localmesh.config.matching import shadowing_routes
 from localmesh.config.model import MeshConfig, PolicyAction, Route, Service
+from localmesh.config.ports import Ports, declared, network_mode, spans
 from localmesh.config.values import format_duration
 from localmesh.errors import Finding
 
@@ -189,17 +189,19 @@ def _empty_subsets(config: MeshConfig) -> Iterable[Finding]:
 
 def _compose_findings(project: ComposeProject) -> Iterable[Finding]:
     for name, svc in sorted(project.services().items()):
-        _, udp = declared_ports(svc)
-        if udp:
+        found = Ports()
+        declared(svc, found)
+        if found.udp:
             yield Finding(
                 "udp-upstream",
-                f"service '{name}' has UDP ports ({', '.join(map(str, udp))}) the mesh does not "
-                "carry: callers reach them directly, without policy or telemetry",
+                f"service '{name}' has UDP ports ({', '.join(spans(found.udp))}): the mesh "
+                "carries TCP only, so it is left unmeshed and callers reach it directly, "
+                "without policy or telemetry",
                 project.position_of("services", name, "ports")
                 or project.position_of("services", name, "expose"),
             )
-        mode = svc.get("network_mode")
-        if isinstance(mode, str) and UNMESHABLE_NETWORK_MODE.match(mode):
+        mode = network_mode(svc)
+        if mode is not None:
             yield Finding(
                 "unmeshed-network-mode",
                 f"service '{name}' uses network_mode: {mode} and is left unmeshed: its calls "

@@ -27,7 +27,7 @@ from typing import TypeVar
 from localmesh.ca.names import check_client_name, check_permitted, parse_host
 from localmesh.compose.project import ComposeProject
 from localmesh.config import values
-from localmesh.config.infer import InferredService, guess_protocol, infer_services
+from localmesh.config.infer import InferredService, infer_services
 from localmesh.config.matching import route_is_catch_all
 from localmesh.config.model import (
     RETRY_ON_VALUES,
@@ -69,6 +69,7 @@ from localmesh.config.model import (
     TLSMode,
     UpstreamTLS,
 )
+from localmesh.config.ports import ImagePorts, protocol_for
 from localmesh.config.yamlnodes import MapNode, Node, Scalar, SeqNode, describe, parse_yaml
 from localmesh.errors import CAError, ConfigError, Position, Problem
 
@@ -186,6 +187,7 @@ class _ServiceDraft:
     service: Service
     key: Scalar
     wrote_ports: tuple[PortSpec, ...] = ()
+    guessed: set[int] = field(default_factory=set)  # written ports with no protocol given
     meshed_at: Position | None = None  # where `meshed:` is written, if it is
     routes_at: Position | None = None
     route_keys: list[tuple[str, str, Position]] = field(default_factory=list)  # l7-only uses
@@ -583,7 +585,7 @@ def _read_service(
         if meshed is not None:
             got["meshed"] = meshed
     if "ports" in fields:
-        ports = _read_ports(r, fields["ports"][1], f"{path}.ports", image)
+        ports = _read_ports(r, fields["ports"][1], f"{path}.ports", image, draft.guessed)
         draft.wrote_ports = ports
         got["ports"] = ports
     if "endpoints" in fields:
@@ -652,7 +654,11 @@ def _read_service(
     return draft
 
 
-def _read_ports(r: _Reader, node: Node, path: str, image: str | None) -> tuple[PortSpec, ...]:
+def _read_ports(
+    r: _Reader, node: Node, path: str, image: str | None, guessed: set[int]
+) -> tuple[PortSpec, ...]:
+    """The ports written; ``guessed`` collects those whose protocol was left to guess
+    (compose's knowledge of them wins over the guess when merged)."""
     out: list[PortSpec] = []
     seen: dict[int, tuple[Protocol, Position]] = {}
     protocols = [p.value for p in Protocol]
@@ -665,7 +671,8 @@ def _read_ports(r: _Reader, node: Node, path: str, image: str | None) -> tuple[P
         ):
             port = r.port(item, item_path)
             if port is not None:
-                spec = PortSpec(port, guess_protocol(port, image)[0])
+                spec = PortSpec(port, protocol_for(port, image)[0])
+                guessed.add(port)
         elif isinstance(item, Scalar) and isinstance(item.value, str):
             m = PORT_SHORTHAND.match(item.text)
             if not m:
@@ -710,7 +717,9 @@ def _read_ports(r: _Reader, node: Node, path: str, image: str | None) -> tuple[P
                 listen = f"{addr[0]}:{addr[1]}" if ":" not in addr[0] else f"[{addr[0]}]:{addr[1]}"
                 r.listens.append((listen, f"{item_path}.listen", fields["listen"][1].position))
             if port is not None:
-                spec = PortSpec(port, protocol or guess_protocol(port, image)[0], listen)
+                spec = PortSpec(port, protocol or protocol_for(port, image)[0], listen)
+                if protocol is None:
+                    guessed.add(port)
         if spec is None:
             continue
         if spec.port in seen:
@@ -1978,8 +1987,14 @@ def _read_hosts(r: _Reader, node: Node) -> tuple[IngressHost, ...]:
 # the whole file
 
 
-def parse_mesh_text(text: str, filename: str, project: ComposeProject | None = None) -> MeshConfig:
-    """Parse and validate mesh.yaml text; raise ConfigError with every problem found."""
+def parse_mesh_text(
+    text: str,
+    filename: str,
+    project: ComposeProject | None = None,
+    image_ports: ImagePorts | None = None,
+) -> MeshConfig:
+    """Parse and validate mesh.yaml text; raise ConfigError with every problem found.
+    ``image_ports``: local images' EXPOSE lists, when an engine was asked."""
     root = parse_yaml(text, filename)
     r = _Reader(filename, project)
     mesh = MeshSettings(name=project.name) if project is not None and project.name else None
@@ -2010,7 +2025,7 @@ def parse_mesh_text(text: str, filename: str, project: ComposeProject | None = N
             policies = _read_policies(r, fields["policies"][1])
         if "ingress" in fields:
             ingress = _read_ingress(r, fields["ingress"][1])
-    services = _merge_with_compose(r, drafts, project)
+    services = _merge_with_compose(r, drafts, project, image_ports)
     _check_references(r, services, drafts)
     policies = _expand_targets(policies, services)
     settings = mesh or MeshSettings()
@@ -2044,7 +2059,9 @@ def parse_mesh_text(text: str, filename: str, project: ComposeProject | None = N
     )
 
 
-def load_mesh_file(path: Path, project: ComposeProject | None = None) -> MeshConfig:
+def load_mesh_file(
+    path: Path, project: ComposeProject | None = None, image_ports: ImagePorts | None = None
+) -> MeshConfig:
     """Read and validate a mesh.yaml file (see parse_mesh_text)."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -2059,14 +2076,21 @@ def load_mesh_file(path: Path, project: ComposeProject | None = None) -> MeshCon
         ) from None
     except OSError as exc:
         raise ConfigError(Problem(f"cannot read {path}: {exc.strerror}")) from None
-    return parse_mesh_text(text, str(path), project)
+    return parse_mesh_text(text, str(path), project, image_ports)
 
 
 def _merge_with_compose(
-    r: _Reader, drafts: dict[str, _ServiceDraft], project: ComposeProject | None
+    r: _Reader,
+    drafts: dict[str, _ServiceDraft],
+    project: ComposeProject | None,
+    image_ports: ImagePorts | None,
 ) -> dict[str, Service]:
-    """mesh.yaml over the inferred mesh: compose services first, then outside upstreams."""
-    inferred: dict[str, InferredService] = infer_services(project) if project is not None else {}
+    """mesh.yaml over the inferred mesh: compose services first, then outside upstreams.
+    A port written without a protocol speaks what compose says it does, if compose knows."""
+    left_out = {n for n, d in drafts.items() if d.meshed_at and not d.service.meshed}
+    inferred: dict[str, InferredService] = (
+        infer_services(project, image_ports, unmeshed=left_out) if project is not None else {}
+    )
     out: dict[str, Service] = {}
     for name, inf in inferred.items():
         base = dataclasses.replace(
@@ -2078,8 +2102,15 @@ def _merge_with_compose(
             out[name] = base
             continue
         svc = draft.service
-        wrote = {p.port for p in draft.wrote_ports}
-        ports = draft.wrote_ports + tuple(p for p in base.ports if p.port not in wrote)
+        known = {p.port: p.protocol for p in base.ports}
+        written = tuple(
+            dataclasses.replace(p, protocol=known[p.port])
+            if p.port in draft.guessed and p.port in known
+            else p
+            for p in draft.wrote_ports
+        )
+        wrote = {p.port for p in written}
+        ports = written + tuple(p for p in base.ports if p.port not in wrote)
         meshed = svc.meshed if draft.meshed_at else base.meshed
         if draft.meshed_at and svc.meshed and not base.meshed:
             r.error(

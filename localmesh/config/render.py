@@ -13,6 +13,7 @@ import re
 
 from localmesh.compose.project import ComposeProject
 from localmesh.config.infer import infer_services
+from localmesh.config.ports import ImagePorts
 
 _PLAIN_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
 
@@ -22,15 +23,16 @@ def _key(name: str) -> str:
     return name if _PLAIN_KEY.match(name) else json.dumps(name)
 
 
-def render_inferred(project: ComposeProject) -> str:
-    inferred = infer_services(project)
+def render_inferred(project: ComposeProject, image_ports: ImagePorts | None = None) -> str:
+    inferred = infer_services(project, image_ports)
     names = list(inferred)
     http = [n for n, s in inferred.items() if any(p.spec.protocol.is_http for p in s.ports)]
     files = ", ".join(f.name for f in project.files) or "the compose project"
     out: list[str] = [
         f"# mesh.yaml for the compose project '{project.name}' ({files}), written by",
-        "# `localmesh init`. Every service is meshed; protocols were guessed from ports and",
-        "# images. Edit freely, then check with `localmesh validate` and `localmesh analyze`.",
+        "# `localmesh init`. Every service is meshed; ports and protocols were learned from",
+        "# the compose files (each comment says from where, then why that protocol), the same",
+        "# way `localmesh generate` plans. Edit freely, then `localmesh validate`/`analyze`.",
         "# Every field: docs/mesh-yaml.md. Durations: 500ms, 2s, 1m; percents: 5 or '5%'.",
         "",
         "mesh:",
@@ -52,13 +54,12 @@ def render_inferred(project: ComposeProject) -> str:
             for p in inf.ports:
                 out.append(
                     f"      - {{port: {p.spec.port}, protocol: {p.spec.protocol.value}}}"
-                    f"   # {p.reason}"
+                    f"   # from {', '.join(p.sources)}; protocol by {p.reason}"
                 )
         else:
-            out.append("    ports: []   # none declared: calls on any port are still caught")
-        if inf.udp_ports:
-            udp = ", ".join(str(p) for p in inf.udp_ports)
-            out.append(f"    # udp {udp}: not meshed (the mesh carries TCP only)")
+            out.append("    ports: []   # none known: calls on any port are still caught")
+        for lo, hi in inf.wide_ranges:
+            out.append(f"    # expose {lo}-{hi}: too wide to list; calls there are still caught")
     example = http[0] if http else (names[0] if names else "api")
     other = next((n for n in names if n != example), example)
     out += [

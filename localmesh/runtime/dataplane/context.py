@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -64,6 +65,9 @@ class ListenerContext:
     """Shared state of one listener (or of one intercepted destination)."""
 
     __slots__ = (
+        "_second",
+        "_second_text",
+        "_wall_offset",
         "access_log",
         "clock",
         "connections",
@@ -99,3 +103,16 @@ class ListenerContext:
         self.rng = random.Random()
         self.ids = TraceIds(self.rng)
         self.connections: set[HttpDownstream | asyncio.Protocol] = set()
+        self._wall_offset = time.time() - self.loop.time()
+        self._second = -1
+        self._second_text = ""
+
+    def wall_time(self, loop_time: float) -> str:
+        """ISO 8601 UTC with milliseconds for a loop time; the date part is formatted once
+        per second, not per request."""
+        wall = loop_time + self._wall_offset
+        second = int(wall)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((wall - second) * 1000):03d}Z"

@@ -50,6 +50,9 @@ from localmesh.runtime.telemetry import HttpEdge
 
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this size can be retried and mirrored
 HIGH_WATER = 256 * 1024  # request bytes buffered while connecting before we stop reading
+#: Route timeouts at least this long are enforced by the sweeper (within one tick, at most
+#: 0.5 s late) instead of a timer per request; shorter ones get a precise timer.
+COARSE_TIMEOUT = 5.0
 
 # Why downstream reading is paused (a bit mask: resume only when all are cleared).
 PAUSE_PIPELINE = 1  # a later request arrived while one is in flight
@@ -106,6 +109,7 @@ class HttpDownstream(asyncio.Protocol):
         "_view",
         "caller",
         "ctx",
+        "forwarded",
         "identity",
         "in_head",
         "peer_ip",
@@ -133,6 +137,7 @@ class HttpDownstream(asyncio.Protocol):
         self.caller: Caller | None = None
         self.identity: DownstreamIdentity | None = None
         self.peer_ip = "unknown"
+        self.forwarded = b""  # the x-forwarded-for/-proto lines most requests get
         self.tunnel: asyncio.Transport | None = None  # after an upgrade: the upstream
         self.upgraded = False
         self._refused = False
@@ -151,6 +156,10 @@ class HttpDownstream(asyncio.Protocol):
         if peer:
             self.peer_ip = str(peer[0])
         ctx = self.ctx
+        self.forwarded = (
+            b"x-forwarded-for: " + self.peer_ip.encode() + CRLF
+            + b"x-forwarded-proto: " + ctx.scheme + CRLF
+        )  # fmt: skip
         ctx.connections.add(self)
         if ctx.identify is not None:
             self.identity = ctx.identify(self.transport)
@@ -199,16 +208,16 @@ class HttpDownstream(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         conn = self._active.conn if self._active is not None else None
-        if conn is not None and conn.transport is not None:
-            conn.transport.pause_reading()
+        if conn is not None:
+            conn.pause_reading()
         elif self.tunnel is not None:
             self.tunnel.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         conn = self._active.conn if self._active is not None else None
-        if conn is not None and conn.transport is not None:
-            conn.transport.resume_reading()
+        if conn is not None:
+            conn.resume_reading()
         elif self.tunnel is not None:
             self.tunnel.resume_reading()
 
@@ -269,6 +278,15 @@ class HttpDownstream(asyncio.Protocol):
             ex.request_complete()
 
     # -- exchanges --------------------------------------------------------------------------
+
+    @property
+    def active(self) -> Exchange | None:
+        """The exchange being served (None between requests)."""
+        return self._active
+
+    def tunnel_started(self, ex: Exchange) -> None:
+        if self._active is ex:
+            self._active = None
 
     def _adopt(self, view: ListenerView) -> None:
         """First request under a new snapshot: re-resolve the caller and metric edges."""
@@ -359,7 +377,8 @@ class HttpDownstream(asyncio.Protocol):
         if view.compiled.access_log:
             self.ctx.access_log.log(
                 {
-                    "kind": "http",
+                    "time": self.ctx.wall_time(self.ctx.loop.time()),
+                    "protocol": "http",
                     "listener": self.ctx.name,
                     "source": caller.name,
                     "destination": view.service,
@@ -396,53 +415,44 @@ class HttpDownstream(asyncio.Protocol):
 
 
 class Exchange:
-    """One request from head to end of response, across retries."""
+    """One request from head to end of response, across retries.
 
-    __slots__ = (
-        "_backoff_timer",
-        "_body_bytes",
-        "_complete",
-        "_deadline_timer",
-        "_down_chunked",
-        "_in_retry",
-        "_try_timer",
-        "_unsent_bytes",
-        "_wire_bytes",
-        "close_after",
-        "conn",
-        "done",
-        "down",
-        "flags",
-        "head_only",
-        "headers",
-        "host",
-        "http11",
-        "keep_alive",
-        "matcher",
-        "method",
-        "mirror",
-        "out",
-        "path",
-        "req_bytes",
-        "req_chunked",
-        "req_complete",
-        "request_id",
-        "resp_bytes",
-        "response_started",
-        "retries",
-        "route",
-        "started",
-        "status",
-        "target",
-        "traceparent",
-        "unsent",
-        "upgrade",
-        "upstream_address",
-        "url",
-        "view",
-        "waiting",
-        "wire",
-    )
+    No ``__slots__`` on purpose: most attributes keep their class-level default for the
+    whole request (no retry, no mirror, no fault), and an instance only stores what it
+    changes, which makes creating one per request about half as costly.
+    """
+
+    # defaults, overridden per instance when they change
+    upgrade = False
+    req_chunked = False
+    req_complete = False
+    conn: UpstreamConnection | None = None
+    host: UpstreamHost | None = None
+    target: RouteTarget | None = None
+    route: CompiledRoute[RouteTarget] | None = None
+    matcher: RouteMatcher[RouteTarget] | None = None
+    mirror: RouteTarget | None = None
+    status = 0
+    flags = wire.NO_FLAGS
+    resp_bytes = 0
+    retries = 0
+    response_started = False
+    done = False
+    close_after = False
+    waiting = False
+    request_id = b""
+    traceparent = b""
+    upstream_address = ""
+    deadline = 0.0  # loop time after which the sweeper answers 504 (long timeouts)
+    _unsent_bytes = 0
+    _body_bytes = 0
+    _wire_bytes = 0
+    _complete = False
+    _down_chunked = False
+    _in_retry = False
+    _try_timer: asyncio.TimerHandle | None = None
+    _deadline_timer: asyncio.TimerHandle | None = None
+    _backoff_timer: asyncio.TimerHandle | None = None
 
     def __init__(
         self,
@@ -464,41 +474,11 @@ class Exchange:
         self.http11 = http11
         self.keep_alive = keep_alive
         self.head_only = method == b"HEAD"
-        self.upgrade = False
         self.req_bytes = hbytes
-        self.req_chunked = False
-        self.req_complete = False
         self.unsent: list[bytes] = []
-        self._unsent_bytes = 0
-        self._body_bytes = 0
         self.wire: list[bytes] | None = []  # everything sent upstream, while replayable
-        self._wire_bytes = 0
         self.out: list[bytes] = []
-        self.conn: UpstreamConnection | None = None
-        self.host: UpstreamHost | None = None
-        self.target: RouteTarget | None = None
-        self.route: CompiledRoute[RouteTarget] | None = None
-        self.matcher: RouteMatcher[RouteTarget] | None = None
-        self.mirror: RouteTarget | None = None
-        self.path = b""
-        self.status = 0
-        self.flags = wire.NO_FLAGS
-        self.resp_bytes = 0
-        self.retries = 0
-        self.response_started = False
-        self.done = False
-        self.close_after = False
-        self.waiting = False
-        self.request_id = b""
-        self.traceparent = b""
-        self.upstream_address = ""
         self.started = down.ctx.loop.time()
-        self._complete = False
-        self._down_chunked = False
-        self._in_retry = False
-        self._try_timer: asyncio.TimerHandle | None = None
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._backoff_timer: asyncio.TimerHandle | None = None
 
     # -- request side -----------------------------------------------------------------------
 
@@ -515,7 +495,6 @@ class Exchange:
         if self.method == b"CONNECT":
             self.local(405, "method-not-allowed", "CONNECT is not proxied", wire.NO_FLAGS)
             return
-        self.path = path
         headers = self.headers
         authority = b""
         for name, value in headers:
@@ -560,8 +539,12 @@ class Exchange:
             return
         if route.mirror is not None and rng.random() * 100.0 < route.mirror.percent:
             self.mirror = view.compiled.mirror_target(route.mirror)
-        if route.timeout:
-            self._deadline_timer = ctx.loop.call_later(route.timeout, self._on_deadline)
+        timeout = route.timeout
+        if timeout:
+            if timeout >= COARSE_TIMEOUT:  # the sweeper enforces it: no timer per request
+                self.deadline = self.started + timeout
+            else:
+                self._deadline_timer = ctx.loop.call_later(timeout, self.deadline_passed)
         if self.req_complete:
             self._maybe_mirror()
         self._attempt()
@@ -656,43 +639,36 @@ class Exchange:
             out = [h for h in out if h[0] not in tokens]
         if route.request_ops is not None:
             out = route.request_ops.apply(out)
-        peer = down.peer_ip.encode()
-        out.append((b"x-forwarded-for", xff + b", " + peer if xff else peer))
-        if sanitize or xfp is None:
-            out.append((b"x-forwarded-proto", ctx.scheme))
-        else:
-            out.append((b"x-forwarded-proto", xfp))
-        if xfh is None and authority:
-            out.append((b"x-forwarded-host", authority))
-        elif not authority:  # HTTP/1.0 without Host: HTTP/1.1 upstreams require one
-            target = self.target
-            out.append((b"host", (target.service if target else self.view.service).encode()))
-        ids = ctx.ids
-        if rid is None:
-            rid = ids.request_id()
-            out.append((b"x-request-id", rid))
+        rid, traceparent, generated = ctx.ids.ids(rid, tp, b3t, b3s, b3f)
         self.request_id = rid
-        traceparent, trace_extra = ids.trace_context(tp, b3t, b3s, b3f)
+        self.traceparent = traceparent
         if tp is not None and traceparent == tp:
             out.append((b"traceparent", tp))
-        out.extend(trace_extra)
-        self.traceparent = traceparent
+        line = self.method + b" " + (path + b"?" + query if query else path) + HTTP11
+        parts = [line, b"".join([n + SEP + v + CRLF for n, v in out]), generated]
+        if xff is None and (xfp is None or sanitize):
+            parts.append(down.forwarded)  # per connection: x-forwarded-for + -proto
+        else:
+            peer = down.peer_ip.encode()
+            parts.append(b"x-forwarded-for: " + (xff + b", " + peer if xff else peer) + CRLF)
+            proto = ctx.scheme if sanitize or xfp is None else xfp
+            parts.append(b"x-forwarded-proto: " + proto + CRLF)
+        if xfh is None and authority:
+            parts.append(b"x-forwarded-host: " + authority + CRLF)
+        elif not authority:  # HTTP/1.0 without Host: HTTP/1.1 upstreams require one
+            target = self.target
+            parts.append(b"host: " + (target.service if target else self.view.service).encode())
+            parts.append(CRLF)
         ident = down.identity
         if ident is not None and ident.xfcc is not None:
-            out.append((b"x-forwarded-client-cert", ident.xfcc))
+            parts.append(b"x-forwarded-client-cert: " + ident.xfcc + CRLF)
         if upgrade_to is not None and b"upgrade" in tokens:
             self.upgrade = True
-            out.append((b"connection", b"upgrade"))
-            out.append((b"upgrade", upgrade_to))
+            parts.append(b"connection: upgrade\r\nupgrade: " + upgrade_to + CRLF)
         elif self.req_chunked:
-            out.append((b"transfer-encoding", b"chunked"))
-        parts = [self.method, b" ", path + b"?" + query if query else path, HTTP11]
-        for name, value in out:
-            parts += (name, SEP, value, CRLF)
+            parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(CRLF)
         head = b"".join(parts)
-        if route.mirror is not None:
-            self.headers = out  # kept for the mirror's head
         self.unsent.insert(0, head)
         self._unsent_bytes += len(head)
         assert self.wire is not None
@@ -763,7 +739,7 @@ class Exchange:
             return
         self.mirror = None
         body = b"".join(self.wire[1:])
-        head = _mirror_head(self.wire[0], self.headers)
+        head = _mirror_head(self.wire[0])
         spawn(send_mirror(target, head + body), name=f"mirror {target.service}")
 
     # -- attempts ---------------------------------------------------------------------------
@@ -805,11 +781,15 @@ class Exchange:
         if self._can_retry(Outcome.RESPONSE, status):
             self._retry()
             return
+        flag = wire.FAULT_ABORT
+        if self.retries:
+            flag = wire.join_flags(flag, wire.UPSTREAM_RETRY_LIMIT)
+        route_name = self.route.name if self.route else "-"
         self.local(
             status,
             "fault-abort",
-            f"route {self.route.name if self.route else '-'}",
-            wire.FAULT_ABORT,
+            f"route {route_name}",
+            flag,
         )
 
     def _attempt_upstream(self) -> None:
@@ -855,8 +835,8 @@ class Exchange:
         conn.begin(self, self.head_only)
         self.flush_up()
         self.down.resume(PAUSE_UPSTREAM)
-        if self.down.write_paused and conn.transport is not None:
-            conn.transport.pause_reading()
+        if self.down.write_paused:
+            conn.pause_reading()
 
     def on_connect_failure(self, outcome: Outcome, detail: str) -> None:
         if self.done:
@@ -953,8 +933,10 @@ class Exchange:
             Outcome.TIMEOUT, 504, "upstream-timeout", "per-try timeout", wire.UPSTREAM_TIMEOUT
         )
 
-    def _on_deadline(self) -> None:
+    def deadline_passed(self) -> None:
+        """The route timeout ran out before a response head: 504."""
         self._deadline_timer = None
+        self.deadline = 0.0
         if self.done or self.response_started:
             return
         self._drop_upstream()
@@ -988,6 +970,7 @@ class Exchange:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
+        self.deadline = 0.0
         self.status = status
         self.response_started = True
         if self.retries and status >= 500:
@@ -1179,51 +1162,49 @@ class Exchange:
             if self._in_retry:
                 target.cluster.state.active_retries -= 1
         self._record()
-        self.down._active = None
+        self.down.tunnel_started(self)
 
     def _record(self) -> None:
         down = self.down
         ctx = down.ctx
         target = self.target
         destination = target.service if target is not None else self.view.service
-        duration = ctx.loop.time() - self.started
+        now = ctx.loop.time()
+        duration = now - self.started
         down.edge(destination).observe(
             self.status, self.flags, duration, self.req_bytes, self.resp_bytes
         )
         if self.view.compiled.access_log:
             caller = down.caller
-            ctx.access_log.log(
-                {
-                    "kind": "http",
-                    "listener": ctx.name,
-                    "source": caller.name if caller is not None else "unknown",
-                    "destination": destination,
-                    "route": self.route.name if self.route is not None else None,
-                    "method": self.method.decode("latin-1"),
-                    "path": self.url.decode("latin-1"),
-                    "status": self.status,
-                    "flags": self.flags,
-                    "request_bytes": self.req_bytes,
-                    "response_bytes": self.resp_bytes,
-                    "duration_ms": round(duration * 1000.0, 3),
-                    "upstream": self.upstream_address or None,
-                    "retries": self.retries,
-                    "request_id": self.request_id.decode("latin-1") or None,
-                    "traceparent": self.traceparent.decode("latin-1") or None,
-                    "peer": down.peer_ip,
-                }
-            )
+            route = self.route
+            record = {
+                "time": ctx.wall_time(self.started),
+                "protocol": "http",
+                "source": caller.name if caller is not None else "unknown",
+                "destination": destination,
+                "route": route.name if route is not None else None,
+                "method": self.method.decode("latin-1"),
+                "path": self.url.decode("latin-1"),
+                "status": self.status,
+                "flags": self.flags,
+                "request_bytes": self.req_bytes,
+                "response_bytes": self.resp_bytes,
+                "duration_ms": round(duration * 1000.0, 3),
+                "upstream": self.upstream_address or None,
+                "request_id": self.request_id.decode("latin-1") or None,
+                "traceparent": self.traceparent.decode("latin-1") or None,
+            }
+            if self.retries:
+                record["retries"] = self.retries
+            ctx.access_log.log(record)
 
 
-def _mirror_head(head: bytes, headers: Headers) -> bytes:
+def _mirror_head(head: bytes) -> bytes:
     """The upstream head with ``Host`` suffixed ``-shadow`` (Envoy's mirror convention)."""
-    line = head[: head.index(CRLF) + 2]
-    parts = [line]
-    for name, value in headers:
-        if name == b"host":
-            host, sep, port = value.partition(b":")
-            parts += (name, SEP, host + b"-shadow" + sep + port, CRLF)
-        else:
-            parts += (name, SEP, value, CRLF)
-    parts.append(CRLF)
-    return b"".join(parts)
+    start = head.find(b"\r\nhost: ")
+    if start < 0:
+        return head
+    start += len(b"\r\nhost: ")
+    end = head.index(CRLF, start)
+    host, sep, port = head[start:end].partition(b":")
+    return head[:start] + host + b"-shadow" + sep + port + head[end:]

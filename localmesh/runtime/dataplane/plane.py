@@ -333,10 +333,14 @@ class DataPlane:
         header_span = clock.span(view.limits.header_timeout)
         idle_span = clock.span(service.connection_pool.idle_timeout if service else 60.0)
         tcp_idle_span = clock.span(TCP_IDLE_TIMEOUT)
+        now = ctx.loop.time()
         for conn in list(ctx.connections):
             if isinstance(conn, HttpDownstream):
                 since = conn.wait_since
                 if since < 0:
+                    active = conn.active
+                    if active is not None and active.deadline and now >= active.deadline:
+                        active.deadline_passed()
                     continue
                 if conn.in_head:
                     if ticks - since > header_span:

@@ -68,7 +68,7 @@ class TcpDownstream(asyncio.Protocol):
         self._flushed_received = 0
         self._flushed_sent = 0
         self.flags = wire.NO_FLAGS
-        self.started = time.monotonic()
+        self.started = ctx.loop.time()
         self.closed = False
         self._down_eof = False
         self._up_eof = False
@@ -243,15 +243,14 @@ class TcpDownstream(asyncio.Protocol):
         if view.compiled.access_log:
             self.ctx.access_log.log(
                 {
-                    "kind": "tcp",
-                    "listener": self.ctx.name,
+                    "time": self.ctx.wall_time(self.started),
+                    "protocol": str(view.protocol),
                     "source": self.caller.name if self.caller is not None else "unknown",
                     "destination": view.service,
-                    "protocol": str(view.protocol),
                     "flags": self.flags,
                     "request_bytes": self.received,
                     "response_bytes": self.sent,
-                    "duration_ms": round((time.monotonic() - self.started) * 1000.0, 3),
+                    "duration_ms": round((self.ctx.loop.time() - self.started) * 1000.0, 3),
                     "upstream": self.host.address if self.host is not None else None,
                     "peer": self.peer_ip,
                 }

@@ -90,6 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_framing",
         "_headers",
         "_interim",
+        "_keep_alive",
         "_replace_parser",
         "_status",
         "cluster",
@@ -97,6 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
         "idle_since",
         "owner",
         "parser",
+        "reading_paused",
         "served",
         "transport",
         "tunnel",
@@ -111,12 +113,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel: asyncio.Transport | None = None  # after an upgrade: the downstream
         self.served = 0
         self.idle_since = 0.0
+        self.reading_paused = False  # by the downstream's backpressure
         self._headers: Headers = []
         self._bodyless = False
         self._framing = FRAMING_LENGTH
         self._interim = False
         self._replace_parser = False
         self._status = 0
+        self._keep_alive = False
 
     # -- the exchange side ------------------------------------------------------------------
 
@@ -132,6 +136,18 @@ class UpstreamConnection(asyncio.Protocol):
     def usable(self) -> bool:
         t = self.transport
         return t is not None and not t.is_closing()
+
+    def pause_reading(self) -> None:
+        """The downstream cannot take more: stop reading the response."""
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
 
     def close(self) -> None:
         self.owner = None
@@ -222,6 +238,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers = []
             return
         headers = self._headers
+        self._keep_alive = self.parser.should_keep_alive()  # llhttp forgets it at the end
         if self._bodyless or status in (204, 304):
             framing = FRAMING_NONE
         else:
@@ -258,7 +275,8 @@ class UpstreamConnection(asyncio.Protocol):
             owner.up_complete()
 
     def keep_alive(self) -> bool:
-        return self.parser.should_keep_alive() and self.usable
+        """Whether the last response allows reusing the connection (and it is still open)."""
+        return self._keep_alive and self.usable
 
 
 class ClusterRuntime:
@@ -339,6 +357,7 @@ class ClusterRuntime:
         ):
             conn.close()
             return
+        conn.resume_reading()  # a response that ended under backpressure left it paused
         waiter = self._next_waiter()
         if waiter is not None:
             waiter.on_connection(conn)

@@ -19,10 +19,12 @@ Settings and why:
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from localmesh.ca.authority import CertificateAuthority
+from localmesh.ca.authority import IssuedCert
+from localmesh.ca.names import INGRESS_DEFAULT_NAMES
 from localmesh.ca.rotation import RotatingCert, Rotator
 from localmesh.config.model import ClientCerts, Ingress
 from localmesh.runtime.ingress.clienthello import ClientHello
@@ -39,7 +41,7 @@ TLS12_CIPHERS = ":".join(
     ]
 )
 ALPN = ("http/1.1",)
-DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
+DEFAULT_NAMES = INGRESS_DEFAULT_NAMES
 
 _VERIFY = {
     ClientCerts.OFF: ssl.CERT_NONE,
@@ -63,6 +65,16 @@ def server_context(client_certs: ClientCerts, client_ca_pem: bytes) -> ssl.SSLCo
     return ctx
 
 
+class ServerCertIssuer(Protocol):
+    """Where ingress certificates come from: the local CA (host mode), or inside the mesh
+    container the certificate issued on the host (``ca.containers.MountedCertificates``)."""
+
+    @property
+    def root_pem(self) -> bytes: ...
+
+    def issue_server(self, hosts: Iterable[str]) -> IssuedCert: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Selected:
     """The context for one connection and the ingress host it was chosen for (None: default)."""
@@ -75,7 +87,7 @@ class Selected:
 class IngressTLS:
     """Per-host contexts and their rotating certificates; ``update`` follows new snapshots."""
 
-    def __init__(self, ca: CertificateAuthority, rotator: Rotator | None = None) -> None:
+    def __init__(self, ca: ServerCertIssuer, rotator: Rotator | None = None) -> None:
         self._ca = ca
         self._rotator = rotator
         self._certs: dict[tuple[str, ...], RotatingCert] = {}

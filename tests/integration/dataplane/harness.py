@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,3 +133,10 @@ async def raw_exchange(address: tuple[str, int], data: bytes, *, until_close: bo
         return b"".join(chunks)
     finally:
         writer.close()
+
+
+async def eventually(condition: Callable[[], object], seconds: float = 5.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``seconds`` (a deadline, not a hope)."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - the condition has no event to wait on
+            await asyncio.sleep(0.02)

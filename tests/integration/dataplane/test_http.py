@@ -172,3 +172,27 @@ async def test_methods(http_backend: HttpBackend, method: str) -> None:
         s.request(method, mesh.url("web>api", "/echo"), data=b"x") as r,
     ):
         assert (await r.json())["method"] == method
+
+
+async def test_slow_reader_gets_everything_and_the_connection_stays_usable(
+    http_backend: HttpBackend,
+) -> None:
+    """Backpressure: the response waits for a slow client (the upstream is paused, not
+    buffered), and the paused upstream connection goes back to the pool readable."""
+    size = 16 * 1024 * 1024
+    async with running(api(http_backend)) as mesh:
+        reader, writer = await asyncio.open_connection(*mesh.address("web>api"), limit=1 << 16)
+        writer.write(f"GET /bytes/{size} HTTP/1.1\r\nhost: a\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert f"content-length: {size}".encode() in head.lower()
+        await asyncio.sleep(0.3)  # let every buffer between us and the backend fill up
+        got = 0
+        async with asyncio.timeout(10):
+            while got < size:
+                got += len(await reader.read(1 << 20))
+        assert got == size
+        for _ in range(3):  # the same pooled upstream connection serves the next requests
+            writer.write(b"GET /bytes/5 HTTP/1.1\r\nhost: a\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            assert await asyncio.wait_for(reader.readexactly(5), 2) == b"xxxxx"
+        writer.close()

@@ -71,7 +71,7 @@ def test_ingress_counts_as_a_caller_only_for_policies_without_from() -> None:
 
 def test_network_isolation_in_compose(make_project: MakeProject) -> None:
     project = make_project(
-        web={"image": "nginx", "networks": {"front": None}},
+        web={"image": "ghcr.io/x/web:1", "networks": {"front": None}},  # no known ports
         api={"expose": ["8000"], "networks": {"back": None}},
         published={"ports": [{"target": 80, "published": "8080"}], "networks": {"x": None}},
     )

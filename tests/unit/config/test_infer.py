@@ -7,86 +7,102 @@ import dataclasses
 import pytest
 
 from localmesh.config import infer_mesh, parse_mesh_text, render_inferred
-from localmesh.config.infer import guess_protocol, image_name, infer_service
+from localmesh.config.infer import InferredService, infer_services
 from localmesh.config.model import PortSpec, Protocol
 from tests.unit.config.conftest import MakeProject
 
-
-def ports(svc: dict[str, object]) -> tuple[PortSpec, ...]:
-    return infer_service("x", svc).service.ports
+pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize(
-    ("image", "name"),
-    [
-        ("postgres", "postgres"),
-        ("postgres:15-alpine", "postgres"),
-        ("docker.io/library/redis:7@sha256:abc", "redis"),
-        ("bitnami/PostgreSQL:16", "postgresql"),
-        ("localhost:5000/team/api:dev", "api"),
-    ],
-)
-def test_image_name(image: str, name: str) -> None:
-    assert image_name(image) == name
+def infer(make_project: MakeProject, **services: dict[str, object]) -> dict[str, InferredService]:
+    return infer_services(make_project(**services))
 
 
-@pytest.mark.parametrize(
-    ("port", "image", "protocol"),
-    [
-        (5432, None, Protocol.POSTGRES),
-        (6379, "nginx", Protocol.REDIS),
-        (3306, None, Protocol.TCP),
-        (27017, None, Protocol.TCP),
-        (11211, None, Protocol.TCP),
-        (8000, None, Protocol.HTTP),
-        (5433, "postgres:15", Protocol.POSTGRES),
-        (6380, "redis", Protocol.REDIS),
-        (3307, "mariadb", Protocol.TCP),
-        (80, "nginx", Protocol.HTTP),
-    ],
-)
-def test_protocol_guess(port: int, image: str | None, protocol: Protocol) -> None:
-    assert guess_protocol(port, image)[0] is protocol
+def ports(make_project: MakeProject, svc: dict[str, object]) -> tuple[PortSpec, ...]:
+    return infer(make_project, x=svc)["x"].service.ports
 
 
-def test_declared_ports_win_over_image_defaults() -> None:
-    assert ports({"image": "postgres", "expose": ["5433"]}) == (PortSpec(5433, Protocol.POSTGRES),)
-    assert ports({"image": "postgres"}) == (PortSpec(5432, Protocol.POSTGRES),)
+def test_declared_ports_win_over_image_defaults(make_project: MakeProject) -> None:
+    assert ports(make_project, {"image": "postgres", "expose": ["5433"]}) == (
+        PortSpec(5433, Protocol.POSTGRES),
+    )
+    assert ports(make_project, {"image": "postgres"}) == (PortSpec(5432, Protocol.POSTGRES),)
     assert ports(
+        make_project,
         {
             "image": "nginx",
             "ports": [{"target": 80, "protocol": "tcp"}],
             "expose": ["8000-8001", "9000/tcp"],
-        }
+        },
     ) == (PortSpec(80), PortSpec(8000), PortSpec(8001), PortSpec(9000))
 
 
-def test_udp_ports_are_skipped_and_reported() -> None:
-    inf = infer_service(
-        "dns", {"ports": [{"target": 53, "protocol": "udp"}], "expose": ["5353/udp"]}
-    )
-    assert inf.service.ports == ()
-    assert inf.udp_ports == (53, 5353)
+def test_udp_services_are_left_alone_with_the_reason(make_project: MakeProject) -> None:
+    dns = infer(
+        make_project,
+        dns={"ports": [{"target": 53, "protocol": "udp"}], "expose": ["53/tcp", "5353/udp"]},
+    )["dns"]
+    assert not dns.service.meshed
+    assert dns.service.ports == ()
+    assert dns.note is not None
+    assert "UDP ports 53/udp, 5353/udp" in dns.note
 
 
-def test_ports_from_command_and_healthcheck() -> None:
-    assert ports({"command": ["redis-server", "--port", "6380"]}) == (
+def test_ports_from_command_and_healthcheck(make_project: MakeProject) -> None:
+    assert ports(make_project, {"command": ["redis-server", "--port", "6380"]}) == (
         PortSpec(6380, Protocol.REDIS),
     )
-    assert ports({"healthcheck": {"test": ["CMD", "pg_isready", "-h", "127.0.0.1"]}}) == (
+    assert ports(make_project, {"healthcheck": {"test": ["CMD", "pg_isready", "-h", "x"]}}) == (
         PortSpec(5432, Protocol.POSTGRES),
     )
     health = {"test": ["CMD-SHELL", "curl -fsS http://localhost:8000/healthz || exit 1"]}
-    assert ports({"healthcheck": health}) == (PortSpec(8000, Protocol.HTTP),)
-    assert ports({"command": "python app.py"}) == ()
+    assert ports(make_project, {"healthcheck": health}) == (PortSpec(8000, Protocol.HTTP),)
+    tls = {"test": ["CMD-SHELL", "curl -fsk https://127.0.0.1:8443/healthz"]}
+    assert ports(make_project, {"healthcheck": tls}) == (PortSpec(8443, Protocol.TCP),)
+    assert ports(make_project, {"command": "python app.py"}) == ()
 
 
-@pytest.mark.parametrize("mode", ["host", "none", "service:api", "container:abc"])
-def test_shared_network_namespaces_are_not_meshed(mode: str) -> None:
-    inf = infer_service("x", {"image": "redis", "network_mode": mode})
+def test_other_services_references_give_ports_and_protocols(make_project: MakeProject) -> None:
+    found = infer(
+        make_project,
+        web={"environment": {"API": "https://api:8443/v1", "CACHE": "rediss://cache:6380"}},
+        api={"expose": ["8443"]},
+        cache={"image": "redis:7"},
+    )
+    assert found["api"].service.ports == (PortSpec(8443, Protocol.TCP),)  # TLS: opaque
+    assert found["api"].ports[0].sources == ("env:web", "expose")
+    assert found["cache"].service.ports == (
+        PortSpec(6379, Protocol.REDIS),
+        PortSpec(6380, Protocol.TCP),
+    )
+
+
+def test_a_wide_expose_range_is_left_to_the_intercept(make_project: MakeProject) -> None:
+    media = infer(make_project, media={"expose": ["8000", "30000-30100"]})["media"]
+    assert media.service.ports == (PortSpec(8000),)
+    assert media.wide_ranges == ((30000, 30100),)
+    assert media.unknown_ports
+    assert infer(make_project, worker={"image": "x"})["worker"].unknown_ports
+    assert not infer(make_project, db={"image": "postgres"})["db"].unknown_ports
+
+
+@pytest.mark.parametrize("mode", ["host", "none", "bridge", "service:api", "container:abc"])
+def test_services_with_a_network_mode_are_not_meshed(make_project: MakeProject, mode: str) -> None:
+    inf = infer(make_project, x={"image": "redis", "network_mode": mode})["x"]
     assert not inf.service.meshed
     assert inf.note is not None
     assert mode in inf.note
+
+
+def test_image_expose_lists_count_when_an_engine_told_them(make_project: MakeProject) -> None:
+    project = make_project(api={"image": "ghcr.io/x/api:1"}, built={"build": {"context": "."}})
+    image_ports = {"ghcr.io/x/api:1": ("8080/tcp",), "shop-built": ("9000/tcp", "9001/tcp")}
+    config = infer_mesh(project, image_ports)
+    assert [(s.name, [p.port for p in s.ports]) for s in config.services] == [
+        ("api", [8080]),
+        ("built", [9000, 9001]),
+    ]
+    assert [s.ports for s in infer_mesh(project).services] == [(), ()]
 
 
 def test_infer_mesh(make_project: MakeProject) -> None:
@@ -113,10 +129,17 @@ def test_rendered_init_file_parses_back_to_the_inferred_mesh(make_project: MakeP
         **{"on": {"image": "x"}, "1st": {"image": "x"}},
         metrics={"image": "x", "network_mode": "host"},
         dns={"ports": [{"target": 53, "protocol": "udp"}]},
+        media={"image": "x", "expose": ["30000-30100"]},
+        api={"image": "x", "environment": {"DB": "postgres://db/app"}},
     )
     text = render_inferred(project)
     assert "meshed: false   # it uses network_mode: host" in text
-    assert "# udp 53: not meshed" in text
+    assert "meshed: false   # it uses UDP ports 53/udp" in text
+    assert (
+        "{port: 5432, protocol: postgres}   # from env:api, well-known-image; protocol by postgres:// in api"
+        in text
+    )
+    assert "# expose 30000-30100: too wide to list" in text
     assert '"1st":' in text
     parsed = parse_mesh_text(text, "mesh.yaml", project)
     inferred = infer_mesh(project)

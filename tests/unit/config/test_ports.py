@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from localmesh.compose import ports
+from localmesh.config import ports
 from localmesh.config.model import Protocol
 
 pytestmark = pytest.mark.unit
@@ -116,11 +116,66 @@ def test_well_known_images(image: str | None, expected: tuple[int, ...]) -> None
     assert ports.well_known_image(image) == expected
 
 
-def test_protocol_of_a_non_http_servers_other_port_is_not_http() -> None:
-    assert ports.protocol_for(9093, "bitnami/kafka:3.7") is Protocol.TCP
-    assert ports.protocol_for(5432, None) is Protocol.POSTGRES
-    assert ports.protocol_for(8080, "ghcr.io/example/app:1") is Protocol.HTTP
-    assert ports.protocol_for(9200, "elasticsearch:8") is Protocol.HTTP
+@pytest.mark.parametrize(
+    ("image", "name"),
+    [
+        ("postgres", "postgres"),
+        ("postgres:15-alpine", "postgres"),
+        ("docker.io/library/redis:7@sha256:abc", "redis"),
+        ("bitnami/PostgreSQL:16", "postgresql"),
+        ("localhost:5000/team/api:dev", "api"),
+    ],
+)
+def test_image_name(image: str, name: str) -> None:
+    assert ports.image_name(image) == name
+
+
+@pytest.mark.parametrize(
+    ("port", "image", "protocol"),
+    [
+        (5432, None, Protocol.POSTGRES),
+        (6379, "nginx", Protocol.REDIS),
+        (3306, None, Protocol.TCP),
+        (27017, None, Protocol.TCP),
+        (11211, None, Protocol.TCP),
+        (8000, None, Protocol.HTTP),
+        (5433, "postgres:15", Protocol.POSTGRES),  # an unusual port of a known server
+        (6380, "redis", Protocol.REDIS),
+        (3307, "mariadb", Protocol.TCP),
+        (9093, "bitnami/kafka:3.7", Protocol.TCP),
+        (80, "nginx", Protocol.HTTP),
+        (9200, "elasticsearch:8", Protocol.HTTP),
+        (15672, "rabbitmq:3-management", Protocol.HTTP),  # the image knows that port
+        (9000, "clickhouse/clickhouse-server:24", Protocol.TCP),
+        (8080, "ghcr.io/example/app:1", Protocol.HTTP),
+    ],
+)
+def test_protocol_by_image_then_port_then_image_main_port(
+    port: int, image: str | None, protocol: Protocol
+) -> None:
+    assert ports.protocol_for(port, image)[0] is protocol
+
+
+def test_a_url_or_server_hint_beats_the_guess_for_known_ports_only() -> None:
+    found = ports.Ports(image="redis:7")
+    found.add(6379, "well-known-image")
+    found.hint(6379, Protocol.TCP, "rediss:// in app")
+    found.hint(6379, Protocol.REDIS, "redis:// in worker")  # the first one said wins
+    found.hint(7000, Protocol.HTTP, "http:// in app")  # not a known port: ignored
+    assert found.protocol(6379) == (Protocol.TCP, "rediss:// in app")
+    assert found.hints.keys() == {6379}
+
+
+def test_spans() -> None:
+    assert ports.spans([5353, 53, 6000, 6001, 6002, 54]) == ["53-54", "5353", "6000-6002"]
+    assert ports.spans([]) == []
+
+
+def test_a_wide_udp_range_is_still_udp() -> None:
+    found = ports.Ports()
+    ports.declared({"expose": ["10000-20000/udp"]}, found)
+    assert found.wide_ranges == []
+    assert ports.spans(found.udp) == ["10000-20000"]
 
 
 def test_private_ip_literals_are_reported_but_not_loopback_or_any() -> None:
@@ -137,3 +192,66 @@ def test_private_ip_literals_are_reported_but_not_loopback_or_any() -> None:
         ("DB_HOST", "172.28.0.10"),
         ("URL", "10.0.5.7"),
     }
+
+
+def learned(services: dict[str, Any], **kwargs: Any) -> ports.Learned:
+    for svc in services.values():
+        svc.setdefault("networks", {"default": None})
+    return ports.learn("p", services, **kwargs)
+
+
+def test_learn_order_declared_then_image_then_well_known_then_process() -> None:
+    found = learned(
+        {
+            "a": {"image": "redis:7", "expose": ["7000"]},
+            "b": {"image": "ghcr.io/x/b:1"},
+            "c": {"image": "redis:7", "command": ["redis-server", "--port", "7001"]},
+            "d": {"image": "busybox", "command": ["redis-server", "--port", "7002"]},
+        },
+        image_ports={"ghcr.io/x/b:1": ("8080/tcp",)},
+    ).ports
+    assert found["a"].tcp == {7000: {"expose"}}
+    assert found["a"].protocol(7000)[0] is Protocol.REDIS
+    assert found["b"].tcp == {8080: {"image"}}
+    assert found["c"].tcp == {6379: {"well-known-image"}}  # the image said it first
+    assert found["d"].tcp == {7002: {"command"}}
+    assert found["d"].protocol(7002) == (Protocol.REDIS, "command redis-server")
+
+
+def test_learn_resolves_references_as_each_client_does() -> None:
+    services: dict[str, Any] = {
+        "orders": {"networks": {"o": None}, "environment": {"DB": "db:5433"}},
+        "users": {"networks": {"u": None}, "environment": {"DB": "db:5434"}},
+        "orders-db": {"networks": {"o": {"aliases": ["db"]}}},
+        "users-db": {"networks": {"u": {"aliases": ["db"]}}},
+    }
+    found = ports.learn("p", services).ports
+    assert found["orders-db"].tcp == {5433: {"env:orders"}}
+    assert found["users-db"].tcp == {5434: {"env:users"}}
+
+
+def test_learn_leaves_out_network_mode_udp_and_the_configs_choice() -> None:
+    result = learned(
+        {
+            "vpn": {},
+            "torrent": {"network_mode": "service:vpn", "expose": ["9091"]},
+            "dns": {"expose": ["53/udp", "53"]},
+            "legacy": {"environment": {"X": "vpn:9092"}},
+        },
+        unmeshed={"legacy"},
+    )
+    assert {n: (e.kind, e.reason) for n, e in result.unmeshed.items()} == {
+        "torrent": ("network-mode", "network_mode: service:vpn"),
+        "dns": ("udp", "UDP ports 53/udp"),
+        "legacy": ("mesh-config", "meshed: false in the mesh config"),
+    }
+    assert result.upstreams == ["vpn"]
+    # a sharer's ports are its owner's; an unmeshed client's references still count
+    assert result.ports["vpn"].tcp == {9091: {"expose:torrent"}, 9092: {"env:legacy"}}
+
+
+def test_references_to_a_left_out_service_are_nobodys() -> None:
+    result = learned(
+        {"app": {"environment": {"X": "legacy:9000"}}, "legacy": {}}, unmeshed={"legacy"}
+    )
+    assert result.ports["legacy"].tcp == {}

@@ -61,61 +61,90 @@ class CompiledHeaderOps:
 
 
 class TraceIds:
-    """Random ids for requests and traces; seedable so tests can pin them."""
+    """Random ids for requests and traces; seedable so tests can pin them.
+
+    One PRNG draw of 192 bits per request feeds every id that has to be made (trace id,
+    span id, request id): no syscall, one formatting, slices after that.
+    """
 
     __slots__ = ("_bits",)
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._bits = (rng or random.Random()).getrandbits
 
-    def request_id(self) -> bytes:
-        """A version-4-shaped UUID (random bits from a PRNG, not a syscall per request)."""
-        n = (self._bits(128) & ~(0xF << 76) | (0x4 << 76)) & ~(0x3 << 62) | (0x2 << 62)
-        h = b"%032x" % n
-        return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+    def _draw(self) -> bytes:
+        return b"%048x" % (self._bits(192) | 1)
 
-    def trace_context(
+    @staticmethod
+    def _uuid(h: bytes) -> bytes:
+        """A version-4-shaped UUID from 32 hex digits."""
+        return b"%s-%s-4%s-a%s-%s" % (h[:8], h[8:12], h[13:16], h[17:20], h[20:32])
+
+    def request_id(self) -> bytes:
+        return self._uuid(self._draw())
+
+    def ids(
         self,
+        request_id: bytes | None,
         traceparent: bytes | None,
         b3_trace: bytes | None,
         b3_span: bytes | None,
         b3_sampled: bytes | None,
-    ) -> tuple[bytes, list[Header]]:
-        """The request's traceparent and the headers to add so both formats are present.
+    ) -> tuple[bytes, bytes, bytes]:
+        """``(request id, traceparent, header lines to add)`` for a request carrying these.
 
-        A malformed incoming ``traceparent`` is replaced: the returned value then differs
-        from it and the caller drops the old header.
+        Missing ids are generated; a request with W3C or B3 context gets the other form
+        derived from it. The lines are serialised (``name: value\\r\\n``) because this runs
+        for every request and most get the same five generated headers. A malformed
+        incoming ``traceparent`` is replaced: the returned value then differs from it and
+        the caller drops the old header.
         """
+        if traceparent is None and b3_trace is None:  # the common case: one draw, one format
+            drawn = self._draw()
+            if request_id is None:
+                request_id = self._uuid(drawn)
+                rid_line = b"x-request-id: " + request_id + b"\r\n"
+            else:
+                rid_line = b""
+            traceparent = b"00-" + drawn[:32] + b"-" + drawn[32:] + b"-01"
+            lines = _GENERATED % (traceparent, drawn[:32], drawn[32:], rid_line)
+            return request_id, traceparent, lines
+        extra: list[Header] = []
+        drawn = b""
         if traceparent is not None:
             parts = traceparent.split(b"-")
             if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
-                if b3_trace is not None:
-                    return traceparent, []
-                sampled = b"1" if parts[3][-1:] in b"13579bdf" else b"0"
-                return traceparent, [
-                    (b"x-b3-traceid", parts[1]),
-                    (b"x-b3-spanid", parts[2]),
-                    (b"x-b3-sampled", sampled),
+                if b3_trace is None:
+                    sampled = b"1" if parts[3][-1:] in b"13579bdf" else b"0"
+                    extra = [
+                        (b"x-b3-traceid", parts[1]),
+                        (b"x-b3-spanid", parts[2]),
+                        (b"x-b3-sampled", sampled),
+                    ]
+            else:
+                traceparent = None
+        if traceparent is None:
+            drawn = self._draw()
+            if b3_trace is not None and len(b3_trace) in (16, 32):
+                span = b3_span if b3_span is not None and len(b3_span) == 16 else drawn[32:]
+                if b3_span is None:
+                    extra.append((b"x-b3-spanid", span))
+                flag = b"00" if b3_sampled == b"0" else b"01"
+                traceparent = b"00-" + b3_trace.rjust(32, b"0") + b"-" + span + b"-" + flag
+                extra.insert(0, (b"traceparent", traceparent))
+            else:
+                trace, span = drawn[:32], drawn[32:]
+                traceparent = b"00-" + trace + b"-" + span + b"-01"
+                extra = [
+                    (b"traceparent", traceparent),
+                    (b"x-b3-traceid", trace),
+                    (b"x-b3-spanid", span),
+                    (b"x-b3-sampled", b"1"),
                 ]
-        if b3_trace is not None and len(b3_trace) in (16, 32):
-            trace = b3_trace.rjust(32, b"0")
-            span = (
-                b3_span
-                if b3_span is not None and len(b3_span) == 16
-                else b"%016x" % (self._bits(64) or 1)
-            )
-            flag = b"00" if b3_sampled == b"0" else b"01"
-            made = b"00-" + trace + b"-" + span + b"-" + flag
-            extra: list[Header] = [(b"traceparent", made)]
-            if b3_span is None:
-                extra.append((b"x-b3-spanid", span))
-            return made, extra
-        trace = b"%032x" % (self._bits(128) or 1)
-        span = b"%016x" % (self._bits(64) or 1)
-        made = b"00-" + trace + b"-" + span + b"-01"
-        return made, [
-            (b"traceparent", made),
-            (b"x-b3-traceid", trace),
-            (b"x-b3-spanid", span),
-            (b"x-b3-sampled", b"1"),
-        ]
+        if request_id is None:
+            request_id = self._uuid(drawn or self._draw())
+            extra.append((b"x-request-id", request_id))
+        return request_id, traceparent, b"".join([k + b": " + v + b"\r\n" for k, v in extra])
+
+
+_GENERATED = b"traceparent: %s\r\nx-b3-traceid: %s\r\nx-b3-spanid: %s\r\nx-b3-sampled: 1\r\n%s"

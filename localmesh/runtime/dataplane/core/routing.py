@@ -211,31 +211,63 @@ class CompiledRoute(Generic[T]):
 
 
 class RouteTable(Generic[T]):
-    """A service's routes in order; ``match`` returns the first matching ``RouteMatcher``."""
+    """A service's routes in order; ``match`` returns the first matching ``RouteMatcher``.
 
-    __slots__ = ("_catch_all", "_matchers", "needs_query", "routes")
+    Matchers are indexed by the first path segment they require (``/api/...`` prefixes
+    and exact paths), so a request only tries the matchers of its own first segment plus
+    those that cannot be indexed (regexes, no path, prefixes without a full segment), in
+    their original order: lookups stay flat as route tables grow.
+    """
+
+    __slots__ = ("_buckets", "_catch_all", "_unindexed", "needs_query", "routes")
 
     def __init__(self, routes: tuple[CompiledRoute[T], ...], matchers: list[RouteMatcher[T]]):
         self.routes = routes
-        self._matchers = tuple(matchers)
-        self.needs_query = any(m.query for m in self._matchers)
-        first = self._matchers[0] if self._matchers else None
+        self.needs_query = any(m.query for m in matchers)
+        first = matchers[0] if matchers else None
         trivial = first is not None and (
             first.path is None
             and not (first.methods or first.headers or first.query or first.sources)
         )
         self._catch_all = first if trivial else None
+        keyed: dict[bytes, list[tuple[int, RouteMatcher[T]]]] = {}
+        unindexed: list[tuple[int, RouteMatcher[T]]] = []
+        for order, m in enumerate(matchers):
+            key = _segment_key(m.path)
+            if key is None:
+                unindexed.append((order, m))
+            else:
+                keyed.setdefault(key, []).append((order, m))
+        self._unindexed = tuple(m for _, m in unindexed)
+        self._buckets = {
+            key: tuple(m for _, m in sorted(items + unindexed, key=lambda om: om[0]))
+            for key, items in keyed.items()
+        }
 
     def match(
         self, method: bytes, path: bytes, query: bytes, headers: Headers, source: str
     ) -> RouteMatcher[T] | None:
         if self._catch_all is not None:
             return self._catch_all
+        end = path.find(b"/", 1)
+        candidates = self._buckets.get(path[1:end] if end > 0 else path[1:], self._unindexed)
         params = parse_query(query) if self.needs_query else None
-        for matcher in self._matchers:
+        for matcher in candidates:
             if matcher.matches(method, path, headers, params, source):
                 return matcher
         return None
+
+
+def _segment_key(path: BytesMatch | None) -> bytes | None:
+    """The first path segment every path accepted by ``path`` has, if it is certain."""
+    if path is None or path.kind == _REGEX or not path.value.startswith(b"/"):
+        return None
+    end = path.value.find(b"/", 1)
+    if end > 0:
+        return path.value[1:end]
+    if path.kind == _EXACT:
+        return path.value[1:]
+    return None  # "/api" also matches "/apix": the segment is not certain
 
 
 def compile_routes(

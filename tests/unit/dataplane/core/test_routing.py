@@ -166,3 +166,33 @@ def test_header_ops_compile_once_and_apply() -> None:
     out = ops.apply([(b"x-env", b"dev"), (b"x-secret", b"1"), (b"x-tag", b"b")])
     assert out == [(b"x-tag", b"b"), (b"x-env", b"prod"), (b"x-tag", b"a")]
     assert t.routes[0].response_ops is None
+
+
+def test_index_keeps_first_match_order_across_buckets() -> None:
+    t = table(
+        Route("regex-first", matches=(RequestMatch(path=sm(MatchKind.REGEX, "/api/v[0-9]")),)),
+        Route("api", matches=(RequestMatch(path=sm(MatchKind.PREFIX, "/api/")),)),
+        Route("apix", matches=(RequestMatch(path=sm(MatchKind.PREFIX, "/api")),)),
+        Route("exact", matches=(RequestMatch(path=sm(MatchKind.EXACT, "/users")),)),
+        Route("users", matches=(RequestMatch(path=sm(MatchKind.PREFIX, "/users/")),)),
+        Route("rest"),
+    )
+    assert name_of(t, b"/api/v1") == "regex-first"
+    assert name_of(t, b"/api/x") == "api"
+    assert name_of(t, b"/apix") == "apix"
+    assert name_of(t, b"/api") == "apix"
+    assert name_of(t, b"/users") == "exact"
+    assert name_of(t, b"/users/7") == "users"
+    assert name_of(t, b"/other") == "rest"
+    assert name_of(t, b"/") == "rest"
+
+
+def test_a_thousand_routes_match_like_a_linear_scan() -> None:
+    routes = [
+        Route(f"r{i}", matches=(RequestMatch(path=sm(MatchKind.PREFIX, f"/svc{i}/")),))
+        for i in range(1000)
+    ]
+    t = table(*routes, Route("fallback"))
+    for i in (0, 1, 500, 999):
+        assert name_of(t, f"/svc{i}/x".encode()) == f"r{i}"
+    assert name_of(t, b"/svc1000/x") == "fallback"

@@ -8,6 +8,17 @@ import re
 import pytest
 
 from localmesh.runtime.dataplane.core.headers import TraceIds, connection_tokens
+
+
+def lines(block: bytes) -> dict[bytes, bytes]:
+    out = {}
+    for line in block.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b": ")
+            out[name] = value
+    return out
+
+
 from localmesh.runtime.dataplane.core.uri import BadTarget, normalize_path, split_target
 from localmesh.runtime.dataplane.core.wire import join_flags, local_response
 
@@ -61,21 +72,28 @@ def test_request_ids_are_uuid4_shaped_and_distinct() -> None:
         )
 
 
-def test_trace_context_generated_when_absent() -> None:
-    tp, extra = TraceIds(random.Random(2)).trace_context(None, None, None, None)
+def test_generated_request_id_is_uuid_shaped_when_trace_came_in() -> None:
+    incoming = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+    rid, _, extra = TraceIds().ids(None, incoming, b"a" * 32, b"b" * 16, b"1")
+    assert lines(extra) == {b"x-request-id": rid}
+
+
+def test_ids_generated_when_absent() -> None:
+    rid, tp, extra = TraceIds(random.Random(2)).ids(None, None, None, None, None)
     assert re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01", tp)
-    names = dict(extra)
+    names = lines(extra)
     assert names[b"traceparent"] == tp
     assert names[b"x-b3-traceid"] == tp[3:35]
     assert names[b"x-b3-spanid"] == tp[36:52]
     assert names[b"x-b3-sampled"] == b"1"
+    assert names[b"x-request-id"] == rid
 
 
 def test_traceparent_kept_and_b3_derived() -> None:
     incoming = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-00"
-    tp, extra = TraceIds().trace_context(incoming, None, None, None)
-    assert tp == incoming
-    assert dict(extra) == {
+    rid, tp, extra = TraceIds().ids(b"r-1", incoming, None, None, None)
+    assert (rid, tp) == (b"r-1", incoming)
+    assert lines(extra) == {
         b"x-b3-traceid": b"a" * 32,
         b"x-b3-spanid": b"b" * 16,
         b"x-b3-sampled": b"0",
@@ -83,20 +101,26 @@ def test_traceparent_kept_and_b3_derived() -> None:
 
 
 def test_b3_kept_and_traceparent_derived() -> None:
-    tp, extra = TraceIds().trace_context(None, b"c" * 16, b"d" * 16, b"1")
+    _, tp, extra = TraceIds().ids(b"r", None, b"c" * 16, b"d" * 16, b"1")
     assert tp == b"00-" + b"0" * 16 + b"c" * 16 + b"-" + b"d" * 16 + b"-01"
-    assert extra == [(b"traceparent", tp)]
+    assert lines(extra) == {b"traceparent": tp}
+
+
+def test_b3_without_span_gets_one() -> None:
+    _, tp, extra = TraceIds().ids(b"r", None, b"c" * 32, None, b"0")
+    span = lines(extra)[b"x-b3-spanid"]
+    assert tp == b"00-" + b"c" * 32 + b"-" + span + b"-00"
 
 
 def test_both_present_are_left_alone() -> None:
     incoming = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
-    assert TraceIds().trace_context(incoming, b"a" * 32, b"b" * 16, b"1") == (incoming, [])
+    assert TraceIds().ids(b"r", incoming, b"a" * 32, b"b" * 16, b"1") == (b"r", incoming, b"")
 
 
 def test_malformed_traceparent_is_replaced() -> None:
-    tp, extra = TraceIds().trace_context(b"garbage", None, None, None)
+    _, tp, extra = TraceIds().ids(b"r", b"garbage", None, None, None)
     assert tp != b"garbage"
-    assert (b"traceparent", tp) in extra
+    assert lines(extra)[b"traceparent"] == tp
 
 
 def test_connection_tokens() -> None:
