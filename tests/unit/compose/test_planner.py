@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from localmesh.compose.planner import EngineFacts, Planned, make_plan
-from localmesh.config.names import replicas
 from localmesh.compose.project import ComposeProject
 from localmesh.config.model import MeshConfig, MeshSettings, PortSpec, Protocol, Service
+from localmesh.config.names import replicas
 from localmesh.errors import ConfigError, Position
 
 pytestmark = pytest.mark.unit
