@@ -8,6 +8,10 @@ import re
 import pytest
 
 from localmesh.runtime.dataplane.core.headers import TraceIds, connection_tokens
+from localmesh.runtime.dataplane.core.uri import BadTarget, normalize_path, split_target
+from localmesh.runtime.dataplane.core.wire import join_flags, local_response
+
+pytestmark = pytest.mark.unit
 
 
 def lines(block: bytes) -> dict[bytes, bytes]:
@@ -17,12 +21,6 @@ def lines(block: bytes) -> dict[bytes, bytes]:
             name, _, value = line.partition(b": ")
             out[name] = value
     return out
-
-
-from localmesh.runtime.dataplane.core.uri import BadTarget, normalize_path, split_target
-from localmesh.runtime.dataplane.core.wire import join_flags, local_response
-
-pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(
