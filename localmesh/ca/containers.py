@@ -7,6 +7,8 @@ Host side (``write_container_certs(ca, out_dir, ...)``, ``out_dir`` usually
     trust/bundle.pem        the host's public roots + the mesh root  (0644)
     <service>/cert.pem      the service's workload cert + intermediate (0644)
     <service>/key.pem       its key                                  (0600, directory 0700)
+    ingress/cert.pem        with ingress hosts: one server cert naming every ingress name
+    ingress/key.pem         (hosts, localhost/127.0.0.1/::1, extra_cert_hosts)
 
 Container side: ``trust/`` is mounted read-only at ``/etc/localmesh/trust`` and the
 service's own directory at ``/etc/localmesh/identity``. Directories, not single files, are
@@ -17,24 +19,32 @@ showing the old inode; and one service's directory only, so no container sees an
 ``CURL_CA_BUNDLE`` because those *replace* the default roots: with the mesh root alone, calls
 to the public internet would stop verifying. ``NODE_EXTRA_CA_CERTS`` *adds* to Node's roots,
 so it gets ``ca.pem``.
+
+The mesh container gets the whole directory (read-only) but never the CA's keys, so its
+ingress serves the certificate issued here: ``MountedCertificates`` stands in for the CA
+there. That certificate lasts 30 days; ``localmesh up``/``generate`` renews it at 2/3 of
+its life, and a host added to a running mesh needs one of them to be re-run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from localmesh.ca import files
-from localmesh.ca.authority import WORKLOAD_LIFETIME, CertificateAuthority
-from localmesh.ca.names import workload_spiffe_id
+from localmesh.ca.authority import WORKLOAD_LIFETIME, CertificateAuthority, IssuedCert
+from localmesh.ca.names import INGRESS_DEFAULT_NAMES, parse_host, workload_spiffe_id
 from localmesh.ca.rotation import rotation_due
+from localmesh.config.model import Ingress
+from localmesh.errors import CAError
 
 CONTAINER_TRUST_DIR = "/etc/localmesh/trust"
 CONTAINER_IDENTITY_DIR = "/etc/localmesh/identity"
@@ -42,6 +52,7 @@ CONTAINER_CA = f"{CONTAINER_TRUST_DIR}/ca.pem"
 CONTAINER_BUNDLE = f"{CONTAINER_TRUST_DIR}/bundle.pem"
 CONTAINER_CERT = f"{CONTAINER_IDENTITY_DIR}/cert.pem"
 CONTAINER_KEY = f"{CONTAINER_IDENTITY_DIR}/key.pem"
+INGRESS_DIR = "ingress"
 
 
 def trust_environment() -> dict[str, str]:
@@ -84,6 +95,7 @@ class ContainerCerts:
 
     trust_dir: Path
     services: Mapping[str, ServiceCerts]
+    ingress: Path | None = None  # the directory with the ingress cert, when there are hosts
 
     @property
     def ca(self) -> Path:
@@ -118,13 +130,15 @@ def write_container_certs(
     trust_domain: str,
     services: Iterable[str],
     *,
+    ingress_names: Sequence[str] = (),
     lifetime: float = WORKLOAD_LIFETIME,
     now: dt.datetime | None = None,
 ) -> ContainerCerts:
-    """Write the trust bundle and each service's workload identity under ``out_dir``.
+    """Write the trust bundle, each service's workload identity and (``ingress_names``, see
+    ``ingress_cert_names``) the ingress certificate under ``out_dir``.
 
-    A service's existing cert is kept while it is signed by the current intermediate and
-    not yet due for rotation, so running ``generate`` twice changes nothing on disk.
+    An existing cert is kept while it is signed by the current intermediate, names the same
+    identity and is not yet due for rotation, so running ``generate`` twice changes nothing.
     """
     now = now or dt.datetime.now(dt.UTC)
     files.ensure_private_dir(out_dir)
@@ -143,7 +157,23 @@ def write_container_certs(
                 entry.cert, entry.key
             )
         written[service] = entry
-    return ContainerCerts(trust_dir, written)
+    ingress_dir = None
+    if ingress_names:
+        ingress_dir = out_dir / INGRESS_DIR
+        cert, key = ingress_dir / "cert.pem", ingress_dir / "key.pem"
+        found = _reusable(ca, cert, key, now)
+        if found is None or _server_names(found) != {parse_host(n).value for n in ingress_names}:
+            files.ensure_private_dir(ingress_dir)
+            ca.issue_server(ingress_names, now=now).write(cert, key)
+    return ContainerCerts(trust_dir, written, ingress_dir)
+
+
+def ingress_cert_names(ingress: Ingress) -> tuple[str, ...]:
+    """Every name the ingress needs a certificate for (none without hosts)."""
+    if not ingress.hosts:
+        return ()
+    names = (*(h.host for h in ingress.hosts), *INGRESS_DEFAULT_NAMES, *ingress.extra_cert_hosts)
+    return tuple(dict.fromkeys(names))
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -152,20 +182,71 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 
 def _still_good(ca: CertificateAuthority, entry: ServiceCerts, now: dt.datetime) -> bool:
-    """Reuse a cert that is ours, for this identity, not yet due, and matches its key."""
-    if not (entry.cert.exists() and entry.key.exists()):
-        return False
-    cert = x509.load_pem_x509_certificate(entry.cert.read_bytes())
+    cert = _reusable(ca, entry.cert, entry.key, now)
+    return cert is not None and _sans(cert).get_values_for_type(x509.UniformResourceIdentifier) == [
+        entry.spiffe_id
+    ]
+
+
+def _reusable(
+    ca: CertificateAuthority, cert_path: Path, key_path: Path, now: dt.datetime
+) -> x509.Certificate | None:
+    """A cert that is ours, not yet due, and matches its key (its names are checked apart)."""
+    if not (cert_path.exists() and key_path.exists()):
+        return None
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     try:
         cert.verify_directly_issued_by(ca.intermediate)
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        key = serialization.load_pem_private_key(files.read_private(entry.key), password=None)
+        _sans(cert)
+        key = serialization.load_pem_private_key(files.read_private(key_path), password=None)
     except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
-        return False
+        return None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     same_key = key.public_key().public_bytes(serialization.Encoding.DER, spki) == (
         cert.public_key().public_bytes(serialization.Encoding.DER, spki)
     )
     due = rotation_due(cert.not_valid_before_utc, cert.not_valid_after_utc)
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    return same_key and uris == [entry.spiffe_id] and now < due
+    return cert if same_key and now < due else None
+
+
+def _sans(cert: x509.Certificate) -> x509.SubjectAlternativeName:
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+
+def _server_names(cert: x509.Certificate) -> set[str]:
+    """DNS names and IPs (normalised like ``parse_host``) a server certificate covers."""
+    san = _sans(cert)
+    ips = san.get_values_for_type(x509.IPAddress)
+    return {*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in ips)}
+
+
+class MountedCertificates:
+    """The CA's stand-in inside the mesh container: the mesh root and the ingress certificate
+    issued on the host, read from the certificates directory mounted read-only. It hands out
+    that one certificate for any names it covers; other names need the host to issue again.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @property
+    def root_pem(self) -> bytes:
+        return (self.directory / "trust" / "ca.pem").read_bytes()
+
+    def issue_server(self, hosts: Iterable[str]) -> IssuedCert:
+        where = self.directory / INGRESS_DIR
+        hint = "run `localmesh up` again: it issues the ingress certificate on the host"
+        try:
+            chain = x509.load_pem_x509_certificates((where / "cert.pem").read_bytes())
+            key = serialization.load_pem_private_key((where / "key.pem").read_bytes(), None)
+        except (OSError, ValueError) as exc:
+            raise CAError(f"no usable ingress certificate in {where}: {exc}", hint) from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise CAError(f"the ingress key in {where} is not an ECDSA key", hint)
+        missing = [h for h in hosts if parse_host(h).value not in _server_names(chain[0])]
+        if missing:
+            raise CAError(
+                f"the ingress certificate issued on the host does not name {', '.join(missing)}",
+                hint,
+            )
+        return IssuedCert(chain[0], key, tuple(chain[1:]))

@@ -31,7 +31,7 @@ import yaml
 
 from localmesh.ca import files
 from localmesh.ca.authority import CertificateAuthority
-from localmesh.ca.containers import write_container_certs
+from localmesh.ca.containers import ingress_cert_names, write_container_certs
 from localmesh.compose import emit, engine, image
 from localmesh.compose.addresses import parse_subnet
 from localmesh.compose.plan import MeshPlan
@@ -112,7 +112,11 @@ def generate(
     files.ensure_private_dir(state)
     ca, ca_created = CertificateAuthority.init()
     certs = write_container_certs(
-        ca, state / CERTS_DIR, mesh.mesh.trust_domain, [c.service for c in plan.clients]
+        ca,
+        state / CERTS_DIR,
+        mesh.mesh.trust_domain,
+        [c.service for c in plan.clients],
+        ingress_names=ingress_cert_names(mesh.ingress),  # the mesh container cannot issue
     )
     base = image.base_image(options.base_image)
     tag = image_tag or image.mesh_image_tag(base)

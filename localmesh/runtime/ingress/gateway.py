@@ -20,6 +20,7 @@ certificates issued and its upstream TLS contexts built *before* the data plane 
 anything fails, nothing changes. The gateway also gives the data plane TLS origination
 (``services.<name>.tls``; ``mutual`` presents the gateway's workload identity,
 ``spiffe://<td>/svc/ingress``). Every certificate rotates from one task while it runs.
+Inside the mesh container the certificates come from the host (``MountedCertificates``).
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from localmesh.ca.authority import CertificateAuthority
-from localmesh.ca.rotation import Rotator, WorkloadIdentities
+from localmesh.ca.containers import MountedCertificates
+from localmesh.ca.rotation import Rotator, WorkloadIdentities, WorkloadIdentity
+from localmesh.compose.rewrite import CONTAINER_CERTS
 from localmesh.config.model import ClientCerts, Ingress, Service, TLSMode
-from localmesh.errors import LocalmeshError, RuntimeStartError
+from localmesh.errors import CAError, LocalmeshError, RuntimeStartError
 from localmesh.runtime.dataplane import Caller, DataPlane, DownstreamIdentity, UpstreamTLS
 from localmesh.runtime.dataplane.core.policy import UNKNOWN_CALLER
 from localmesh.runtime.ingress.hosts import authority_host, find_host, misdirected
@@ -54,12 +58,25 @@ HTTP_LISTENER = "ingress-http"
 BACKLOG = 1024
 MISDIRECTED_MEMO = 1024
 
-CALoader = Callable[[], CertificateAuthority]
+CertificateSource = CertificateAuthority | MountedCertificates
+CALoader = Callable[[], CertificateSource]
 
 
-def default_ca() -> CertificateAuthority:
-    """The user's CA, created on first use (``$LOCALMESH_HOME/ca``)."""
+def default_ca() -> CertificateSource:
+    """The user's CA, created on first use (``$LOCALMESH_HOME/ca``); inside the mesh
+    container, where the CA's keys never go, the certificates issued on the host for it."""
+    mounted = Path(CONTAINER_CERTS)
+    if (mounted / "trust").is_dir():
+        return MountedCertificates(mounted)
     return CertificateAuthority.init()[0]
+
+
+def _no_identity(name: str) -> WorkloadIdentity:
+    raise CAError(
+        f"mutual TLS origination needs a workload identity for {name}, and only the local CA"
+        " can issue one: it is not available inside the mesh container",
+        hint="use tls: simple for this service, or run the mesh in host mode",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +104,7 @@ class IngressGateway:
     ) -> None:
         self.dataplane = DataPlane(metrics, access_log, upstream_tls=self._upstream_tls)
         self._load_ca = ca
-        self._ca: CertificateAuthority | None = None
+        self._ca: CertificateSource | None = None
         self._handshake_timeout = handshake_timeout
         self.rotator = Rotator()
         self._rotating: asyncio.Task[None] | None = None
@@ -204,17 +221,18 @@ class IngressGateway:
         if self._origination is None or self._origination_domain != self._trust_domain:
             self._origination_domain = self._trust_domain
             ca = self._certificate_authority()
-            identities = WorkloadIdentities(
-                ca, self._trust_domain, self.rotator, self._workload_lifetime
-            )
-            self._origination = UpstreamTLSContexts(ca.root_pem, self._trust_domain, identities.get)
+            identities: Callable[[str], WorkloadIdentity] = _no_identity
+            if isinstance(ca, CertificateAuthority):
+                lifetime = self._workload_lifetime
+                identities = WorkloadIdentities(ca, self._trust_domain, self.rotator, lifetime).get
+            self._origination = UpstreamTLSContexts(ca.root_pem, self._trust_domain, identities)
         origin = self._origination.get(service, caller=None)
         assert origin is not None
         return UpstreamTLS(origin.context, origin.server_hostname, origin.check_peer)
 
     # -- internals --------------------------------------------------------------------------
 
-    def _certificate_authority(self) -> CertificateAuthority:
+    def _certificate_authority(self) -> CertificateSource:
         if self._ca is None:
             try:
                 self._ca = self._load_ca()
@@ -229,7 +247,10 @@ class IngressGateway:
         if self.tls is not None and settings == self._tls_settings:
             return
         if self.tls is None:
-            self.tls = IngressTLS(self._certificate_authority(), self.rotator)
+            ca = self._certificate_authority()
+            # certificates mounted from the host are renewed there (`localmesh up`), not here
+            rotator = self.rotator if isinstance(ca, CertificateAuthority) else None
+            self.tls = IngressTLS(ca, rotator)
         try:
             self.tls.update(ingress)
         except LocalmeshError as exc:

@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from localmesh.ca.authority import CertificateAuthority
+from localmesh.ca.containers import MountedCertificates, ingress_cert_names, write_container_certs
 from localmesh.ca.rotation import WorkloadIdentity
 from localmesh.config.loader import parse_mesh_text
 from localmesh.errors import CAError, RuntimeStartError
@@ -581,3 +582,69 @@ ingress:
                     assert "expected spiffe://edge.test/svc/imposter" in await r.text()
         finally:
             await gateway.close(drain_timeout=1.0)
+
+
+# -- inside the mesh container: certificates issued on the host -----------------------------
+
+CONTAINER_MESH = """
+mesh: {{trust_domain: {td}}}
+services:
+  web:
+    ports: [8000]
+    endpoints: ["127.0.0.1:{web}"]
+{extra_service}
+ingress:
+  bind: 127.0.0.1
+  https_port: {https}
+  http_port: {http}
+  hosts:
+    - {{host: shop.localhost, routes: [{{name: web, route: [web]}}]}}
+    - {{host: admin.localhost, client_certs: required, routes: [{{name: web, route: [web]}}]}}
+{extra_host}
+"""
+
+
+async def test_in_the_mesh_container_the_host_issued_certificate_is_served(
+    local_ca: CertificateAuthority, http_backend: HttpBackend, tmp_path: Path
+) -> None:
+    values = {"td": TD, "web": http_backend.port, "https": free_port(), "http": free_port()}
+
+    def snapshot(version: int, extra_service: str = "", extra_host: str = "") -> Snapshot:
+        text = CONTAINER_MESH.format(**values, extra_service=extra_service, extra_host=extra_host)
+        return compile_mesh(text, version)
+
+    first = snapshot(1)
+    certs = tmp_path / "certs"  # what `localmesh generate` writes and the container mounts
+    names = ingress_cert_names(first.config.ingress)
+    write_container_certs(local_ca, certs, TD, [], ingress_names=names)
+    alice = write_pair(local_ca.issue_client(TD, "alice"), tmp_path / "clients", "alice")
+    gateway = IngressGateway(
+        MeshMetrics("edge", TD), AccessLog(None), ca=lambda: MountedCertificates(certs)
+    )
+    await gateway.apply(first)
+    try:
+        port = gateway.addresses()[HTTPS_LISTENER][1]
+        async with session() as s:
+            url = f"https://shop.localhost:{port}/"
+            async with s.get(url, ssl=client_context(local_ca)) as r:
+                assert r.status == 200
+            url = f"https://admin.localhost:{port}/"
+            async with s.get(url, ssl=client_context(local_ca, alice)) as r:
+                assert r.status == 200  # client certificates verify against the mounted root
+        new_host = "    - {host: new.localhost, routes: [{name: web, route: [web]}]}"
+        with pytest.raises(RuntimeStartError, match=r"does not name new\.localhost"):
+            await gateway.apply(snapshot(2, extra_host=new_host))
+        mutual = "  vault:\n    ports: [8200]\n    endpoints: ['127.0.0.1:1']\n    tls: mutual"
+        with pytest.raises(RuntimeStartError, match="only the local CA"):
+            await gateway.apply(snapshot(3, extra_service=mutual))
+        assert gateway.snapshot is not None
+        assert gateway.snapshot.version == 1
+        status, _, _ = await get_with(local_ca, f"https://shop.localhost:{port}/")
+        assert status == 200
+    finally:
+        await gateway.close(drain_timeout=1.0)
+
+
+async def get_with(ca: CertificateAuthority, url: str) -> tuple[int, dict[str, str], bytes]:
+    async with session() as s, s.get(url, ssl=client_context(ca)) as r:
+        return r.status, dict(r.headers), await r.read()
