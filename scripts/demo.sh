@@ -21,7 +21,7 @@ HTTPS_PORT=8443
 ADMIN_PORT=15000
 ROOT="${LOCALMESH_HOME:-$HOME/.localmesh}/ca/root.pem"
 URL="https://shop.localhost:$HTTPS_PORT/"
-CURL=(curl -sS --cacert "$ROOT" --resolve "shop.localhost:$HTTPS_PORT:127.0.0.1")
+CURL=(curl -sS --max-time 15 --cacert "$ROOT" --resolve "shop.localhost:$HTTPS_PORT:127.0.0.1")
 
 say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 
@@ -31,7 +31,18 @@ echo "\$ curl --cacert $ROOT $URL"
 
 say "Five more; the api answers from the database and counts visits in Redis:"
 for _ in 1 2 3 4 5; do
-  "${CURL[@]}" "$URL" | python3 -c 'import json,sys; a=json.load(sys.stdin)["api"]; print("hits", a["hits"], "served by api", a["served_by"])'
+  "${CURL[@]}" "$URL" | python3 -c '
+import json, sys
+text = sys.stdin.read()
+try:
+    page = json.loads(text)
+except ValueError:
+    page = {"error": text.strip() or "no answer"}
+api = page.get("api")
+if api:
+    print("hits", api["hits"], "- served by api", api["served_by"])
+else:
+    print("error:", page.get("error"), page.get("detail", ""))' || true
 done
 
 say "Every hop went through the mesh (Istio's metrics, from the admin API):"
