@@ -487,13 +487,13 @@ class Exchange:
         down = self.down
         ctx = down.ctx
         view = self.view
+        if self.method == b"CONNECT":
+            self.local(405, "method-not-allowed", "CONNECT is not proxied", wire.NO_FLAGS)
+            return
         try:
             path, query = split_target(self.url)
         except BadTarget as exc:
             self.local(400, "bad-request", str(exc), wire.DOWNSTREAM_PROTOCOL_ERROR)
-            return
-        if self.method == b"CONNECT":
-            self.local(405, "method-not-allowed", "CONNECT is not proxied", wire.NO_FLAGS)
             return
         headers = self.headers
         authority = b""

@@ -6,8 +6,8 @@ other endpoints on connect failure when the service's retry policy says
 ``connect-failure``), then relay bytes both ways with backpressure and half-close.
 
 Bytes are counted per connection and added to the metric edge by the sweeper and at close,
-never per read. Until the upstream is connected the downstream is not read (its bytes wait
-in the kernel), so nothing is buffered here.
+never per read. Bytes that arrive while the upstream is being connected are kept (up to
+``PENDING_LIMIT``, then reading pauses) and sent once it is.
 
 A relayed connection idle in both directions for ``TCP_IDLE_TIMEOUT`` is closed (Istio's
 default TCP idle timeout: one hour, long enough for database connection pools).
@@ -29,6 +29,7 @@ from localmesh.runtime.dataplane.upstream import UpstreamHost
 from localmesh.runtime.telemetry import TcpEdge
 
 TCP_IDLE_TIMEOUT = 3600.0
+PENDING_LIMIT = 256 * 1024  # bytes buffered while connecting before we stop reading
 
 
 class TcpDownstream(asyncio.Protocol):
@@ -45,6 +46,7 @@ class TcpDownstream(asyncio.Protocol):
         "flags",
         "host",
         "peer_ip",
+        "pending",
         "received",
         "sent",
         "started",
@@ -59,6 +61,9 @@ class TcpDownstream(asyncio.Protocol):
         self.view: ListenerView = ctx.view
         self.transport: asyncio.Transport | None = None
         self.upstream: TcpUpstream | None = None
+        # bytes that arrive before the upstream is connected (uvloop starts reading
+        # before connection_made returns, so pausing there is too late)
+        self.pending: list[bytes] | None = []
         self.host: UpstreamHost | None = None
         self.caller: Caller | None = None
         self.edge: TcpEdge | None = None
@@ -96,7 +101,6 @@ class TcpDownstream(asyncio.Protocol):
         if target.policy is not None and target.policy.check_tcp(caller) is not None:
             self._refuse(wire.DENIED)
             return
-        self.transport.pause_reading()
         spawn(self._connect(), name=f"tcp {ctx.name} {self.peer_ip}")
 
     async def _connect(self) -> None:
@@ -138,6 +142,11 @@ class TcpDownstream(asyncio.Protocol):
             host.active_requests += 1
             host.total_requests += 1
             self.upstream = proto
+            pending, self.pending = self.pending, None
+            if pending:
+                transport.write(b"".join(pending))
+            if self._down_eof and transport.can_write_eof():
+                transport.write_eof()
             if self.transport is not None:
                 self.transport.resume_reading()
             return
@@ -148,15 +157,19 @@ class TcpDownstream(asyncio.Protocol):
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.write(data)
+        elif self.pending is not None:  # still connecting: keep it (bounded) for the upstream
+            self.pending.append(data)
+            if self.received > PENDING_LIMIT and self.transport is not None:
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         self._down_eof = True
         up = self.upstream
         if up is not None and up.transport is not None and up.transport.can_write_eof():
             up.transport.write_eof()
-        if self._up_eof or up is None:
+        if self._up_eof:
             return None
-        return True  # keep relaying the other direction
+        return True  # keep relaying the other direction (or wait for the upstream)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and not self._up_eof:

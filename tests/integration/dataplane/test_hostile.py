@@ -1,0 +1,193 @@
+"""Hostile and broken traffic over raw sockets: each case is answered correctly, logged
+once, and the listener keeps serving everyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from localmesh.config.model import Limits, Protocol
+from tests.integration.dataplane.harness import Mesh, raw_exchange, running, service, snapshot
+from tests.support.services import HttpBackend, run_redis
+
+CLOSE_REQUEST = b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
+LIMITS = Limits(max_request_headers_bytes=4096, max_request_body_bytes=1000, header_timeout=0.3)
+
+
+@pytest.fixture
+async def mesh(http_backend: HttpBackend) -> AsyncIterator[Mesh]:
+    api = service("api", (http_backend.host, http_backend.port), limits=LIMITS, retries=None)
+    async with running(snapshot(api)) as m:
+        yield m
+
+
+async def still_serving(mesh: Mesh) -> None:
+    raw = await raw_exchange(
+        mesh.address("web>api"), b"GET /bytes/3 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
+    )
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert raw.endswith(b"xxx")
+
+
+def status_of(raw: bytes) -> int:
+    assert raw.startswith(b"HTTP/1.1 "), raw[:80]
+    return int(raw[9:12])
+
+
+CASES = {
+    "content-length and transfer-encoding": (
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n"
+        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "two different content-lengths": (
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcde",
+        400,
+    ),
+    "negative content-length": (
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: -4\r\n\r\n",
+        400,
+    ),
+    "bad chunk size": (
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n",
+        400,
+    ),
+    "bare LF line endings": (b"GET / HTTP/1.1\nhost: a\n\n", 400),
+    "invalid method": (b"G(T / HTTP/1.1\r\nhost: a\r\n\r\n", 400),
+    "invalid version": (b"GET / HTTP/9.7\r\nhost: a\r\n\r\n", 400),
+    "not HTTP at all": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, 400),
+    "headers over the limit": (
+        b"GET / HTTP/1.1\r\nhost: a\r\n" + b"x-big: " + b"y" * 5000 + b"\r\n\r\n",
+        431,
+    ),
+    "many small headers over the limit": (
+        b"GET / HTTP/1.1\r\nhost: a\r\n" + b"x-h: 0123456789\r\n" * 400 + b"\r\n",
+        431,
+    ),
+    "declared body over the limit": (
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 5000\r\n\r\n" + b"z" * 100,
+        413,
+    ),
+    "streamed body over the limit": (
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"200\r\n" + b"z" * 512 + b"\r\n" + b"200\r\n" + b"z" * 512 + b"\r\n"
+        + b"200\r\n" + b"z" * 512 + b"\r\n0\r\n\r\n",
+        413,
+    ),
+    "CONNECT": (b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n", 405),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_broken_request_is_answered_logged_once_and_closed(mesh: Mesh, case: str) -> None:
+    request, expected = CASES[case]
+    raw = await raw_exchange(mesh.address("web>api"), request)  # returns once we close
+    assert status_of(raw) == expected
+    assert b"x-localmesh-reason: " in raw
+    assert b"connection: close" in raw.lower()
+    records = mesh.records()
+    assert len(records) == 1
+    assert records[0]["status"] == expected
+    await still_serving(mesh)
+
+
+async def test_slowloris_gets_408(mesh: Mesh) -> None:
+    reader, writer = await asyncio.open_connection(*mesh.address("web>api"))
+    writer.write(b"GET / HTTP/1.1\r\nhost: a\r\nx-slow: ")
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        raw = await reader.read()
+    writer.close()
+    assert status_of(raw) == 408
+    assert b"request-header-timeout" in raw
+    assert 0.25 < time.monotonic() - started < 2.0
+    await still_serving(mesh)
+
+
+async def test_idle_connection_is_closed_quietly(http_backend: HttpBackend) -> None:
+    from localmesh.config.model import ConnectionPool
+
+    api = service(
+        "api",
+        (http_backend.host, http_backend.port),
+        connection_pool=ConnectionPool(idle_timeout=0.3),
+    )
+    async with running(snapshot(api)) as m:
+        reader, writer = await asyncio.open_connection(*m.address("web>api"))
+        writer.write(b"GET /bytes/1 HTTP/1.1\r\nhost: a\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\nx")
+        async with asyncio.timeout(3):
+            assert await reader.read() == b""  # closed without a response: nothing was asked
+        writer.close()
+
+
+async def _raw_upstream(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+):
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_upstream_reset_mid_body_resets_the_downstream() -> None:
+    async def half_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"a" * 10)
+        await writer.drain()
+        writer.transport.abort()
+
+    server, port = await _raw_upstream(half_then_close)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port)))) as m:
+        started = time.monotonic()
+        try:
+            raw = await raw_exchange(m.address("web>api"), b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        except ConnectionResetError:
+            raw = b""
+        assert time.monotonic() - started < 3  # never a hang
+        assert len(raw.partition(b"\r\n\r\n")[2]) < 1000
+    assert m.records()[0]["flags"] == "UC"
+
+
+async def test_upstream_closing_before_answering_is_502() -> None:
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server, port = await _raw_upstream(close_at_once)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port), retries=None))) as m:
+        raw = await raw_exchange(m.address("web>api"), CLOSE_REQUEST)
+    assert status_of(raw) == 502
+    assert b"x-localmesh-reason: upstream-reset" in raw
+
+
+async def test_upstream_speaking_garbage_is_502() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+        await writer.drain()
+
+    server, port = await _raw_upstream(garbage)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port), retries=None))) as m:
+        raw = await raw_exchange(m.address("web>api"), CLOSE_REQUEST)
+    assert status_of(raw) == 502
+
+
+async def test_garbage_on_a_tcp_listener_does_not_hurt_other_clients() -> None:
+    import redis.asyncio as aioredis
+
+    with run_redis() as r:
+        cache = service("cache", (r.host, r.port), protocol=Protocol.REDIS, port=6379)
+        async with running(snapshot(cache)) as m:
+            host, port = m.address("web>cache")
+            _reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"\x00\xff\xfe garbage \r\n\r\n" * 100)
+            await writer.drain()
+            client = aioredis.Redis(host=host, port=port)
+            try:
+                assert await client.set("k", "v")
+                assert await client.get("k") == b"v"
+            finally:
+                await client.aclose()
+            writer.close()
