@@ -17,9 +17,11 @@ import typer
 from rich.markup import escape
 
 from localmesh.cli.output import console, err_console, print_json
+from localmesh.compose.generate import engine_facts
 from localmesh.compose.project import ComposeProject, discover_files, load_project
 from localmesh.config import analyze, infer_mesh, load_mesh_file, parse_mesh_text, render_inferred
 from localmesh.config.model import MeshConfig
+from localmesh.config.ports import ImagePorts
 from localmesh.errors import ConfigError, LocalmeshError
 
 DEFAULT_MESH = Path("mesh.yaml")
@@ -66,17 +68,23 @@ def _project(
     return load_project(files or (), env_files or (), project_name, profiles or ())
 
 
+def _image_ports(project: ComposeProject | None) -> ImagePorts:
+    """What local images EXPOSE, as ``generate`` sees it, so every command infers the same
+    ports (nothing when there is no project or no engine answers)."""
+    return engine_facts(project).image_ports if project is not None else {}
+
+
 def _load(mesh: Path | None, project: ComposeProject | None) -> tuple[MeshConfig, Path | None]:
     """mesh.yaml if given or present, else the mesh inferred from compose."""
     path = mesh or DEFAULT_MESH
     if mesh is not None or path.exists():
-        return load_mesh_file(path, project), path
+        return load_mesh_file(path, project, _image_ports(project)), path
     if project is None:
         raise LocalmeshError(
             "no mesh.yaml and no compose project here: nothing to check",
             hint="run in the project directory, or pass --mesh PATH or -f compose.yaml",
         )
-    return infer_mesh(project), None
+    return infer_mesh(project, _image_ports(project)), None
 
 
 def _summary(config: MeshConfig) -> str:
@@ -121,8 +129,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a commented mesh.yaml inferred from the compose project.
 
-        Every service is meshed; protocols are guessed from ports and images
-        (5432 postgres, 6379 redis, MySQL/Mongo/memcached tcp, otherwise http).
+        Ports and protocols are learned as `localmesh generate` learns them: declared
+        ports, local images' EXPOSE, well-known images, commands and healthchecks, and
+        the URLs other services call (5432 postgres, 6379 redis, TLS and MySQL/Mongo/
+        memcached tcp, otherwise http).
 
         Examples:
 
@@ -134,8 +144,10 @@ def register(app: typer.Typer) -> None:
         """
         project = _project(files, env_files, project_name, profiles, required=True)
         assert project is not None
-        text = render_inferred(project)
-        parse_mesh_text(text, str(mesh), project)  # never write what validate would reject
+        image_ports = _image_ports(project)
+        text = render_inferred(project, image_ports)
+        # never write what validate would reject
+        parse_mesh_text(text, str(mesh), project, image_ports)
         if stdout:
             typer.echo(text, nl=False)
             return
@@ -145,7 +157,7 @@ def register(app: typer.Typer) -> None:
                 hint="pass --force to replace it, or --stdout to compare",
             )
         _write_atomic(mesh, text)
-        config = infer_mesh(project)
+        config = infer_mesh(project, image_ports)
         console.print(f"[green]wrote[/] {mesh}: {_summary(config)}", highlight=False)
         for svc in config.services:
             ports = ", ".join(f"{p.port}/{p.protocol.value}" for p in svc.ports) or "no ports"

@@ -78,6 +78,12 @@ def test_engine_networks_and_image_expose_are_used(
     assert svc is not None
     assert [(p.port, p.sources) for p in svc.ports] == [(8123, ("image",))]
     assert "no-engine" not in [w.code for w in plan.warnings]
+    # init asks the same engine, so the mesh.yaml it writes names the same port
+    init = subprocess.run(
+        [*LOCALMESH, "init", "--stdout"], cwd=project, capture_output=True, text=True, check=False
+    )
+    assert init.returncode == 0, init.stderr
+    assert "{port: 8123, protocol: http}   # from image; protocol by default" in init.stdout
 
 
 def test_the_engine_runs_the_generated_project(
