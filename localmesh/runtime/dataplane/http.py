@@ -488,6 +488,7 @@ class Exchange:
         ctx = down.ctx
         view = self.view
         if self.method == b"CONNECT":
+            self.keep_alive = False  # llhttp stops parsing after CONNECT, like an upgrade
             self.local(405, "method-not-allowed", "CONNECT is not proxied", wire.NO_FLAGS)
             return
         try:
@@ -1100,7 +1101,7 @@ class Exchange:
         if self.response_started:
             self.abort_response(flag)
             return
-        close = not self.keep_alive or not self.req_complete or self.upgrade
+        close = not self.keep_alive or self._body_pending() or self.upgrade
         self.status = status
         self.flags = wire.join_flags(self.flags, flag)
         self.out.append(
@@ -1150,8 +1151,18 @@ class Exchange:
             if self._in_retry:
                 state.active_retries -= 1
         self._record()
-        close = self.close_after or not self.keep_alive or not self.req_complete
+        close = self.close_after or not self.keep_alive or self._body_pending()
         self.down.exchange_done(self, close)
+
+    def _body_pending(self) -> bool:
+        """Is part of the request body still unread (so the connection cannot be reused)?
+        A request without Content-Length or chunked framing has no body at all."""
+        if self.req_complete:
+            return False
+        for name, value in self.headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+                return True
+        return False
 
     def _finish_tunnel(self) -> None:
         self.done = True
