@@ -46,10 +46,18 @@ else:
 done
 
 say "Every hop went through the mesh (Istio's metrics, from the admin API):"
-curl -sS "http://127.0.0.1:$ADMIN_PORT/metrics" \
-  | grep -E '^istio_(requests_total|tcp_connections_opened_total)\{' \
-  | sed -E 's/.*source_workload="([^"]*)".*destination_workload="([^"]*)".*response_code="([^"]*)".*\} (.*)/  \1 -> \2  HTTP \3: \4/; s/^istio_tcp.*source_workload="([^"]*)".*destination_workload="([^"]*)".*\} (.*)/  \1 -> \2  TCP connections: \3/' \
-  | sort -u
+curl -sS "http://127.0.0.1:$ADMIN_PORT/metrics" | python3 -c '
+import re, sys
+for line in sys.stdin:
+    name = line.split("{")[0]
+    if name not in ("istio_requests_total", "istio_tcp_connections_opened_total"):
+        continue
+    labels = dict(re.findall(r"(\w+)=\"([^\"]*)\"", line))
+    if labels.get("reporter") != "source":
+        continue
+    what = "HTTP " + labels["response_code"] if "response_code" in labels else "TCP connections"
+    src, dst = labels["source_workload"], labels["destination_workload"]
+    print(f"  {src:>8} -> {dst:<6} {what}: {float(line.split()[-1]):.0f}")'
 
 say "Try it yourself:"
 cat <<EOT
