@@ -38,6 +38,7 @@ from localmesh.compose.plan import MeshPlan
 from localmesh.compose.planner import EngineFacts, make_plan, relative_position
 from localmesh.compose.project import ComposeProject, compose_command, load_project
 from localmesh.compose.rewrite import MeshService, rewrite
+from localmesh.compose.templates import templates_dir
 from localmesh.config import infer_mesh, load_mesh_file
 from localmesh.config.model import MeshConfig
 from localmesh.config.ports import image_ref
@@ -186,13 +187,13 @@ def engine_facts(project: ComposeProject) -> EngineFacts:
 
 
 def load_template() -> Mapping[str, Any]:
-    path = image.templates_dir() / TEMPLATE
+    path = templates_dir() / TEMPLATE
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LocalmeshError(
             f"the mesh service template {path} is missing",
-            hint="localmesh runs from a source checkout or editable install (pip install -e .)",
+            hint="reinstall localmesh (pip install --force-reinstall localmesh)",
         ) from None
     if not isinstance(loaded, Mapping):
         raise LocalmeshError(f"{path} is not a mapping", hint="restore it from the repository")

@@ -1,0 +1,58 @@
+"""A built wheel carries the compose templates that ``generate`` and the image build read.
+
+The templates live in top-level ``compose-templates/``; ``localmesh/templates`` links to
+it and setuptools copies the files through the link. Building needs the build backend
+from the package index, as installing the project does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from localmesh.compose.templates import templates_dir
+
+REPO = Path(__file__).resolve().parents[3]
+TEMPLATES = sorted(p.name for p in (REPO / "compose-templates").iterdir())
+
+
+def test_the_templates_are_found_in_a_checkout() -> None:
+    assert sorted(p.name for p in templates_dir().iterdir()) == TEMPLATES
+    assert {"Dockerfile", "mesh-service.yaml"} <= set(TEMPLATES)
+
+
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_templates(tmp_path: Path) -> None:
+    source = tmp_path / "src"  # a copy as git would check it out: the link stays a link
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for name in ("localmesh", "compose-templates"):
+        shutil.copytree(
+            REPO / name,
+            source / name,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+    assert (source / "localmesh" / "templates").is_symlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(source), "-w", "dist"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    [wheel] = (tmp_path / "dist").glob("localmesh-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        for name in TEMPLATES:
+            member = f"localmesh/templates/{name}"
+            assert member in names
+            assert zf.read(member) == (REPO / "compose-templates" / name).read_bytes()
