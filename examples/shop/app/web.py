@@ -24,8 +24,14 @@ class Web(BaseHTTPRequestHandler):
                 self.reply(200, {"web": socket.gethostname(), "api": json.load(resp)})
         except urllib.error.HTTPError as exc:
             body = exc.read().decode(errors="replace")
-            self.reply(exc.code, {"web": socket.gethostname(), "error": f"api said {exc.code}",
-                                  "detail": body[:300]})
+            self.reply(
+                exc.code,
+                {
+                    "web": socket.gethostname(),
+                    "error": f"api said {exc.code}",
+                    "detail": body[:300],
+                },
+            )
         except OSError as exc:
             self.reply(502, {"web": socket.gethostname(), "error": f"api unreachable: {exc}"})
 
@@ -37,7 +43,7 @@ class Web(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

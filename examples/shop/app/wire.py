@@ -22,8 +22,12 @@ def pg_query(url: str, sql: str) -> list[tuple[str | None, ...]]:
     """Run one simple query (trust auth) and return its rows as text."""
     u = urlsplit(url)
     user, database = u.username or "postgres", u.path.lstrip("/") or "postgres"
-    params = b"".join(k + b"\0" + v.encode() + b"\0" for k, v in
-                      ((b"user", user), (b"database", database))) + b"\0"
+    params = (
+        b"".join(
+            k + b"\0" + v.encode() + b"\0" for k, v in ((b"user", user), (b"database", database))
+        )
+        + b"\0"
+    )
     with socket.create_connection((u.hostname or "localhost", u.port or 5432), TIMEOUT) as s:
         s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
         rows: list[tuple[str | None, ...]] = []
@@ -54,9 +58,9 @@ def pg_query(url: str, sql: str) -> list[tuple[str | None, ...]]:
 def _data_row(body: bytes) -> tuple[str | None, ...]:
     count, pos, out = struct.unpack("!h", body[:2])[0], 2, []
     for _ in range(count):
-        size = struct.unpack("!i", body[pos:pos + 4])[0]
+        size = struct.unpack("!i", body[pos : pos + 4])[0]
         pos += 4
-        out.append(None if size < 0 else body[pos:pos + size].decode())
+        out.append(None if size < 0 else body[pos : pos + size].decode())
         pos += max(size, 0)
     return tuple(out)
 
