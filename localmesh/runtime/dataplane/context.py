@@ -115,4 +115,7 @@ class ListenerContext:
         if second != self._second:
             self._second = second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((wall - second) * 1000):03d}Z"
+        return self._second_text + _MILLIS[int((wall - second) * 1000.0)]
+
+
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))

@@ -40,8 +40,7 @@ from localmesh.runtime.dataplane.core.uri import BadTarget, split_target
 from localmesh.runtime.dataplane.mirror import send_mirror
 from localmesh.runtime.dataplane.tasks import spawn
 from localmesh.runtime.dataplane.upstream import (
-    FRAMING_CHUNKED,
-    FRAMING_CLOSE,
+    REFRAMED,
     Headers,
     UpstreamConnection,
     UpstreamHost,
@@ -280,6 +279,11 @@ class HttpDownstream(asyncio.Protocol):
     # -- exchanges --------------------------------------------------------------------------
 
     @property
+    def closing(self) -> bool:
+        """The downstream half-closed: answer what it asked, then close."""
+        return bool(self._paused & PAUSE_DONE)
+
+    @property
     def active(self) -> Exchange | None:
         """The exchange being served (None between requests)."""
         return self._active
@@ -312,7 +316,7 @@ class HttpDownstream(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if close or self._paused & PAUSE_DONE:
+        if close or self.closing:
             self._queue.clear()
             transport.close()
             return
@@ -954,61 +958,74 @@ class Exchange:
         if self._try_timer is not None:
             self._try_timer.cancel()
             self._try_timer = None
-        target = self.target
         host = self.host
-        assert target is not None
-        assert host is not None
-        state = target.cluster.state
-        if state.outlier is not None and state.report_status(
-            host, status, self.down.ctx.loop.time()
-        ):
-            self.down.ctx.metrics.ejection(target.service)
-        if status >= 500 and self._can_retry(Outcome.RESPONSE, status):
-            self._drop_upstream()
-            self._end_attempt()
-            self._retry()
-            return
+        if status >= 500:
+            if self._upstream_error(status):
+                return
+        elif host is not None and (host.consecutive_5xx or host.consecutive_gateway):
+            host.consecutive_5xx = host.consecutive_gateway = 0  # outlier streak broken
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
         self.deadline = 0.0
         self.status = status
         self.response_started = True
-        if self.retries and status >= 500:
-            self.flags = wire.join_flags(self.flags, wire.UPSTREAM_RETRY_LIMIT)
         route = self.route
-        assert route is not None
-        if route.response_ops is not None:
+        if route is not None and route.response_ops is not None:
             headers = route.response_ops.apply(headers)
-        if self.upgrade and status != 101:
-            self.keep_alive = False  # the downstream parser stopped at the upgrade
-        parts = [wire.status_line(status)]
-        tokens: frozenset[bytes] = frozenset()
-        for name, value in headers:
-            if name in HOP_BY_HOP:
-                if name == b"connection":
-                    tokens = connection_tokens(value)
-                elif status == 101 and name == b"upgrade":
-                    parts += (name, SEP, value, CRLF)
-                continue
-            if tokens and name in tokens:
-                continue
-            parts += (name, SEP, value, CRLF)
-        if status == 101:
-            parts.append(b"connection: upgrade\r\n")
-        elif framing in (FRAMING_CHUNKED, FRAMING_CLOSE):
+        if status == 101 or self.upgrade:
+            self.out.append(self._upgrade_head(status, headers))
+            return
+        lines = b"".join([n + SEP + v + CRLF for n, v in headers if n not in HOP_BY_HOP])
+        conn = self.conn
+        if conn is not None and conn.connection_tokens:  # ``Connection: x-foo`` names more
+            tokens = conn.connection_tokens
+            lines = b"".join([n + SEP + v + CRLF for n, v in headers if n not in tokens])
+        if framing in REFRAMED:
             if self.http11:
                 self._down_chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
+                lines += b"transfer-encoding: chunked\r\n"
             else:
                 self.keep_alive = False
+        if not self.keep_alive or self.down.closing:
+            lines += b"connection: close\r\n"
+        elif not self.http11:
+            lines += b"connection: keep-alive\r\n"
+        self.out.append(wire.status_line(status) + lines + CRLF)
+
+    def _upstream_error(self, status: int) -> bool:
+        """A 5xx head: outlier accounting, then retry if allowed (True: retried)."""
+        target = self.target
+        host = self.host
+        assert target is not None
+        state = target.cluster.state
+        now = self.down.ctx.loop.time()
+        if (
+            host is not None
+            and state.outlier is not None
+            and state.report_status(host, status, now)
+        ):
+            self.down.ctx.metrics.ejection(target.service)
+        if self._can_retry(Outcome.RESPONSE, status):
+            self._drop_upstream()
+            self._end_attempt()
+            self._retry()
+            return True
+        if self.retries:
+            self.flags = wire.join_flags(self.flags, wire.UPSTREAM_RETRY_LIMIT)
+        return False
+
+    def _upgrade_head(self, status: int, headers: Headers) -> bytes:
         if status != 101:
-            if not self.keep_alive or self.down._paused & PAUSE_DONE:
-                parts.append(b"connection: close\r\n")
-            elif not self.http11:
-                parts.append(b"connection: keep-alive\r\n")
-        parts.append(CRLF)
-        self.out.append(b"".join(parts))
+            self.keep_alive = False  # the downstream parser stopped at the upgrade
+            lines = [n + SEP + v + CRLF for n, v in headers if n not in HOP_BY_HOP]
+            lines.append(b"connection: close\r\n")
+        else:
+            lines = [
+                n + SEP + v + CRLF for n, v in headers if n not in HOP_BY_HOP or n == b"upgrade"
+            ]
+            lines.append(b"connection: upgrade\r\n")
+        return wire.status_line(status) + b"".join(lines) + CRLF
 
     def up_body(self, chunk: bytes) -> None:
         self.resp_bytes += len(chunk)

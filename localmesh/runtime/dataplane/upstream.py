@@ -29,6 +29,7 @@ import httptools
 
 from localmesh.config.model import Service
 from localmesh.runtime.dataplane.core.cluster import ClusterState, EndpointState
+from localmesh.runtime.dataplane.core.headers import HOP_BY_HOP, connection_tokens
 from localmesh.runtime.dataplane.core.retry import Outcome
 from localmesh.runtime.dataplane.tasks import spawn
 from localmesh.runtime.snapshot import Endpoint
@@ -72,6 +73,7 @@ FRAMING_LENGTH = 0  # Content-Length
 FRAMING_CHUNKED = 1  # chunked (or must be re-framed as chunked)
 FRAMING_NONE = 2  # no body: HEAD, 1xx, 204, 304
 FRAMING_CLOSE = 3  # body until the upstream closes
+REFRAMED = frozenset({FRAMING_CHUNKED, FRAMING_CLOSE})  # sent chunked to HTTP/1.1 clients
 
 
 class UpstreamHost(EndpointState):
@@ -94,6 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_replace_parser",
         "_status",
         "cluster",
+        "connection_tokens",
         "host",
         "idle_since",
         "owner",
@@ -116,6 +119,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reading_paused = False  # by the downstream's backpressure
         self._headers: Headers = []
         self._bodyless = False
+        # names a response's Connection header adds to the hop-by-hop set (rare)
+        self.connection_tokens: frozenset[bytes] = frozenset()
         self._framing = FRAMING_LENGTH
         self._interim = False
         self._replace_parser = False
@@ -131,6 +136,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._bodyless = bodyless
         self._framing = FRAMING_LENGTH
+        self.connection_tokens = frozenset()
 
     @property
     def usable(self) -> bool:
@@ -239,17 +245,19 @@ class UpstreamConnection(asyncio.Protocol):
             return
         headers = self._headers
         self._keep_alive = self.parser.should_keep_alive()  # llhttp forgets it at the end
+        framing = FRAMING_CLOSE
+        for name, value in headers:
+            if name == b"content-length":
+                framing = FRAMING_LENGTH
+            elif name == b"transfer-encoding":
+                if value.lower().endswith(b"chunked"):
+                    framing = FRAMING_CHUNKED
+            elif name == b"connection":
+                extra = connection_tokens(value) - {b"keep-alive", b"close", b"upgrade"}
+                if extra:
+                    self.connection_tokens = extra | HOP_BY_HOP
         if self._bodyless or status in (204, 304):
             framing = FRAMING_NONE
-        else:
-            framing = FRAMING_CLOSE
-            for name, value in headers:
-                if name == b"content-length":
-                    framing = FRAMING_LENGTH
-                    break
-                if name == b"transfer-encoding" and value.lower().endswith(b"chunked"):
-                    framing = FRAMING_CHUNKED
-                    break
         self._framing = framing
         owner.up_head(status, headers, framing)
         if self._bodyless and self.owner is owner:
