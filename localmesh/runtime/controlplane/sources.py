@@ -16,6 +16,7 @@ from localmesh.config import infer_mesh, load_mesh_file
 from localmesh.errors import ConfigError, Problem
 from localmesh.runtime.container import load_plan
 from localmesh.runtime.controlplane.compile import Inputs
+from localmesh.runtime.controlplane.isolation import with_isolation
 from localmesh.runtime.controlplane.plane import Loaded, config_files
 
 
@@ -56,6 +57,7 @@ class ContainerSource:
             config = load_mesh_file(self.mesh_path, project)
         else:
             config = infer_mesh(project)
+        config = with_isolation(config, plan)
         files = {*self.paths(), *(p.absolute() for p in config_files(config))}
         inputs = Inputs(
             config,
