@@ -108,3 +108,14 @@ class Finding:
     def __str__(self) -> str:
         where = f"{self.position}: " if self.position else ""
         return f"{where}{self.message} [{self.code}]"
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON form (analyze --json, the plan's warnings)."""
+        pos = self.position
+        return {
+            "code": self.code,
+            "message": self.message,
+            "file": pos.file if pos else None,
+            "line": pos.line if pos else None,
+            "column": pos.column if pos else None,
+        }

@@ -15,7 +15,16 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.status import Status
 from rich.table import Table
 
-from localmesh.cli.config_cmds import EnvFiles, Files, Json, MeshIn, Profiles, ProjectName
+from localmesh.cli.config_cmds import (
+    ComposeArgs,
+    EnvFiles,
+    Files,
+    Json,
+    MeshIn,
+    Profiles,
+    ProjectName,
+    compose_options,
+)
 from localmesh.cli.output import console, err_console, print_json
 from localmesh.compose import lifecycle
 from localmesh.compose.generate import GenerateOptions, GenerateResult, generate
@@ -80,12 +89,10 @@ def _show(result: GenerateResult, cwd: Path) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("generate")
+    @compose_options
     def _generate(
         *,
-        files: Files = None,
-        env_files: EnvFiles = None,
-        project_name: ProjectName = None,
-        profiles: Profiles = None,
+        compose: ComposeArgs,
         mesh: MeshIn = None,
         output: Output = None,
         base_image: BaseImage = None,
@@ -105,10 +112,10 @@ def register(app: typer.Typer) -> None:
         cwd = Path.cwd()
         result = generate(
             GenerateOptions(
-                files=tuple(files or ()),
-                env_files=tuple(env_files or ()),
-                project_name=project_name,
-                profiles=tuple(profiles or ()),
+                files=compose.files,
+                env_files=compose.env_files,
+                project_name=compose.project_name,
+                profiles=compose.profiles,
                 mesh_file=mesh,
                 output=output,
                 base_image=base_image,

@@ -8,10 +8,14 @@ mode), ``validate`` and ``analyze`` check mesh.yaml on its own.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -51,27 +55,72 @@ MeshIn = Annotated[
 ]
 
 
-def _project(
-    files: list[Path] | None,
-    env_files: list[Path] | None,
-    project_name: str | None,
-    profiles: list[str] | None,
-    *,
-    required: bool,
-) -> ComposeProject | None:
-    """The compose project, or None when there is none here and none was asked for."""
-    if not files and not required:
-        try:
-            discover_files(Path.cwd())
-        except ConfigError:
-            return None
-    return load_project(files or (), env_files or (), project_name, profiles or ())
+@dataclass(frozen=True)
+class ComposeArgs:
+    """The compose project as the command line names it, like ``docker compose`` does."""
+
+    files: tuple[Path, ...] = ()
+    env_files: tuple[Path, ...] = ()
+    project_name: str | None = None
+    profiles: tuple[str, ...] = ()
+
+    def load(self, *, required: bool) -> ComposeProject | None:
+        """The compose project, or None when there is none here and none was asked for."""
+        if not self.files and not required:
+            try:
+                discover_files(Path.cwd())
+            except ConfigError:
+                return None
+        return load_project(self.files, self.env_files, self.project_name, self.profiles)
+
+
+_COMPOSE_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+    for name, annotation in (
+        ("files", Files),
+        ("env_files", EnvFiles),
+        ("project_name", ProjectName),
+        ("profiles", Profiles),
+    )
+]
+
+
+def compose_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command ``-f``, ``--env-file``, ``-p`` and ``--profile``; it receives them as
+    one keyword argument ``compose: ComposeArgs``."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "compose"]
+
+    @functools.wraps(command)
+    def with_compose(
+        *,
+        files: list[Path] | None = None,
+        env_files: list[Path] | None = None,
+        project_name: str | None = None,
+        profiles: list[str] | None = None,
+        **options: Any,
+    ) -> None:
+        compose = ComposeArgs(
+            tuple(files or ()), tuple(env_files or ()), project_name, tuple(profiles or ())
+        )
+        command(compose=compose, **options)
+
+    with_compose.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*_COMPOSE_OPTIONS, *own]
+    )
+    return with_compose
 
 
 def _image_ports(project: ComposeProject | None) -> ImagePorts:
     """What local images EXPOSE, as ``generate`` sees it, so every command infers the same
     ports (nothing when there is no project or no engine answers)."""
     return engine_facts(project).image_ports if project is not None else {}
+
+
+def _checked_project(compose: ComposeArgs, no_compose: bool) -> ComposeProject | None:
+    """What validate and analyze check mesh.yaml against: the project, unless told to
+    check it alone or there is none here (host mode)."""
+    return None if no_compose else compose.load(required=bool(compose.files))
 
 
 def _load(mesh: Path | None, project: ComposeProject | None) -> tuple[MeshConfig, Path | None]:
@@ -117,12 +166,10 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("init")
+    @compose_options
     def _init(
         *,
-        files: Files = None,
-        env_files: EnvFiles = None,
-        project_name: ProjectName = None,
-        profiles: Profiles = None,
+        compose: ComposeArgs,
         mesh: Annotated[Path, typer.Option("--mesh", help="Where to write it.")] = DEFAULT_MESH,
         force: Annotated[bool, typer.Option("--force", help="Overwrite mesh.yaml.")] = False,
         stdout: Annotated[bool, typer.Option("--stdout", help="Print, do not write.")] = False,
@@ -142,7 +189,7 @@ def register(app: typer.Typer) -> None:
 
           localmesh init --stdout | less
         """
-        project = _project(files, env_files, project_name, profiles, required=True)
+        project = compose.load(required=True)
         assert project is not None
         image_ports = _image_ports(project)
         text = render_inferred(project, image_ports)
@@ -166,13 +213,11 @@ def register(app: typer.Typer) -> None:
         console.print("next: edit it, then `localmesh validate`", highlight=False)
 
     @app.command("validate")
+    @compose_options
     def _validate(
         *,
+        compose: ComposeArgs,
         mesh: MeshIn = None,
-        files: Files = None,
-        env_files: EnvFiles = None,
-        project_name: ProjectName = None,
-        profiles: Profiles = None,
         no_compose: NoCompose = False,
         as_json: Json = False,
     ) -> None:
@@ -191,8 +236,7 @@ def register(app: typer.Typer) -> None:
         """
         project: ComposeProject | None = None
         try:  # a broken compose file is a ConfigError too, with its own positions
-            if not no_compose:
-                project = _project(files, env_files, project_name, profiles, required=bool(files))
+            project = _checked_project(compose, no_compose)
             config, path = _load(mesh, project)
         except ConfigError as exc:
             if not as_json:
@@ -208,13 +252,11 @@ def register(app: typer.Typer) -> None:
         console.print(f"[green]valid[/]: {what}: {_summary(config)}", highlight=False)
 
     @app.command("analyze")
+    @compose_options
     def _analyze(
         *,
+        compose: ComposeArgs,
         mesh: MeshIn = None,
-        files: Files = None,
-        env_files: EnvFiles = None,
-        project_name: ProjectName = None,
-        profiles: Profiles = None,
         no_compose: NoCompose = False,
         as_json: Json = False,
     ) -> None:
@@ -230,28 +272,12 @@ def register(app: typer.Typer) -> None:
 
           localmesh analyze --json | jq -r '.findings[].code'
         """
-        project = (
-            None
-            if no_compose
-            else _project(files, env_files, project_name, profiles, required=bool(files))
-        )
+        project = _checked_project(compose, no_compose)
         config, path = _load(mesh, project)
         findings = analyze(config, project)
         if as_json:
             print_json(
-                {
-                    "mesh": str(path) if path else None,
-                    "findings": [
-                        {
-                            "code": f.code,
-                            "message": f.message,
-                            "file": f.position.file if f.position else None,
-                            "line": f.position.line if f.position else None,
-                            "column": f.position.column if f.position else None,
-                        }
-                        for f in findings
-                    ],
-                }
+                {"mesh": str(path) if path else None, "findings": [f.as_dict() for f in findings]}
             )
             return
         if not findings:

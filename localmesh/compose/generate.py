@@ -19,7 +19,6 @@ compose file is written, Compose itself must accept it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from localmesh.ca.authority import CertificateAuthority
 from localmesh.ca.containers import ingress_cert_names, write_container_certs
 from localmesh.compose import emit, engine, image
 from localmesh.compose.addresses import parse_subnet
-from localmesh.compose.plan import MeshPlan
+from localmesh.compose.plan import MeshPlan, stable_json
 from localmesh.compose.planner import EngineFacts, make_plan, relative_position
 from localmesh.compose.project import ComposeProject, compose_command, load_project
 from localmesh.compose.rewrite import MeshService, rewrite
@@ -139,7 +138,7 @@ def generate(
         state / ".gitignore", "# localmesh generate's output: secrets and keys, never commit\n*\n"
     )
     changed = False
-    changed |= _write(spec.project_file, json.dumps(project.model, indent=2, sort_keys=True) + "\n")
+    changed |= _write(spec.project_file, stable_json(project.model))
     changed |= _write(spec.plan_file, plan.to_json())
     changed |= _write(compose_file, text)
     return GenerateResult(

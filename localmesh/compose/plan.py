@@ -146,11 +146,11 @@ class MeshPlan:
             },
             "clients": {c.service: {"reach": list(c.reach)} for c in self.clients},
             "unmeshed": {u.service: u.reason for u in self.unmeshed},
-            "warnings": [_finding_dict(w) for w in self.warnings],
+            "warnings": [w.as_dict() for w in self.warnings],
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return stable_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeshPlan:
@@ -209,15 +209,9 @@ class MeshPlan:
             ) from None
 
 
-def _finding_dict(f: Finding) -> dict[str, Any]:
-    pos = f.position
-    return {
-        "code": f.code,
-        "message": f.message,
-        "file": pos.file if pos else None,
-        "line": pos.line if pos else None,
-        "column": pos.column if pos else None,
-    }
+def stable_json(data: Any) -> str:
+    """Sorted keys, two-space indent, trailing newline: the same data is the same bytes."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def _finding(d: dict[str, Any]) -> Finding:

@@ -428,6 +428,23 @@ class _Reader:
                     out[name] = value
         return out
 
+    def record(
+        self,
+        node: Node,
+        path: str,
+        readers: dict[str, Callable[[Node, str], object]],
+        required: Sequence[str] = (),
+        what: str = "a mapping",
+    ) -> tuple[dict[str, tuple[Scalar, Node]], dict[str, object]] | None:
+        """A mapping with the keys ``readers`` reads, all or nothing: its fields (for
+        positions) and their values, or None when it is not one, misses a required key or
+        has a bad value (each problem recorded)."""
+        fields = self.mapping(node, path, tuple(readers), required, what)
+        if fields is None or any(name not in fields for name in required):
+            return None
+        got = self.each(fields, path, readers)
+        return (fields, got) if len(got) == len(fields) else None
+
 
 # ---------------------------------------------------------------------------------------
 # sections
@@ -597,59 +614,18 @@ def _read_service(
         got["routes"] = _read_routes(
             r, fields["routes"][1], f"{path}.routes", owner=name, l7_uses=draft.route_keys
         )
-    if "load_balancer" in fields:
-        lb = _read_lb(r, fields["load_balancer"][1], f"{path}.load_balancer")
-        if lb is not None:
-            got["load_balancer"] = lb
-    if "connection_pool" in fields:
-        pool = _read_pool(r, fields["connection_pool"][1], f"{path}.connection_pool")
-        if pool is not None:
-            got["connection_pool"] = pool
-    if "outlier_detection" in fields:
-        od_node = fields["outlier_detection"][1]
-        if r.optional_off(od_node):
-            got["outlier_detection"] = None
-        else:
-            od = _read_outlier(r, od_node, f"{path}.outlier_detection")
-            if od is not None:
-                got["outlier_detection"] = od
-    if "health_check" in fields:
-        hc_node = fields["health_check"][1]
-        if not r.optional_off(hc_node):
-            draft.health_at = fields["health_check"][0].position
-            hc = _read_health(r, hc_node, f"{path}.health_check")
-            if hc is not None:
-                got["health_check"] = hc
-    if "tls" in fields:
-        tls = _read_tls(r, fields["tls"][1], f"{path}.tls")
-        if tls is not None:
-            got["tls"] = tls
-    if "rate_limit" in fields:
-        rl_node = fields["rate_limit"][1]
-        if not r.optional_off(rl_node):
-            rl = _read_rate_limit(r, rl_node, f"{path}.rate_limit")
-            if rl is not None:
-                got["rate_limit"] = rl
-    if "limits" in fields:
-        limits = _read_limits(r, fields["limits"][1], f"{path}.limits")
-        if limits is not None:
-            got["limits"] = limits
-    if "timeout" in fields:
-        t_node = fields["timeout"][1]
-        if r.optional_off(t_node):
-            got["timeout"] = None
-        else:
-            timeout = r.duration(t_node, f"{path}.timeout")
-            if timeout is not None:
-                got["timeout"] = timeout
-    if "retries" in fields:
-        rt_node = fields["retries"][1]
-        if r.optional_off(rt_node):
-            got["retries"] = None
-        else:
-            retries = _read_retries(r, rt_node, f"{path}.retries")
-            if retries is not None:
-                got["retries"] = retries
+    if "health_check" in fields and not r.optional_off(fields["health_check"][1]):
+        draft.health_at = fields["health_check"][0].position
+    for section, read, can_be_off in _SERVICE_SECTIONS:
+        if section not in fields:
+            continue
+        value_node = fields[section][1]
+        if can_be_off and r.optional_off(value_node):
+            got[section] = None
+            continue
+        value = read(r, value_node, f"{path}.{section}")
+        if value is not None:
+            got[section] = value
     draft.service = dataclasses.replace(draft.service, **got)  # type: ignore[arg-type]
     return draft
 
@@ -821,11 +797,8 @@ def _read_lb(r: _Reader, node: Node, path: str) -> LoadBalancer | None:
             )
             return None
         return LoadBalancer(policy) if policy is not None else None
-    fields = r.mapping(node, path, ("policy", "hash_on", "hash_key"))
-    if fields is None:
-        return None
-    got = r.each(
-        fields,
+    read = r.record(
+        node,
         path,
         {
             "policy": lambda n, p: _enum(r, n, p, LbPolicy),
@@ -833,8 +806,9 @@ def _read_lb(r: _Reader, node: Node, path: str) -> LoadBalancer | None:
             "hash_key": r.string,
         },
     )
-    if len(got) != len(fields):
+    if read is None:
         return None
+    fields, got = read
     lb = LoadBalancer(**got)  # type: ignore[arg-type]
     if lb.policy is LbPolicy.CONSISTENT_HASH:
         if lb.hash_on is None:
@@ -866,21 +840,8 @@ def _read_lb(r: _Reader, node: Node, path: str) -> LoadBalancer | None:
 
 
 def _read_pool(r: _Reader, node: Node, path: str) -> ConnectionPool | None:
-    fields = r.mapping(
+    read = r.record(
         node,
-        path,
-        (
-            "max_connections",
-            "max_pending_requests",
-            "max_requests_per_connection",
-            "connect_timeout",
-            "idle_timeout",
-        ),
-    )
-    if fields is None:
-        return None
-    got = r.each(
-        fields,
         path,
         {
             "max_connections": lambda n, p: r.integer(n, p, 1),
@@ -890,26 +851,12 @@ def _read_pool(r: _Reader, node: Node, path: str) -> ConnectionPool | None:
             "idle_timeout": r.duration,
         },
     )
-    return ConnectionPool(**got) if len(got) == len(fields) else None  # type: ignore[arg-type]
+    return ConnectionPool(**read[1]) if read else None  # type: ignore[arg-type]
 
 
 def _read_outlier(r: _Reader, node: Node, path: str) -> OutlierDetection | None:
-    fields = r.mapping(
+    read = r.record(
         node,
-        path,
-        (
-            "consecutive_5xx",
-            "consecutive_gateway_errors",
-            "interval",
-            "base_ejection_time",
-            "max_ejection_percent",
-        ),
-        what="a mapping, or false to turn outlier detection off",
-    )
-    if fields is None:
-        return None
-    got = r.each(
-        fields,
         path,
         {
             "consecutive_5xx": lambda n, p: r.integer(n, p, 1),
@@ -918,28 +865,14 @@ def _read_outlier(r: _Reader, node: Node, path: str) -> OutlierDetection | None:
             "base_ejection_time": r.duration,
             "max_ejection_percent": r.percent,
         },
+        what="a mapping, or false to turn outlier detection off",
     )
-    return OutlierDetection(**got) if len(got) == len(fields) else None  # type: ignore[arg-type]
+    return OutlierDetection(**read[1]) if read else None  # type: ignore[arg-type]
 
 
 def _read_health(r: _Reader, node: Node, path: str) -> HealthCheck | None:
-    fields = r.mapping(
+    read = r.record(
         node,
-        path,
-        (
-            "kind",
-            "path",
-            "interval",
-            "timeout",
-            "unhealthy_threshold",
-            "healthy_threshold",
-        ),
-        what="a mapping, or false for no active health check",
-    )
-    if fields is None:
-        return None
-    got = r.each(
-        fields,
         path,
         {
             "kind": lambda n, p: _enum(r, n, p, HealthCheckKind),
@@ -949,9 +882,11 @@ def _read_health(r: _Reader, node: Node, path: str) -> HealthCheck | None:
             "unhealthy_threshold": lambda n, p: r.integer(n, p, 1),
             "healthy_threshold": lambda n, p: r.integer(n, p, 1),
         },
+        what="a mapping, or false for no active health check",
     )
-    if len(got) != len(fields):
+    if read is None:
         return None
+    fields, got = read
     got.setdefault("kind", HealthCheckKind.HTTP)
     hc = HealthCheck(**got)  # type: ignore[arg-type]
     if hc.kind is HealthCheckKind.TCP and "path" in fields:
@@ -986,11 +921,8 @@ def _read_tls(r: _Reader, node: Node, path: str) -> UpstreamTLS | None:
     if isinstance(node, Scalar):
         mode = _enum(r, node, path, TLSMode)
         return UpstreamTLS(mode) if mode is not None else None
-    fields = r.mapping(node, path, ("mode", "ca_file", "sni"))
-    if fields is None:
-        return None
-    got = r.each(
-        fields,
+    read = r.record(
+        node,
         path,
         {
             "mode": lambda n, p: _enum(r, n, p, TLSMode),
@@ -998,8 +930,9 @@ def _read_tls(r: _Reader, node: Node, path: str) -> UpstreamTLS | None:
             "sni": lambda n, p: _sni(r, n, p),
         },
     )
-    if len(got) != len(fields):
+    if read is None:
         return None
+    fields, got = read
     tls = UpstreamTLS(**got)  # type: ignore[arg-type]
     if tls.mode is TLSMode.DISABLE and (tls.ca_file or tls.sni):
         bad = "ca_file" if "ca_file" in fields else "sni"
@@ -1037,26 +970,20 @@ def _read_rate_limit(r: _Reader, node: Node, path: str) -> RateLimit | None:
             r.error(node, path, "rate must be greater than 0")
             return None
         return RateLimit(rps, max(1, math.ceil(rps)))
-    fields = r.mapping(
+    read = r.record(
         node,
-        path,
-        ("requests_per_second", "burst", "per_source"),
-        required=("requests_per_second",),
-        what="a rate: 100/s, or {requests_per_second: 100, burst: 200}",
-    )
-    if fields is None or "requests_per_second" not in fields:
-        return None
-    got = r.each(
-        fields,
         path,
         {
             "requests_per_second": lambda n, p: r.number(n, p, 0, above=True),
             "burst": lambda n, p: r.integer(n, p, 1),
             "per_source": r.boolean,
         },
+        required=("requests_per_second",),
+        what="a rate: 100/s, or {requests_per_second: 100, burst: 200}",
     )
-    if len(got) != len(fields):
+    if read is None:
         return None
+    got = read[1]
     rate = got["requests_per_second"]
     assert isinstance(rate, float)
     got.setdefault("burst", max(1, math.ceil(rate)))
@@ -1064,19 +991,8 @@ def _read_rate_limit(r: _Reader, node: Node, path: str) -> RateLimit | None:
 
 
 def _read_limits(r: _Reader, node: Node, path: str) -> Limits | None:
-    fields = r.mapping(
+    read = r.record(
         node,
-        path,
-        (
-            "max_request_headers_bytes",
-            "max_request_body_bytes",
-            "header_timeout",
-        ),
-    )
-    if fields is None:
-        return None
-    got = r.each(
-        fields,
         path,
         {
             "max_request_headers_bytes": r.size,
@@ -1084,8 +1000,9 @@ def _read_limits(r: _Reader, node: Node, path: str) -> Limits | None:
             "header_timeout": r.duration,
         },
     )
-    if len(got) != len(fields):
+    if read is None:
         return None
+    fields, got = read
     if got.get("max_request_headers_bytes") == 0:
         r.error(
             fields["max_request_headers_bytes"][1],
@@ -1173,6 +1090,25 @@ def _read_retries(r: _Reader, node: Node, path: str) -> RetryPolicy | None:
         )
         return None
     return policy
+
+
+def _read_timeout(r: _Reader, node: Node, path: str) -> float | None:
+    return r.duration(node, path)
+
+
+#: A service's settings read by one function each, in file-reading order; ``True``: false
+#: or null turns the feature off (the value becomes None).
+_SERVICE_SECTIONS: tuple[tuple[str, Callable[[_Reader, Node, str], object], bool], ...] = (
+    ("load_balancer", _read_lb, False),
+    ("connection_pool", _read_pool, False),
+    ("outlier_detection", _read_outlier, True),
+    ("health_check", _read_health, True),
+    ("tls", _read_tls, False),
+    ("rate_limit", _read_rate_limit, True),
+    ("limits", _read_limits, False),
+    ("timeout", _read_timeout, True),
+    ("retries", _read_retries, True),
+)
 
 
 # -- routes ----------------------------------------------------------------------------
@@ -1713,17 +1649,13 @@ def _read_fault(r: _Reader, node: Node, path: str) -> Fault | None:
             fixed = r.duration(dnode, dpath, allow_zero=True)
             delay = FaultDelay(fixed) if fixed is not None else None
         else:
-            df = r.mapping(dnode, dpath, ("fixed", "percent"), required=("fixed",))
-            if df is not None and "fixed" in df:
-                got = r.each(
-                    df,
-                    dpath,
-                    {
-                        "fixed": lambda n, p: r.duration(n, p, allow_zero=True),
-                        "percent": r.percent,
-                    },
-                )
-                delay = FaultDelay(**got) if len(got) == len(df) else None  # type: ignore[arg-type]
+            read = r.record(
+                dnode,
+                dpath,
+                {"fixed": lambda n, p: r.duration(n, p, allow_zero=True), "percent": r.percent},
+                required=("fixed",),
+            )
+            delay = FaultDelay(**read[1]) if read else None  # type: ignore[arg-type]
         ok &= delay is not None
     if "abort" in fields:
         anode, apath = fields["abort"][1], f"{path}.abort"
@@ -1731,17 +1663,13 @@ def _read_fault(r: _Reader, node: Node, path: str) -> Fault | None:
             status = r.integer(anode, apath, 200, 599)
             abort = FaultAbort(status) if status is not None else None
         else:
-            af = r.mapping(anode, apath, ("status", "percent"), required=("status",))
-            if af is not None and "status" in af:
-                got = r.each(
-                    af,
-                    apath,
-                    {
-                        "status": lambda n, p: r.integer(n, p, 200, 599),
-                        "percent": r.percent,
-                    },
-                )
-                abort = FaultAbort(**got) if len(got) == len(af) else None  # type: ignore[arg-type]
+            read = r.record(
+                anode,
+                apath,
+                {"status": lambda n, p: r.integer(n, p, 200, 599), "percent": r.percent},
+                required=("status",),
+            )
+            abort = FaultAbort(**read[1]) if read else None  # type: ignore[arg-type]
         ok &= abort is not None
     sources: tuple[str, ...] = ()
     if "sources" in fields:
@@ -1756,21 +1684,20 @@ def _read_mirror(r: _Reader, node: Node, path: str) -> Mirror | None:
             return None
         r.refs.append(_Ref(svc, node.position, path, needs_http=True))
         return Mirror(svc)
-    fields = r.mapping(node, path, ("service", "subset", "percent"), required=("service",))
-    if fields is None or "service" not in fields:
-        return None
-    svc_node = fields["service"][1]
-    got = r.each(
-        fields,
+    read = r.record(
+        node,
         path,
         {
             "service": lambda n, p: r.string(n, p, pattern=SERVICE_NAME),
             "subset": r.string,
             "percent": r.percent,
         },
+        required=("service",),
     )
-    if len(got) != len(fields):
+    if read is None:
         return None
+    fields, got = read
+    svc_node = fields["service"][1]
     mirror = Mirror(**got)  # type: ignore[arg-type]
     r.refs.append(
         _Ref(

@@ -88,6 +88,27 @@ def test_init_stdout_and_other_paths(project_dir: Path) -> None:
     assert (project_dir / "conf" / "mesh.yaml").is_file()
 
 
+def test_compose_options_reach_compose(project_dir: Path) -> None:
+    """-f, --env-file, -p and --profile mean what they mean to docker compose."""
+    (project_dir / "debug.yaml").write_text(
+        "services:\n  debug:\n    image: busybox\n    profiles: [debug]\n"
+        "    environment: {API: 'http://api:${API_PORT:?}'}\n"
+    )
+    (project_dir / "ports.env").write_text("API_PORT=8001\n")
+    args = ("-f", "compose.yaml", "-f", "debug.yaml", "--env-file", "ports.env")
+    plain = localmesh(project_dir, "init", "--stdout", *args)
+    assert plain.returncode == 0, plain.stderr
+    assert "  debug:" not in plain.stdout
+    done = localmesh(project_dir, "init", "--stdout", *args, "-p", "other", "--profile", "debug")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("# mesh.yaml for the compose project 'other'")
+    assert "  debug:" in done.stdout
+    assert "{port: 8001, protocol: http}   # from env:debug" in done.stdout
+    checked = localmesh(project_dir, "validate", "--json", *args, "--profile", "debug")
+    assert checked.returncode == 0, checked.stderr
+    assert "debug" in json.loads(checked.stdout)["services"]
+
+
 def test_init_without_a_compose_project_fails_cleanly(tmp_path: Path) -> None:
     done = localmesh(tmp_path, "init")
     assert done.returncode == 2
