@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import sys
@@ -58,11 +57,12 @@ DataPlaneFactory = Callable[[MeshMetrics, AccessLog], DataPlane]
 
 
 def default_dataplane(metrics: MeshMetrics, access_log: AccessLog) -> DataPlane:
-    """The real data plane, imported when the runtime starts (it pulls in the hot path),
-    inside the ingress gateway, which mirrors its API and adds the edge listeners."""
-    module = importlib.import_module("localmesh.runtime.ingress.gateway")
-    dataplane: DataPlane = module.IngressGateway(metrics, access_log)
-    return dataplane
+    """The real data plane inside the ingress gateway, which mirrors its API and adds the
+    edge listeners; imported here so CLI commands that only talk to the admin API do not
+    load the hot path (uvloop, httptools)."""
+    from localmesh.runtime.ingress.gateway import IngressGateway
+
+    return IngressGateway(metrics, access_log)
 
 
 CONTAINER_STATE_DIR = Path("/var/lib/localmesh")

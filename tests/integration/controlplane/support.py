@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from localmesh.runtime.app import RunOptions, Runtime
 
@@ -101,15 +100,3 @@ class Load:
             finally:
                 self._stop.set()
                 await asyncio.gather(*tasks)
-
-
-def _dataplane_landed() -> bool:
-    from localmesh.runtime import dataplane
-
-    return hasattr(dataplane, "DataPlane")
-
-
-#: Until issue 5's DataPlane exists these tests cannot run; remove once it has landed.
-needs_dataplane = pytest.mark.skipif(
-    not _dataplane_landed(), reason="localmesh.runtime.dataplane.DataPlane has not landed yet"
-)

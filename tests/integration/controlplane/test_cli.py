@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.controlplane.support import needs_dataplane
 from tests.support.services import HttpBackend, free_port, run_http_backend
 
 LOCALMESH = [sys.executable, "-m", "localmesh.cli.main"]
@@ -75,7 +74,6 @@ def backend() -> Iterator[HttpBackend]:
         yield b
 
 
-@needs_dataplane
 def test_run_serves_reloads_on_sighup_and_stops_cleanly(
     tmp_path: Path, backend: HttpBackend
 ) -> None:

@@ -20,14 +20,11 @@ from tests.integration.controlplane.support import (
     Load,
     admin_url,
     listener_url,
-    needs_dataplane,
     running,
     until,
     write_atomic,
 )
 from tests.support.services import HttpBackend, free_port, run_http_backend
-
-pytestmark = needs_dataplane
 
 MESH = """\
 mesh:

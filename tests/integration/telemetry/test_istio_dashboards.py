@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from localmesh.runtime.app import Runtime
-from tests.integration.controlplane.support import admin_url, needs_dataplane, running
+from tests.integration.controlplane.support import admin_url, running
 from tests.integration.telemetry import promql
 from tests.integration.telemetry.istio_dashboards import QUERIES, Query
 from tests.support.services import HttpBackend, Redis, free_port, run_http_backend
@@ -187,7 +187,6 @@ def test_the_selector_helper_reads_dashboard_queries() -> None:
     assert len(QUERIES) > 40
 
 
-@needs_dataplane
 async def test_istio_dashboards_return_data_for_http_and_tcp_traffic(
     tmp_path: Path, backend: HttpBackend, redis_server: Redis
 ) -> None:
