@@ -247,17 +247,7 @@ class HttpDownstream(asyncio.Protocol):
         view = self.ctx.view
         if view is not self._view:
             self._adopt(view)
-        parser = self._parser
-        ex = Exchange(
-            self,
-            view,
-            method=parser.get_method(),
-            url=self._url,
-            headers=self._headers,
-            http11=parser.get_http_version() == "1.1",
-            keep_alive=parser.should_keep_alive(),
-            hbytes=self._hbytes,
-        )
+        ex = Exchange(self, view, self._parser)
         self._current = ex
         if self._active is None:
             self._active = ex
@@ -459,26 +449,18 @@ class Exchange:
     _backoff_timer: asyncio.TimerHandle | None = None
 
     def __init__(
-        self,
-        down: HttpDownstream,
-        view: ListenerView,
-        *,
-        method: bytes,
-        url: bytes,
-        headers: Headers,
-        http11: bool,
-        keep_alive: bool,
-        hbytes: int,
+        self, down: HttpDownstream, view: ListenerView, parser: httptools.HttpRequestParser
     ) -> None:
+        """A request whose head ``parser`` has just parsed on ``down``."""
         self.down = down
         self.view = view
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.http11 = http11
-        self.keep_alive = keep_alive
+        self.method = method = parser.get_method()
+        self.url = down._url
+        self.headers = down._headers
+        self.http11 = parser.get_http_version() == "1.1"
+        self.keep_alive = parser.should_keep_alive()
         self.head_only = method == b"HEAD"
-        self.req_bytes = hbytes
+        self.req_bytes = down._hbytes
         self.unsent: list[bytes] = []
         self.wire: list[bytes] | None = []  # everything sent upstream, while replayable
         self.out: list[bytes] = []
@@ -1207,7 +1189,6 @@ class Exchange:
             route = self.route
             record = {
                 "time": ctx.wall_time(self.started),
-                "protocol": "http",
                 "source": caller.name if caller is not None else "unknown",
                 "destination": destination,
                 "route": route.name if route is not None else None,

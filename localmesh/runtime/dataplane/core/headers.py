@@ -12,6 +12,7 @@ one trace. A missing ``x-request-id`` is generated (UUID-shaped, like Envoy's).
 from __future__ import annotations
 
 import random
+from binascii import hexlify
 from collections.abc import Sequence
 
 from localmesh.config.model import HeaderOps
@@ -67,18 +68,19 @@ class TraceIds:
     span id, request id): no syscall, one formatting, slices after that.
     """
 
-    __slots__ = ("_bits",)
+    __slots__ = ("_random_bytes",)
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._bits = (rng or random.Random()).getrandbits
+        self._random_bytes = (rng or random.Random()).randbytes
 
     def _draw(self) -> bytes:
-        return b"%048x" % (self._bits(192) | 1)
+        """48 random hex digits: a trace id (32) and a span id (16)."""
+        return hexlify(self._random_bytes(24))
 
     @staticmethod
     def _uuid(h: bytes) -> bytes:
         """A version-4-shaped UUID from 32 hex digits."""
-        return b"%s-%s-4%s-a%s-%s" % (h[:8], h[8:12], h[13:16], h[17:20], h[20:32])
+        return b"-".join((h[:8], h[8:12], b"4" + h[13:16], b"a" + h[17:20], h[20:32]))
 
     def request_id(self) -> bytes:
         return self._uuid(self._draw())

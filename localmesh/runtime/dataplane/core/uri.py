@@ -36,9 +36,10 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     if hash_at >= 0:
         target = target[:hash_at]
     q = target.find(b"?")
-    if q < 0:
-        return normalize_path(target), b""
-    return normalize_path(target[:q]), target[q + 1 :]
+    path, query = (target, b"") if q < 0 else (target[:q], target[q + 1 :])
+    if b"%" in path or b"//" in path or b"/." in path:
+        path = normalize_path(path)
+    return path, query
 
 
 def normalize_path(path: bytes) -> bytes:
