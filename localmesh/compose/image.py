@@ -35,6 +35,7 @@ import docker.errors
 
 import localmesh
 from localmesh.ca.files import localmesh_home
+from localmesh.compose import templates
 from localmesh.errors import DockerError
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
@@ -56,11 +57,6 @@ class BuildProgress(Protocol):
     def phase(self, text: str) -> None: ...
 
     def step(self, done: int, total: int, text: str) -> None: ...
-
-
-def templates_dir() -> Path:
-    """``compose-templates/`` beside the package (a source checkout or editable install)."""
-    return Path(localmesh.__file__).resolve().parent.parent / "compose-templates"
 
 
 def cache_dir() -> Path:
@@ -158,7 +154,7 @@ def image_recipe(base: str | None = None) -> ImageRecipe:
     wheel_name, wheel = package_wheel()
     return ImageRecipe(
         base=base_image(base),
-        dockerfile=(templates_dir() / "Dockerfile").read_bytes(),
+        dockerfile=(templates.templates_dir() / "Dockerfile").read_bytes(),
         requirements=pinned_requirements(dist.requires or ()),
         wheel_name=wheel_name,
         wheel=wheel,

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from localmesh.compose.plan import MeshPlan
 from localmesh.compose.project import ComposeProject
 from localmesh.config import infer_mesh, load_mesh_file
+from localmesh.config.ports import image_ref
 from localmesh.errors import ConfigError, Problem
 from localmesh.runtime.container import load_plan
 from localmesh.runtime.controlplane.compile import Inputs
@@ -54,9 +56,11 @@ class ContainerSource:
         plan = load_plan(self.plan_path)
         project = load_project_json(self.project_path)
         if self.mesh_path is not None:
-            config = load_mesh_file(self.mesh_path, project)
+            config = load_mesh_file(
+                self.mesh_path, project, image_ports=plan_image_ports(plan, project)
+            )
         else:
-            config = infer_mesh(project)
+            config = infer_mesh(project, plan_image_ports(plan, project))
         config = with_isolation(config, plan)
         files = {*self.paths(), *(p.absolute() for p in config_files(config))}
         inputs = Inputs(
@@ -68,6 +72,23 @@ class ContainerSource:
             else None,
         )
         return Loaded(inputs, tuple(sorted(files)))
+
+
+def plan_image_ports(plan: MeshPlan, project: ComposeProject) -> dict[str, list[str]]:
+    """The image EXPOSE lists ``generate`` saw on the host, rebuilt from the plan.
+
+    The mesh container cannot ask the engine; without these, a port known only from an
+    image would get no listener on its VIP (and, not being unknown, no intercept either).
+    """
+    out: dict[str, list[str]] = {}
+    services = project.services()
+    for upstream in plan.upstreams:
+        svc = services.get(upstream.service)
+        ref = image_ref(project.name, upstream.service, svc) if svc is not None else None
+        exposed = [f"{p.port}/tcp" for p in upstream.ports if "image" in p.sources]
+        if ref is not None and exposed:
+            out.setdefault(ref, []).extend(exposed)
+    return out
 
 
 def load_project_json(path: Path) -> ComposeProject:

@@ -89,3 +89,32 @@ def test_a_missing_or_broken_project_file_is_a_config_error(tmp_path: Path) -> N
     (tmp_path / "project.json").write_text("[1]")
     with pytest.raises(ConfigError, match="is not a compose project"):
         source.load()
+
+
+def test_a_port_known_only_from_the_image_gets_its_listener(tmp_path: Path) -> None:
+    # Inside the mesh container the engine cannot be asked for EXPOSE: the plan carries it.
+    project = {"name": "shop", "services": {"search": {"image": "acme/search:1"}}}
+    plan = MeshPlan(
+        project="shop",
+        network=MeshNetwork(
+            "localmesh",
+            "shop_localmesh",
+            "10.240.0.0/24",
+            "10.240.0.1",
+            "10.240.0.2",
+            "10.240.0.128/25",
+            "10.240.0.16/28",
+        ),
+        published=PublishedPorts(admin=15000),
+        upstreams=(
+            Upstream(
+                "search", "10.240.0.140", ("search",), (PlanPort(7700, Protocol.HTTP, ("image",)),)
+            ),
+        ),
+    )
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    (tmp_path / "project.json").write_text(json.dumps(project))
+    source = ContainerSource(tmp_path / "plan.json", tmp_path / "project.json", None, 15001)
+    snap = compile_snapshot(source.load().inputs, version=1, origin="t")
+    binds = {(lst.name, lst.bind_host, lst.bind_port) for lst in snap.listeners}
+    assert ("search:7700", "10.240.0.140", 7700) in binds
