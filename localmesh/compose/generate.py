@@ -10,6 +10,7 @@ workload certificates, then writes into the state directory (``.localmesh/`` by 
     plan.json      the MeshPlan the mesh container reads (0600)
     project.json   Compose's normalised project, for the mesh container (0600)
     certs/         trust bundle and one identity per meshed service (localmesh/ca)
+    runtime/       the mesh container's own state (last known good config), read-write
 
 Files are replaced atomically and only when their bytes change, so a second run with the
 same inputs touches nothing and ``docker compose up`` recreates nothing. Before the
@@ -48,6 +49,7 @@ COMPOSE_FILE = "compose.yaml"
 PLAN_FILE = "plan.json"
 PROJECT_FILE = "project.json"
 CERTS_DIR = "certs"
+RUNTIME_DIR = "runtime"
 MESH_FILE = "mesh.yaml"
 TEMPLATE = "mesh-service.yaml"
 
@@ -110,6 +112,7 @@ def generate(
     )
     planned = dataclasses.replace(planned, plan=plan)
     files.ensure_private_dir(state)
+    files.ensure_private_dir(state / RUNTIME_DIR)
     ca, ca_created = CertificateAuthority.init()
     certs = write_container_certs(
         ca,
@@ -127,6 +130,7 @@ def generate(
         plan_file=state / PLAN_FILE,
         project_file=state / PROJECT_FILE,
         certs_dir=state / CERTS_DIR,
+        runtime_dir=state / RUNTIME_DIR,
         mesh_file=mesh_file,
         sources=tuple(_relative(f, cwd) for f in project.files),
         profiles=tuple(options.profiles),

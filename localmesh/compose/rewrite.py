@@ -27,6 +27,7 @@ from localmesh.compose.project import GENERATED_MARKER
 CONTAINER_PLAN = "/etc/localmesh/plan.json"
 CONTAINER_PROJECT = "/etc/localmesh/project.json"
 CONTAINER_CERTS = "/etc/localmesh/certs"
+CONTAINER_STATE = "/var/lib/localmesh"  # runtime/app.py's CONTAINER_STATE_DIR
 #: mesh.yaml's directory, not the file: editors save by rename, and a single-file bind
 #: mount would keep showing the old inode, so live edits would never reach the mesh.
 CONTAINER_MESH_DIR = "/etc/localmesh/mesh.d"
@@ -43,6 +44,7 @@ class MeshService:
     plan_file: Path  # host paths, absolute
     project_file: Path
     certs_dir: Path
+    runtime_dir: Path  # the mesh's writable state: last known good config survives restarts
     mesh_file: Path | None
     sources: tuple[str, ...]  # the user's compose files, relative to the project
     profiles: tuple[str, ...]
@@ -129,14 +131,14 @@ def _client(
     return out
 
 
-def _bind(source: Path, target: str) -> dict[str, Any]:
+def _bind(source: Path, target: str, *, read_only: bool = True) -> dict[str, Any]:
     # create_host_path false: a missing source is an error at `up`, not an empty directory
     # Docker would create where the CA later needs to write.
     return {
         "type": "bind",
         "source": str(source),
         "target": target,
-        "read_only": True,
+        "read_only": read_only,
         "bind": {"create_host_path": False},
     }
 
@@ -166,6 +168,7 @@ def _mesh_service(model: Mapping[str, Any], planned: Planned, mesh: MeshService)
         _bind(mesh.plan_file, CONTAINER_PLAN),
         _bind(mesh.project_file, CONTAINER_PROJECT),
         _bind(mesh.certs_dir, CONTAINER_CERTS),
+        _bind(mesh.runtime_dir, CONTAINER_STATE, read_only=False),
     ]
     if mesh.mesh_file is not None:
         volumes.append(_bind(mesh.mesh_file.parent, CONTAINER_MESH_DIR))

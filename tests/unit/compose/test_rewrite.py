@@ -57,6 +57,7 @@ def run(mesh_file: Path | None = None, config: MeshConfig | None = None) -> dict
         plan_file=STATE / "plan.json",
         project_file=STATE / "project.json",
         certs_dir=STATE / "certs",
+        runtime_dir=STATE / "runtime",
         mesh_file=mesh_file,
         sources=("compose.yaml",),
         profiles=(),
@@ -117,10 +118,11 @@ def test_mesh_service_from_the_template() -> None:
     # every user network except host/none drivers, and a fixed address on its own
     assert list(mesh["networks"]) == ["localmesh", "default"]
     assert mesh["networks"]["localmesh"]["ipv4_address"].endswith(".2")
-    assert {v["target"] for v in mesh["volumes"]} == {
-        "/etc/localmesh/plan.json",
-        "/etc/localmesh/project.json",
-        "/etc/localmesh/certs",
+    assert {v["target"]: v["read_only"] for v in mesh["volumes"]} == {
+        "/etc/localmesh/plan.json": True,
+        "/etc/localmesh/project.json": True,
+        "/etc/localmesh/certs": True,
+        "/var/lib/localmesh": False,  # last known good survives a restart of the container
     }
     assert "@" not in repr(mesh)  # every template token filled in
 
