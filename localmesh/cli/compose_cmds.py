@@ -17,12 +17,8 @@ from rich.table import Table
 
 from localmesh.cli.config_cmds import (
     ComposeArgs,
-    EnvFiles,
-    Files,
     Json,
     MeshIn,
-    Profiles,
-    ProjectName,
     compose_options,
 )
 from localmesh.cli.output import console, err_console, print_json
@@ -153,13 +149,11 @@ Timeout = Annotated[
 Volumes = Annotated[bool, typer.Option("-v", "--volumes", help="Also remove named volumes.")]
 
 
+@compose_options
 def _up(
-    ctx: typer.Context,
     *,
-    files: Files = None,
-    env_files: EnvFiles = None,
-    project_name: ProjectName = None,
-    profiles: Profiles = None,
+    ctx: typer.Context,
+    compose: ComposeArgs,
     mesh: MeshIn = None,
     output: Output = None,
     base_image: BaseImage = None,
@@ -180,10 +174,10 @@ def _up(
     """
     options = lifecycle.UpOptions(
         generate=GenerateOptions(
-            files=tuple(files or ()),
-            env_files=tuple(env_files or ()),
-            project_name=project_name,
-            profiles=tuple(profiles or ()),
+            files=compose.files,
+            env_files=compose.env_files,
+            project_name=compose.project_name,
+            profiles=compose.profiles,
             mesh_file=mesh,
             output=output,
             base_image=base_image,
