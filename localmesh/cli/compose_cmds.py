@@ -188,8 +188,8 @@ def _up(
     )
     with RichUi(console) as ui:
         result = lifecycle.up(options, ui)
-    _print_up(result)
     if detach:
+        _print_up(result)
         console.print("stop it with [bold]localmesh down[/]")
         return
     _follow(result)
@@ -302,8 +302,13 @@ def _print_up(result: lifecycle.UpResult) -> None:
 
 
 def _follow(result: lifecycle.UpResult) -> None:
-    """Show the live status until Ctrl-C, then stop the project (as `docker compose up` does)."""
+    """Show the live status until Ctrl-C, then stop the project (as `docker compose up` does).
+
+    The banner is inside the ``try``: a Ctrl-C that lands while it prints must stop the
+    project too, not leave it running behind an exit code.
+    """
     try:
+        _print_up(result)
         with Live(_status_table(result.containers), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(2)

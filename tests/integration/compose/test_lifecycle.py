@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,3 +172,45 @@ def test_down_without_up_says_there_is_nothing_to_stop(tmp_path: Path, home: Pat
     run = localmesh(tmp_path, "down")
     assert run.code == 2
     assert "nothing to stop: .localmesh/compose.yaml does not exist" in run.err
+
+
+def test_foreground_up_follows_until_ctrl_c_then_stops_the_project(
+    tmp_path: Path, home: Path, docker_engine: str
+) -> None:
+    name = f"lmfg{secrets.token_hex(3)}"
+    admin = free_port()
+    root = write_project(
+        tmp_path / "p", name, docker_engine, mesh=f"mesh:\n  name: {name}\n  admin_port: {admin}\n"
+    )
+    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*LOCALMESH, "up"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + 240
+        while b" is up in " not in seen:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, seen.decode(errors="replace")
+            seen += line
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+        assert proc.poll() is None  # still following after the project is ready
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+        output = (seen + rest).decode(errors="replace")
+        assert proc.returncode == 0, output
+        assert "stopped; `localmesh down` removes the containers and networks" in output
+        running = subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={name}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert running == []
+        assert project_containers(name) != []  # stopped, not removed: `down` does that
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        down = localmesh(root, "down")
+    assert down.code == 0, down.err
+    assert project_containers(name) == []
