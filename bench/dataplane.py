@@ -10,18 +10,23 @@ Starts, on loopback:
   for nginx, Redis and Postgres;
 - **localmesh** in host mode (``bench/mesh_server.py``): the data plane with metrics and
   access logging on (written to /dev/null by the runtime's flush task), 10 routes on the
-  HTTP service, the same upstreams as HAProxy.
+  HTTP service, the same upstreams as HAProxy;
+- **the ceiling** (``bench/baseline_proxy.py``): a featureless uvloop + httptools
+  keep-alive proxy, so the report can tell the interpreter's share of the HTTP gap from
+  the features'.
 
-Both proxies are pinned to CPU 0 (``taskset``, when there are 2+ CPUs); backends and load
+The proxies are pinned to CPU 0 (``taskset``, when there are 2+ CPUs); backends and load
 generators share CPU 1. Then, per round and for each path (direct, HAProxy, localmesh):
 
-- ``wrk -t1 -c50 --latency`` through the HTTP hop and through the TCP relay;
+- ``wrk -t1 -c50 --latency`` through the HTTP hop (also through the ceiling) and through
+  the TCP relay;
 - ``redis-benchmark -t get,set -c 50`` (requests/s of GET and SET);
 - ``pgbench -S -c 10 -j 1`` (read-only TPS);
 
 and, for localmesh alone: HTTP req/s with 1000 routes against 10 (a second instance),
-the access log off, and the RSS of an instance configured with 20 services. The best
-round is reported with the ratios localmesh/HAProxy.
+the access log off, and the RSS of an instance configured with 20 services. The median
+of the rounds is reported (with the spread) and the ratios localmesh/HAProxy; ``--only``
+runs a subset (e.g. ``--only http,postgres``) for quick comparisons.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -249,9 +255,10 @@ def mesh(procs: Procs, cpu: list[str], *args: str) -> Iterator[subprocess.Popen[
 
 def measure(args: argparse.Namespace) -> dict[str, object]:
     proxy_cpu, other_cpu = cpus()
+    only = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="localmesh-bench-"))
     procs = Procs(tmp)
-    ports = {k: free_port() for k in ("nginx", "http", "tcp", "redis", "pg")}
+    ports = {k: free_port() for k in ("nginx", "http", "tcp", "redis", "pg", "baseline")}
     mesh_ports = {k: free_port() for k in ("http", "tcp", "redis", "pg", "http1000")}
     results: dict[str, object] = {"rounds": []}
     try:
@@ -273,6 +280,12 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                 )
             )  # fmt: skip
             procs.start("haproxy", [*proxy_cpu, "haproxy", "-f", str(hap)])
+            n = f"127.0.0.1:{ports['nginx']}"
+            procs.start(
+                "baseline",
+                [*proxy_cpu, PYTHON, str(ROOT / "bench" / "baseline_proxy.py"),
+                 str(ports["baseline"]), n],
+            )  # fmt: skip
             for port in ports.values():
                 wait_port(port)
             subprocess.run(
@@ -293,7 +306,6 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                 capture_output=True,
                 check=True,
             )
-            n = f"127.0.0.1:{ports['nginx']}"
             mesh_args = [
                 "--http", f"127.0.0.1:{mesh_ports['http']}={n}",
                 "--tcp", f"tcp:127.0.0.1:{mesh_ports['tcp']}={n}",
@@ -305,41 +317,53 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             with mesh(procs, proxy_cpu, *mesh_args):
                 for _ in range(args.rounds):
                     rnd: dict[str, object] = {}
-                    rnd["http"] = {
-                        "direct": wrk(ports["nginx"], d, other_cpu),
-                        "haproxy": wrk(ports["http"], d, other_cpu),
-                        "localmesh": wrk(mesh_ports["http"], d, other_cpu),
-                    }
-                    rnd["tcp"] = {
-                        "haproxy": wrk(ports["tcp"], d, other_cpu),
-                        "localmesh": wrk(mesh_ports["tcp"], d, other_cpu),
-                    }
-                    n_redis = int(10_000 * d)
-                    rnd["redis"] = {
-                        "direct": redis_bench(redis_server.port, n_redis, other_cpu),
-                        "haproxy": redis_bench(ports["redis"], n_redis, other_cpu),
-                        "localmesh": redis_bench(mesh_ports["redis"], n_redis, other_cpu),
-                    }
-                    rnd["postgres"] = {
-                        "direct": pgbench(pg.port, d, other_cpu),
-                        "haproxy": pgbench(ports["pg"], d, other_cpu),
-                        "localmesh": pgbench(mesh_ports["pg"], d, other_cpu),
-                    }
+                    if "http" in only:
+                        rnd["http"] = {
+                            "direct": wrk(ports["nginx"], d, other_cpu),
+                            "haproxy": wrk(ports["http"], d, other_cpu),
+                            "baseline": wrk(ports["baseline"], d, other_cpu),
+                            "localmesh": wrk(mesh_ports["http"], d, other_cpu),
+                        }
+                    if "tcp" in only:
+                        rnd["tcp"] = {
+                            "haproxy": wrk(ports["tcp"], d, other_cpu),
+                            "localmesh": wrk(mesh_ports["tcp"], d, other_cpu),
+                        }
+                    if "redis" in only:
+                        n_redis = int(10_000 * d)
+                        rnd["redis"] = {
+                            "direct": redis_bench(redis_server.port, n_redis, other_cpu),
+                            "haproxy": redis_bench(ports["redis"], n_redis, other_cpu),
+                            "localmesh": redis_bench(mesh_ports["redis"], n_redis, other_cpu),
+                        }
+                    if "postgres" in only:
+                        rnd["postgres"] = {
+                            "direct": pgbench(pg.port, d, other_cpu),
+                            "haproxy": pgbench(ports["pg"], d, other_cpu),
+                            "localmesh": pgbench(mesh_ports["pg"], d, other_cpu),
+                        }
                     results["rounds"].append(rnd)  # type: ignore[attr-defined]
-            extra: dict[str, object] = {}
-            http1000 = [
-                "--http", f"127.0.0.1:{mesh_ports['http1000']}={n}", "--routes", "1000",
-            ]  # fmt: skip
-            for _ in range(args.rounds):  # alternating instances, best of the rounds
-                with mesh(procs, proxy_cpu, *http1000):
-                    _keep_best(extra, "routes_1000", wrk(mesh_ports["http1000"], d, other_cpu))
-                with mesh(procs, proxy_cpu, *mesh_args[:2], "--routes", "10"):
-                    _keep_best(extra, "routes_10", wrk(mesh_ports["http"], d, other_cpu))
-                with mesh(procs, proxy_cpu, *mesh_args[:2], "--no-access-log"):
-                    _keep_best(extra, "access_log_off", wrk(mesh_ports["http"], d, other_cpu))
-            with mesh(procs, proxy_cpu, "--services", "20", "--routes", "10") as idle:
-                time.sleep(0.5)
-                extra["rss_kib_20_services"] = rss_kib(idle.pid)
+            extra: dict[str, list[object]] = {}
+            if "extra" in only:
+                http1000 = [
+                    "--http", f"127.0.0.1:{mesh_ports['http1000']}={n}", "--routes", "1000",
+                ]  # fmt: skip
+                for _ in range(args.rounds):  # alternating instances
+                    with mesh(procs, proxy_cpu, *http1000):
+                        extra.setdefault("routes_1000", []).append(
+                            wrk(mesh_ports["http1000"], d, other_cpu)
+                        )
+                    with mesh(procs, proxy_cpu, *mesh_args[:2], "--routes", "10"):
+                        extra.setdefault("routes_10", []).append(
+                            wrk(mesh_ports["http"], d, other_cpu)
+                        )
+                    with mesh(procs, proxy_cpu, *mesh_args[:2], "--no-access-log"):
+                        extra.setdefault("access_log_off", []).append(
+                            wrk(mesh_ports["http"], d, other_cpu)
+                        )
+                with mesh(procs, proxy_cpu, "--services", "20", "--routes", "10") as idle:
+                    time.sleep(0.5)
+                    extra["rss_kib_20_services"] = [rss_kib(idle.pid)]
             results["localmesh_only"] = extra
     finally:
         procs.stop()
@@ -348,57 +372,70 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     return results
 
 
-def _keep_best(into: dict[str, object], key: str, result: dict[str, float]) -> None:
-    old = into.get(key)
-    if old is None or result["rps"] > old["rps"]:  # type: ignore[index]
-        into[key] = result
+def median(rounds: list[dict[str, object]], kind: str, who: str, key: str) -> float:
+    return statistics.median(r[kind][who][key] for r in rounds)  # type: ignore[index]
 
 
-def best(rounds: list[dict[str, object]], kind: str, who: str, key: str) -> float:
-    return max(r[kind][who][key] for r in rounds)  # type: ignore[index]
+def spread(rounds: list[dict[str, object]], kind: str, who: str, key: str) -> str:
+    values = [r[kind][who][key] for r in rounds]  # type: ignore[index]
+    return f"{min(values):.0f}–{max(values):.0f}" if len(values) > 1 else ""
 
 
 def report(res: dict[str, object]) -> str:
     rounds: list[dict[str, object]] = res["rounds"]  # type: ignore[assignment]
     lines = [
-        "| path | direct | HAProxy | localmesh | localmesh/HAProxy |",
-        "|---|---:|---:|---:|---:|",
+        f"median of {len(rounds)} round(s); per-round range of localmesh in brackets",
+        "",
+        "| path | direct | HAProxy | ceiling | localmesh | localmesh/HAProxy |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
 
-    def row(label: str, kind: str, key: str, direct: bool = True) -> None:
-        h = best(rounds, kind, "haproxy", key)
-        m = best(rounds, kind, "localmesh", key)
-        dv = f"{best(rounds, kind, 'direct', key):.0f}" if direct else "-"
-        lines.append(f"| {label} | {dv} | {h:.0f} | {m:.0f} | **{m / h:.2f}x** |")
+    def row(label: str, kind: str, key: str) -> None:
+        if kind not in rounds[0]:
+            return
+        who = rounds[0][kind]  # type: ignore[index]
+        h = median(rounds, kind, "haproxy", key)
+        m = median(rounds, kind, "localmesh", key)
+        cells = [
+            f"{median(rounds, kind, w, key):.0f}" if w in who else "-"  # type: ignore[operator]
+            for w in ("direct", "haproxy", "baseline")
+        ]
+        rng = spread(rounds, kind, "localmesh", key)
+        lines.append(f"| {label} | {' | '.join(cells)} | {m:.0f} ({rng}) | **{m / h:.2f}x** |")
 
-    def lat(kind: str) -> str:
-        r = max(rounds, key=lambda x: x[kind]["localmesh"]["rps"])  # type: ignore[index]
-        h, m = r[kind]["haproxy"], r[kind]["localmesh"]  # type: ignore[index]
-        return (
-            f"{kind}: p50 HAProxy {h['p50_ms']:.2f} ms, localmesh {m['p50_ms']:.2f} ms; "
-            f"p99 HAProxy {h['p99_ms']:.2f} ms, localmesh {m['p99_ms']:.2f} ms "
-            f"(**{m['p99_ms'] / h['p99_ms']:.2f}x**)"
-        )
+    def lat(kind: str) -> None:
+        if kind not in rounds[0]:
+            return
+        p = {w: (median(rounds, kind, w, "p50_ms"), median(rounds, kind, w, "p99_ms"))
+             for w in rounds[0][kind]}  # type: ignore[union-attr]  # fmt: skip
+        text = ", ".join(f"{w} {p50:.2f} / {p99:.2f} ms" for w, (p50, p99) in p.items())
+        ratio = p["localmesh"][1] / p["haproxy"][1]
+        lines.append(f"{kind} p50 / p99: {text} (p99 localmesh/HAProxy **{ratio:.2f}x**)")
 
     row("HTTP hop, req/s (wrk -c50)", "http", "rps")
-    row("TCP relay, req/s (wrk -c50 through L4)", "tcp", "rps", direct=False)
+    row("TCP relay, req/s (wrk -c50 through L4)", "tcp", "rps")
     row("Redis GET/s (redis-benchmark -c50)", "redis", "get_rps")
     row("Redis SET/s", "redis", "set_rps")
     row("Postgres TPS (pgbench -S -c10)", "postgres", "tps")
-    extra: dict[str, object] = res["localmesh_only"]  # type: ignore[assignment]
-    r10, r1000 = extra["routes_10"], extra["routes_1000"]
-    off = extra["access_log_off"]
-    lines += [
-        "",
-        lat("http"),
-        "",
-        lat("tcp"),
-        "",
-        f"localmesh alone: 10 routes {r10['rps']:.0f} req/s, 1000 routes {r1000['rps']:.0f} "  # type: ignore[index]
-        f"req/s ({r1000['rps'] / r10['rps']:.2f}x); access log off {off['rps']:.0f} req/s; "  # type: ignore[index]
-        f"RSS with 20 services {int(extra['rss_kib_20_services']) / 1024:.1f} MiB",  # type: ignore[call-overload]
-        f"(proxies pinned to CPU 0: {res['pinned']})",
-    ]
+    lines.append("")
+    lat("http")
+    lat("tcp")
+    if "http" in rounds[0]:
+        ceiling = median(rounds, "http", "baseline", "rps")
+        mesh_rps = median(rounds, "http", "localmesh", "rps")
+        lines.append(f"HTTP: localmesh/ceiling **{mesh_rps / ceiling:.2f}x**")
+    extra: dict[str, list[dict[str, float]]] = res["localmesh_only"]  # type: ignore[assignment]
+    if extra:
+        r10 = statistics.median(r["rps"] for r in extra["routes_10"])
+        r1000 = statistics.median(r["rps"] for r in extra["routes_1000"])
+        off = statistics.median(r["rps"] for r in extra["access_log_off"])
+        rss = extra["rss_kib_20_services"][0]
+        lines.append(
+            f"localmesh alone: 10 routes {r10:.0f} req/s, 1000 routes {r1000:.0f} req/s "
+            f"({r1000 / r10:.2f}x); access log off {off:.0f} req/s; "
+            f"RSS with 20 services {int(rss) / 1024:.1f} MiB"  # type: ignore[call-overload]
+        )
+    lines.append(f"(proxies pinned to CPU 0: {res['pinned']})")
     return "\n".join(lines)
 
 
@@ -407,6 +444,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--only",
+        default="http,tcp,redis,postgres,extra",
+        help="comma-separated subset of http,tcp,redis,postgres,extra",
+    )
     args = parser.parse_args()
     for tool in ("nginx", "haproxy", "wrk", "redis-benchmark", "taskset"):
         if shutil.which(tool) is None:

@@ -4,8 +4,10 @@ Drives the real code path (llhttp parsing, routing, exchange, pooled upstream co
 metrics, access log) with in-memory transports: a request goes in as bytes, the upstream
 "receives" it and answers a fixed 12-byte response. Prints microseconds per request,
 stable enough to compare changes on a busy machine (wrk numbers are not).
+``--ceiling`` drives the featureless ``bench/baseline_proxy.py`` the same way: the
+interpreter's floor for one proxied request on this stack.
 
-    python bench/engine_cpu.py [--routes 10] [--requests 50000] [--no-access-log]
+    python bench/engine_cpu.py [--routes 10] [--requests 50000] [--no-access-log] [--ceiling]
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import io
 import time
 from typing import Any
 
+import baseline_proxy  # bench/ is on sys.path when run as a script
 import uvloop
-from mesh_server import routes_for  # bench/ is on sys.path when run as a script
+from mesh_server import routes_for
 
 from localmesh.config.model import (
     MeshConfig,
@@ -74,7 +77,39 @@ def build(routes: int) -> Snapshot:
     )
 
 
+def drive(down: Any, conn: Any, n: int, flush: Any) -> float:
+    """CPU seconds for ``n`` requests through ``down`` answered by ``conn``."""
+    for _ in range(1000):  # warm up
+        down.data_received(REQUEST)
+        conn.data_received(RESPONSE)
+    flush()
+    t0 = time.process_time()  # CPU time: other load on the machine does not count
+    for i in range(n):
+        down.data_received(REQUEST)
+        conn.data_received(RESPONSE)  # the upstream answers
+        if i % 1000 == 999:
+            flush()  # what the flush task does, on the same core
+    flush()
+    return time.process_time() - t0
+
+
+async def ceiling(n: int) -> None:
+    down = baseline_proxy.Downstream(("127.0.0.1", 9))
+    down_t = MemoryTransport()
+    down.transport = down_t  # type: ignore[assignment]
+    up = baseline_proxy.Upstream(down)
+    up_t = MemoryTransport()
+    up.connection_made(up_t)  # type: ignore[arg-type]
+    down.up = up
+    dt = drive(down, up, n, lambda: None)
+    print(f"{dt / n * 1e6:.1f} us/request (ceiling: bench/baseline_proxy.py)")
+    assert down_t.written == up_t.written == n + 1000, "requests did not all complete"
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.ceiling:
+        await ceiling(args.requests)
+        return
     snap = build(args.routes)
     svc = snap.config.services[0]
     cluster = ClusterRuntime(svc)
@@ -96,18 +131,7 @@ async def main(args: argparse.Namespace) -> None:
     host.idle.append(conn)
 
     n = args.requests
-    for _ in range(1000):  # warm up
-        down.data_received(REQUEST)
-        conn.data_received(RESPONSE)
-    log.flush()
-    t0 = time.process_time()  # CPU time: other load on the machine does not count
-    for i in range(n):
-        down.data_received(REQUEST)
-        conn.data_received(RESPONSE)  # the upstream answers
-        if i % 1000 == 999:
-            log.flush()  # what the flush task does, on the same core
-    log.flush()
-    dt = time.process_time() - t0
+    dt = drive(down, conn, n, log.flush)
     print(
         f"{dt / n * 1e6:.1f} us/request ({args.routes} routes, access log {not args.no_access_log})"
     )
@@ -119,4 +143,5 @@ if __name__ == "__main__":
     parser.add_argument("--routes", type=int, default=10)
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--no-access-log", action="store_true")
+    parser.add_argument("--ceiling", action="store_true", help="the featureless proxy instead")
     uvloop.run(main(parser.parse_args()))
