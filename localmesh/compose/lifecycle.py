@@ -396,6 +396,9 @@ def check_host_ports(client: Any, generated: GenerateResult) -> None:
         if port in held:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR as every server sets it: connections of a just-stopped mesh in
+            # TIME_WAIT must not count as "taken"; a listening socket still does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:

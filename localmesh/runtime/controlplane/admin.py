@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -31,6 +31,17 @@ from localmesh.runtime.telemetry import AccessLog, MeshMetrics
 
 Record = dict[str, Any]
 KEEPALIVE_SECONDS = 15.0
+
+
+def endpoint_health(endpoint: Mapping[str, Any]) -> str:
+    """One word for people and the CLI: ``ejected`` (outlier detection) wins over
+    ``unhealthy`` (active health checks); ``unknown`` before the data plane reports."""
+    if endpoint.get("ejected"):
+        return "ejected"
+    healthy = endpoint.get("healthy")
+    if healthy is None:
+        return "unknown"
+    return "healthy" if healthy else "unhealthy"
 
 
 class DataPlaneView(Protocol):
@@ -207,7 +218,7 @@ class AdminApi:
         for svc in snapshot.config.services:
             cluster = clusters.get(svc.name)
             endpoints = (
-                cluster.get("endpoints", [])
+                [{**ep, "health": endpoint_health(ep)} for ep in cluster.get("endpoints", [])]
                 if cluster
                 else [
                     {"address": e.address, "health": "unknown"}

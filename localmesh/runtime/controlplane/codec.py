@@ -143,8 +143,12 @@ def _strip_positions(data: Json) -> Json:
     return data
 
 
+# Model fields whose names look secret but hold settings (the PeerAuthentication mode).
+_NOT_SECRET = frozenset({"peer_auth"})
+
+
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
+    return name not in _NOT_SECRET and bool(_SECRET_NAME.search(name))
 
 
 def redact(data: Json) -> Json:

@@ -127,6 +127,7 @@ def test_a_user_network_whose_subnet_collides_is_named(
         "networks:\n"
         "  back:\n"
         f"    ipam: {{config: [{{subnet: '{taken_network}'}}]}}\n",
+        mesh=f"mesh:\n  name: {name}\n  admin_port: {free_port()}\n",
     )
     try:
         run = localmesh(root, "up", "-d", "--timeout", "60")

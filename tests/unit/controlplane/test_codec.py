@@ -57,3 +57,6 @@ def test_redact_hides_credential_headers_and_secret_keys_only() -> None:
     assert redact({"environment": {"POSTGRES_PASSWORD": "x", "PGUSER": "u"}}) == {
         "environment": {"POSTGRES_PASSWORD": REDACTED, "PGUSER": "u"}
     }
+    # a setting whose name looks secret is shown (it was redacted in /config)
+    assert doc["mesh"]["peer_auth"] == "permissive"
+    assert redact({"basic_auth": "u:p"}) == {"basic_auth": REDACTED}
