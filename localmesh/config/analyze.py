@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from localmesh.compose.project import ComposeProject
-from localmesh.config.matching import shadowing_routes
+from localmesh.config.matching import route_is_catch_all, shadowing_routes
 from localmesh.config.model import MeshConfig, PolicyAction, Route, Service
 from localmesh.config.ports import Ports, declared, network_mode, spans
 from localmesh.config.values import format_duration
@@ -26,6 +26,7 @@ def analyze(config: MeshConfig, project: ComposeProject | None = None) -> list[F
     """Every warning for this mesh, grouped by check, in file order within each."""
     findings: list[Finding] = []
     findings += _shadowed_routes(config)
+    findings += _no_default_route(config)
     findings += _retry_timeouts(config)
     findings += _deny_all(config)
     findings += _unreachable(config, project)
@@ -54,6 +55,18 @@ def _shadowed_routes(config: MeshConfig) -> Iterable[Finding]:
                     "every request it matches",
                     route.position,
                 )
+
+
+def _no_default_route(config: MeshConfig) -> Iterable[Finding]:
+    """Istio's rule, which surprises: once routes exist, a request none matches gets 404 NR."""
+    for owner, routes in _route_lists(config):
+        if routes and not any(route_is_catch_all(r) for r in routes):
+            yield Finding(
+                "no-default-route",
+                f"{owner}: requests that match none of its routes get 404 (flag NR); "
+                "add a last route without `match` to send them on",
+                routes[-1].position,
+            )
 
 
 def _retry_timeouts(config: MeshConfig) -> Iterable[Finding]:

@@ -159,6 +159,7 @@ def test_analyze_json(project_dir: Path) -> None:
     findings = json.loads(done.stdout)["findings"]
     assert [(f["code"], Path(f["file"]).name, f["line"]) for f in findings] == [
         ("shadowed-route", "mesh.yaml", 5),
+        ("no-default-route", "mesh.yaml", 5),
         ("deny-all", "mesh.yaml", 7),
         ("unreachable-service", "compose.yaml", 9),
         ("udp-upstream", "compose.yaml", 13),
@@ -166,7 +167,7 @@ def test_analyze_json(project_dir: Path) -> None:
     ]
     human = localmesh(project_dir, "analyze")
     assert human.returncode == 0
-    assert "5 findings" in human.stdout
+    assert "6 findings" in human.stdout
     assert "[deny-all]" in human.stderr
 
 

@@ -25,7 +25,23 @@ def test_shadowed_route() -> None:
             routes:
               - {name: api, match: [{path: {prefix: /api}}]}
               - {name: v2, match: [{path: {prefix: /api/v2}}]}
-    """) == [("shadowed-route", 6)]
+    """) == [("shadowed-route", 6), ("no-default-route", 6)]
+
+
+def test_routes_without_a_catch_all_404_the_rest() -> None:
+    assert codes("""
+        services:
+          api:
+            routes:
+              - {name: items, match: [{path: {prefix: /items}}], timeout: 1s}
+    """) == [("no-default-route", 5)]
+    assert codes("""
+        services:
+          api:
+            routes:
+              - {name: items, match: [{path: {prefix: /items}}], timeout: 1s}
+              - {name: default}
+    """) == []
 
 
 def test_retry_that_the_timeout_prevents() -> None:
