@@ -1180,32 +1180,31 @@ class Exchange:
         target = self.target
         destination = target.service if target is not None else self.view.service
         now = ctx.loop.time()
-        duration = now - self.started
         down.edge(destination).observe(
-            self.status, self.flags, duration, self.req_bytes, self.resp_bytes
+            self.status, self.flags, now - self.started, self.req_bytes, self.resp_bytes
         )
         if self.view.compiled.access_log:
             caller = down.caller
             route = self.route
-            record = {
-                "time": ctx.wall_time(self.started),
-                "source": caller.name if caller is not None else "unknown",
-                "destination": destination,
-                "route": route.name if route is not None else None,
-                "method": self.method.decode("latin-1"),
-                "path": self.url.decode("latin-1"),
-                "status": self.status,
-                "flags": self.flags,
-                "request_bytes": self.req_bytes,
-                "response_bytes": self.resp_bytes,
-                "duration_ms": round(duration * 1000.0, 3),
-                "upstream": self.upstream_address or None,
-                "request_id": self.request_id.decode("latin-1") or None,
-                "traceparent": self.traceparent.decode("latin-1") or None,
-            }
-            if self.retries:
-                record["retries"] = self.retries
-            ctx.access_log.log(record)
+            ctx.access_log.http(
+                (
+                    self.started,
+                    now,
+                    caller.name if caller is not None else "unknown",
+                    destination,
+                    route.name if route is not None else None,
+                    self.method,
+                    self.url,
+                    self.status,
+                    self.flags,
+                    self.req_bytes,
+                    self.resp_bytes,
+                    self.upstream_address,
+                    self.request_id,
+                    self.traceparent,
+                    self.retries,
+                )
+            )
 
 
 def _mirror_head(head: bytes) -> bytes:

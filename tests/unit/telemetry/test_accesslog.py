@@ -1,0 +1,79 @@
+"""HTTP records handed over as tuples read back exactly like dict records."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from datetime import datetime
+
+from localmesh.runtime.telemetry import AccessLog
+from localmesh.runtime.telemetry.accesslog import HttpRecord
+
+
+def _exchange(**changes: object) -> HttpRecord:
+    values: dict[str, object] = {
+        "started": time.monotonic() - 0.0123456,
+        "finished": time.monotonic(),
+        "source": "web",
+        "destination": "api",
+        "route": "main",
+        "method": b"GET",
+        "target": b'/caf\xe9?q="x"\x01',
+        "status": 200,
+        "flags": "-",
+        "request_bytes": 42,
+        "response_bytes": 7,
+        "upstream": "127.0.0.1:8080",
+        "request_id": b"rid-1",
+        "traceparent": b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01",
+        "retries": 0,
+    }
+    values.update(changes)
+    return tuple(values.values())  # type: ignore[return-value]
+
+
+def test_http_records_write_the_same_json_as_dict_records() -> None:
+    sink = io.StringIO()
+    log = AccessLog(sink)
+    cases = [
+        _exchange(),
+        _exchange(route=None, upstream="", request_id=b"", traceparent=b"", retries=2),
+        _exchange(source='we"ird\\name', flags="UF,URX", status=503),
+    ]
+    for case in cases:
+        log.http(case)
+    log.log({"protocol": "tcp", "flags": "-"})
+    log.flush()
+    lines = sink.getvalue().splitlines()
+    assert len(lines) == 4
+    records = log.recent()
+    assert [json.loads(line) for line in lines] == records
+    first, second, third, tcp = records
+    assert first["path"] == '/caf\xe9?q="x"\x01'
+    assert first["method"] == "GET"
+    assert first["duration_ms"] == round(cases[0][1] * 1000 - cases[0][0] * 1000, 3)
+    assert first["time"].endswith("Z")
+    assert "retries" not in first
+    assert (second["route"], second["upstream"], second["request_id"]) == (None, None, None)
+    assert second["traceparent"] is None
+    assert second["retries"] == 2
+    assert (third["source"], third["flags"]) == ('we"ird\\name', "UF,URX")
+    assert tcp == {"protocol": "tcp", "flags": "-"}
+    logged = datetime.fromisoformat(first["time"]).timestamp()
+    assert abs(logged - (time.time() - 0.0123456)) < 1.0  # loop time mapped to wall time
+
+
+def test_subscribers_get_http_records_as_dicts() -> None:
+    log = AccessLog(None)
+    seen: list[dict[str, object]] = []
+    log.subscribe(seen.append)
+    log.http(_exchange(status=404, flags="NR"))
+    log.flush()
+    assert [(r["status"], r["flags"], r["destination"]) for r in seen] == [(404, "NR", "api")]
+
+
+def test_disabled_log_keeps_nothing() -> None:
+    log = AccessLog(io.StringIO(), enabled=False)
+    log.http(_exchange())
+    assert log.recent() == []
