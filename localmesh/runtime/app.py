@@ -2,7 +2,8 @@
 
 Host mode serves one mesh.yaml with static endpoints. Container mode (``--plan``, inside
 the mesh container ``localmesh up`` adds) first takes over the plan's VIPs
-(``runtime/container.py``), then discovers endpoints and callers through Docker's DNS.
+(``runtime/container.py``), then discovers endpoints and callers through Docker's DNS,
+every few seconds and at once when the data plane reports a failed upstream.
 
 Start order: load the inputs (or the persisted last good ones) → build metrics and the
 access log from the mesh settings → bind the admin API (``/readyz`` says "not ready" until
@@ -53,16 +54,20 @@ class DataPlane(Protocol):
     async def close(self, drain_timeout: float) -> None: ...
 
 
-DataPlaneFactory = Callable[[MeshMetrics, AccessLog], DataPlane]
+#: Told the service whose upstream failed (connect refused, reset), rate-limited.
+UpstreamFailureHook = Callable[[str], None]
+DataPlaneFactory = Callable[[MeshMetrics, AccessLog, UpstreamFailureHook | None], DataPlane]
 
 
-def default_dataplane(metrics: MeshMetrics, access_log: AccessLog) -> DataPlane:
+def default_dataplane(
+    metrics: MeshMetrics, access_log: AccessLog, on_upstream_failure: UpstreamFailureHook | None
+) -> DataPlane:
     """The real data plane inside the ingress gateway, which mirrors its API and adds the
     edge listeners; imported here so CLI commands that only talk to the admin API do not
     load the hot path (uvloop, httptools)."""
     from localmesh.runtime.ingress.gateway import IngressGateway
 
-    return IngressGateway(metrics, access_log)
+    return IngressGateway(metrics, access_log, on_upstream_failure=on_upstream_failure)
 
 
 CONTAINER_STATE_DIR = Path("/var/lib/localmesh")
@@ -110,7 +115,9 @@ class Runtime:
         *,
         dataplane_factory: DataPlaneFactory = default_dataplane,
         source: Source | None = None,
+        discovery: DnsDiscovery | None = None,
     ) -> None:
+        """``discovery`` replaces the one container mode makes from the plan (tests)."""
         self.options = options
         self.source = source or options.source()
         self.events = EventBus()
@@ -120,7 +127,7 @@ class Runtime:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._sink: TextIO | None = None
-        self.discovery: DnsDiscovery | None = None
+        self.discovery = discovery
         self.metrics: MeshMetrics | None = None
         self.access_log: AccessLog | None = None
         self.dataplane: DataPlane | None = None
@@ -138,8 +145,10 @@ class Runtime:
         if plan is not None:
             # VIPs before listeners: the data plane binds VIP:port
             await asyncio.to_thread(setup_network, plan, INTERCEPT_PORT)
-            self.discovery = DnsDiscovery(plan)
-        self.dataplane = self._dataplane_factory(self.metrics, self.access_log)
+            self.discovery = self.discovery or DnsDiscovery(plan)
+        # a failed upstream may have moved (restarted, rescheduled): look again now
+        on_failure = self.discovery.trigger if self.discovery is not None else None
+        self.dataplane = self._dataplane_factory(self.metrics, self.access_log, on_failure)
         default_admin = (
             f"0.0.0.0:{plan.published.admin}"  # published on the host's 127.0.0.1 by compose
             if plan is not None

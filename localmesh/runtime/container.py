@@ -151,13 +151,16 @@ def discovery_names(plan: MeshPlan) -> dict[str, str]:
 def discovered_from(plan: MeshPlan, answers: Mapping[str, Iterable[str]]) -> Discovered:
     """Turn ``service -> replica IPs`` into the control plane's endpoints and sources.
 
-    An upstream gets one endpoint per replica and known port; one with no known port gets
-    port 0 per replica: "the port the client dialled", filled in by the intercept listener.
+    An upstream gets one endpoint per replica and known port, and one whose other ports
+    are intercepted (``unknown_ports``) also port 0 per replica: "the port the client
+    dialled", which the data plane's cluster for that port fills in.
     """
     endpoints: dict[str, tuple[Endpoint, ...]] = {}
     for u in plan.upstreams:
         ips = sorted(set(answers.get(u.service, ())), key=ipaddress.IPv4Address)
-        ports = [p.port for p in u.ports] or [0]
+        ports = [p.port for p in u.ports]
+        if u.unknown_ports or not ports:
+            ports.append(0)
         endpoints[u.service] = tuple(Endpoint(ip, port) for port in ports for ip in ips)
     sources = {ip: svc for svc, ips in sorted(answers.items()) for ip in ips}
     return Discovered(endpoints=endpoints, sources=sources)
@@ -200,8 +203,11 @@ class DnsDiscovery:
         self._wake = asyncio.Event()
         self.current: Discovered | None = None
 
-    def trigger(self) -> None:
-        """Ask for a fresh lookup now (a connect failed, a caller's IP is unknown)."""
+    def trigger(self, service: str | None = None) -> None:
+        """Ask for a fresh lookup now (an upstream of ``service`` failed, a caller's IP is
+        unknown); lookups stay ``min_interval`` apart."""
+        if not self._wake.is_set():
+            log.debug("re-resolving now: %s", f"{service} failed" if service else "asked")
         self._wake.set()
 
     async def resolve_once(self) -> Discovered:
@@ -216,11 +222,11 @@ class DnsDiscovery:
         """Resolve, publish what changed, wait for the interval or a trigger; cancel to stop."""
         while True:
             started = time.monotonic()
+            self._wake.clear()  # a trigger arriving during this lookup asks for another
             found = await self.resolve_once()
             if found != self.current:
                 self.current = found
                 await publish(found)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             await asyncio.sleep(max(0.0, self.min_interval - (time.monotonic() - started)))

@@ -212,14 +212,18 @@ class AdminApi:
         return doc
 
     def _services(self, snapshot: Snapshot) -> list[dict[str, Any]]:
-        clusters = {c.get("name"): c for c in self.dataplane.clusters()}
+        # a service has one cluster per port: its endpoints are theirs together
+        clusters: dict[str, list[dict[str, Any]]] = {}
+        for c in self.dataplane.clusters():
+            service = str(c.get("service") or c.get("name"))
+            clusters.setdefault(service, []).extend(c.get("endpoints", []))
         window = self.sampler.rates()
         out: list[dict[str, Any]] = []
         for svc in snapshot.config.services:
             cluster = clusters.get(svc.name)
             endpoints = (
-                [{**ep, "health": endpoint_health(ep)} for ep in cluster.get("endpoints", [])]
-                if cluster
+                [{**ep, "health": endpoint_health(ep)} for ep in cluster]
+                if cluster is not None
                 else [
                     {"address": e.address, "health": "unknown"}
                     for e in snapshot.endpoints[svc.name]

@@ -11,7 +11,7 @@ response parsing), ``tcp`` (the L4 relay), ``listeners`` (sockets, intercept),
 from localmesh.runtime.dataplane.compiled import CompiledSnapshot, HostRouter, RouteSource
 from localmesh.runtime.dataplane.context import DownstreamIdentity, IdentifyHook
 from localmesh.runtime.dataplane.core.policy import Caller
-from localmesh.runtime.dataplane.plane import DataPlane
+from localmesh.runtime.dataplane.plane import DataPlane, UpstreamFailureHook
 from localmesh.runtime.dataplane.upstream import UpstreamTLS
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "HostRouter",
     "IdentifyHook",
     "RouteSource",
+    "UpstreamFailureHook",
     "UpstreamTLS",
 ]

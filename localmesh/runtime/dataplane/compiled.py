@@ -5,6 +5,11 @@ summed), authorization tables, rate limiters and pickers bound to the long-lived
 ``ClusterRuntime`` objects. A request then reads one ``ListenerView`` (swapped atomically
 when a snapshot is applied) and never looks at the config model.
 
+Clusters are per service *port* (``core.cluster``): a listener's routes are compiled for the
+port it serves (an intercepted call: the port it dialled), so a destination without a
+``port`` reaches the cluster of the port the call arrived on. A cluster is made for every
+declared port, and on first use for any other (a port only the intercept listener sees).
+
 The HTTP engine asks a ``RouteSource`` for the ``VirtualHost`` of a request: a mesh
 listener always answers its service's routes; the ingress answers by ``Host`` header
 (``HostRouter``), which is how the ingress gateway reuses this engine.
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from localmesh.config.model import (
@@ -29,6 +34,7 @@ from localmesh.config.model import (
 )
 from localmesh.config.model import Protocol as Proto
 from localmesh.runtime.dataplane.core.balancer import Picker
+from localmesh.runtime.dataplane.core.cluster import cluster_port
 from localmesh.runtime.dataplane.core.policy import (
     UNKNOWN_CALLER,
     Caller,
@@ -43,6 +49,9 @@ from localmesh.runtime.snapshot import ListenerSpec, Snapshot
 #: Limiters are keyed by where they apply and their settings, so a reload that leaves a
 #: rate limit unchanged keeps its buckets (no burst of free tokens on every reload).
 LimiterStore = dict[tuple[str, RateLimit], RateLimiter]
+
+#: Makes the cluster of one service port (the data plane adds TLS and failure reporting).
+ClusterFactory = Callable[[Service, int], ClusterRuntime]
 
 
 class RouteTarget:
@@ -164,7 +173,13 @@ class ListenerView:
 
 
 class CompiledSnapshot:
-    """Everything derived from one snapshot that requests read."""
+    """Everything derived from one snapshot that requests read.
+
+    ``clusters`` (service -> port -> cluster) starts from the clusters that exist (those
+    of services still configured are kept, and change only when the data plane commits
+    this snapshot); new ones are made aside by ``new_cluster``, already holding this
+    snapshot's endpoints.
+    """
 
     def __init__(
         self,
@@ -172,6 +187,8 @@ class CompiledSnapshot:
         clusters: Mapping[str, ClusterRuntime],
         limiters: LimiterStore,
         rng: random.Random | None = None,
+        *,
+        new_cluster: ClusterFactory = ClusterRuntime,
     ) -> None:
         self.snapshot = snapshot
         self.version = snapshot.version
@@ -179,33 +196,68 @@ class CompiledSnapshot:
         self.config = config
         self.trust_domain = config.mesh.trust_domain
         self.access_log = config.mesh.access_log
-        self.clusters = clusters
         self._rng = rng or random.Random()
         self._limiters = limiters
         self._now = time.monotonic()
+        self._new_cluster = new_cluster
         self.policies = compile_policies(config.policies)
         self.services = {s.name: s for s in config.services}
         self.callers = {
             ip: Caller.service(name, self.trust_domain) for ip, name in snapshot.sources.items()
         }
-        self._targets: dict[tuple[str, str | None], RouteTarget] = {}
-        self.vhosts = {
-            s.name: self._vhost(s.name, s, None) for s in config.services if s.name in clusters
-        }
+        self.clusters: dict[str, dict[int, ClusterRuntime]] = {s: {} for s in self.services}
+        for kept in clusters.values():
+            if kept.name in self.clusters:
+                self.clusters[kept.name].setdefault(kept.port, kept)
+        for svc in config.services:
+            for spec in svc.ports:
+                self.cluster(svc.name, spec.port)
+        self._targets: dict[tuple[str, str | None, int], RouteTarget] = {}
+        self._vhosts: dict[tuple[str, int], VirtualHost | None] = {}
         self.ingress = HostRouter(
             {
                 h.host: self._vhost(
-                    f"ingress:{h.host}", Service(name=f"ingress:{h.host}"), h.routes
+                    f"ingress:{h.host}", Service(name=f"ingress:{h.host}"), h.routes, None
                 )
                 for h in config.ingress.hosts
             }
         )
 
+    # -- clusters ---------------------------------------------------------------------------
+
+    def prune(self) -> list[ClusterRuntime]:
+        """Drop (and return) the kept clusters this snapshot no longer uses: not a declared
+        port, no route goes there, and the intercept listener does not serve the service.
+        Called once every listener view is built."""
+        used = {(t.service, t.cluster.port) for t in self._targets.values()}
+        intercepted = set(self.snapshot.vips.values())
+        dropped: list[ClusterRuntime] = []
+        for service, by_port in self.clusters.items():
+            if service in intercepted:
+                continue
+            declared = {p.port for p in self.services[service].ports}
+            for port in [p for p in by_port if p not in declared and (service, p) not in used]:
+                dropped.append(by_port.pop(port))
+        return dropped
+
+    def cluster(self, service: str, port: int) -> ClusterRuntime:
+        """The cluster of one service port, made (with this snapshot's endpoints) if new."""
+        by_port = self.clusters[service]
+        found = by_port.get(port)
+        if found is None:
+            svc = self.services[service]
+            found = by_port[port] = self._new_cluster(svc, port)
+            found.update(svc, self.snapshot.endpoints.get(service, ()))
+        return found
+
+    def all_clusters(self) -> list[ClusterRuntime]:
+        return [c for by_port in self.clusters.values() for c in by_port.values()]
+
     def caller(self, name: str | None) -> Caller | None:
         return None if name is None else Caller.service(name, self.trust_domain)
 
-    def target(self, service: str, subset: str | None) -> RouteTarget:
-        key = (service, subset)
+    def target(self, service: str, subset: str | None, port: int) -> RouteTarget:
+        key = (service, subset, port)
         found = self._targets.get(key)
         if found is None:
             svc = self.services[service]
@@ -213,7 +265,7 @@ class CompiledSnapshot:
             if subset is not None:
                 labels = next(s.labels for s in svc.subsets if s.name == subset)
             found = self._targets[key] = RouteTarget(
-                self.clusters[service],
+                self.cluster(service, port),
                 svc.load_balancer,
                 labels,
                 self.policies.get(service),
@@ -222,7 +274,9 @@ class CompiledSnapshot:
         return found
 
     def mirror_target(self, mirror: Mirror) -> RouteTarget:
-        return self.target(mirror.service, mirror.subset)
+        """Mirrors name no port: the mirror service's default one (``cluster_port``)."""
+        svc = self.services[mirror.service]
+        return self.target(mirror.service, mirror.subset, cluster_port(svc, None, None))
 
     def _limiter(self, scope: str, config: RateLimit | None) -> RateLimiter | None:
         if config is None:
@@ -233,9 +287,24 @@ class CompiledSnapshot:
             found = self._limiters[key] = RateLimiter(config, self._now)
         return found
 
-    def _vhost(self, name: str, service: Service, routes: tuple[Route, ...] | None) -> VirtualHost:
+    def vhost(self, service: str, port: int) -> VirtualHost | None:
+        """The routes of calls to ``service`` that arrived on ``port``."""
+        key = (service, port)
+        if key not in self._vhosts:
+            svc = self.services.get(service)
+            self._vhosts[key] = None if svc is None else self._vhost(service, svc, None, key)
+        return self._vhosts[key]
+
+    def _vhost(
+        self,
+        name: str,
+        service: Service,
+        routes: tuple[Route, ...] | None,
+        arrival: tuple[str, int] | None,
+    ) -> VirtualHost:
         def make(dest: Destination) -> RouteTarget:
-            return self.target(dest.service, dest.subset)
+            port = cluster_port(self.services[dest.service], dest.port, arrival)
+            return self.target(dest.service, dest.subset, port)
 
         table = compile_routes(service, make, routes)
         route_limiters: dict[str, RateLimiter] = {}
@@ -255,10 +324,10 @@ class CompiledSnapshot:
         """The view of a mesh listener (or, with ``routes``, of an ingress-style one)."""
         svc = self.services.get(spec.service)
         limits = svc.limits if svc is not None else Limits()
-        vhost = self.vhosts.get(spec.service)
         if routes is None:
+            vhost = self.vhost(spec.service, spec.port)
             routes = FixedRoutes(vhost) if vhost is not None else NO_ROUTES
-        target = self.target(spec.service, None) if spec.service in self.clusters else None
+        target = self.target(spec.service, None, spec.port) if svc is not None else None
         return ListenerView(
             self,
             service=spec.service,

@@ -1,4 +1,4 @@
-"""Active health checks: one task per cluster that has ``health_check`` configured.
+"""Active health checks: one task per cluster (service port) with ``health_check`` configured.
 
 Every ``interval`` each endpoint is probed (HTTP: ``GET path`` must answer 2xx within
 ``timeout``; TCP: a connect must succeed within ``timeout``) and the result goes to the
@@ -37,22 +37,27 @@ async def probe(host: UpstreamHost, check: HealthCheck, service: str) -> bool:
 
 class HealthChecker:
     def __init__(self) -> None:
-        self._tasks: dict[str, tuple[HealthCheck, asyncio.Task[None]]] = {}
+        # cluster name -> what is checked and the task checking it
+        self._tasks: dict[str, tuple[ClusterRuntime, HealthCheck, asyncio.Task[None]]] = {}
 
     def update(self, clusters: list[ClusterRuntime]) -> None:
         """(Re)start checks for clusters that want them, stop the others."""
-        wanted = {c.name: c for c in clusters if c.state.health_check is not None}
-        for name, (check, task) in list(self._tasks.items()):
+        wanted = {c.state.name: c for c in clusters if c.state.health_check is not None}
+        for name, (checked, check, task) in list(self._tasks.items()):
             cluster = wanted.get(name)
-            if cluster is None or cluster.state.health_check != check:
+            if cluster is not checked or cluster.state.health_check != check:
                 task.cancel()
                 del self._tasks[name]
-        for name, cluster in wanted.items():
-            if name not in self._tasks:
-                wanted_check = cluster.state.health_check
-                assert wanted_check is not None
-                task = spawn(self._run(cluster, wanted_check), name=f"health {name}")
-                self._tasks[name] = (wanted_check, task)
+        for cluster in wanted.values():
+            self.add(cluster)
+
+    def add(self, cluster: ClusterRuntime) -> None:
+        """Start checking one cluster, if it wants checks and is not checked yet."""
+        check = cluster.state.health_check
+        name = cluster.state.name
+        if check is not None and name not in self._tasks:
+            task = spawn(self._run(cluster, check), name=f"health {name}")
+            self._tasks[name] = (cluster, check, task)
 
     async def _run(self, cluster: ClusterRuntime, check: HealthCheck) -> None:
         while True:
@@ -63,7 +68,7 @@ class HealthChecker:
             await asyncio.sleep(check.interval)
 
     async def stop(self) -> None:
-        tasks = [task for _, task in self._tasks.values()]
+        tasks = [task for _, _, task in self._tasks.values()]
         self._tasks.clear()
         for task in tasks:
             task.cancel()

@@ -2,12 +2,17 @@
 
 ``apply(snapshot)`` is atomic from a request's point of view:
 
-1. compile the snapshot against the long-lived clusters (new clusters are created aside);
+1. compile the snapshot against the long-lived clusters, one per service port (new ones
+   are created aside);
 2. bind every new or changed listener without serving yet; if one bind fails, close
    the new sockets and raise ``RuntimeStartError``: the previous state is untouched;
 3. commit: update cluster membership, swap every kept listener's view (one attribute per
    listener), start serving the new listeners, stop accepting on the removed ones and let
    their connections finish (drain), restart health checks.
+
+A failed upstream connect (or a reset under a request) is reported to the optional
+``on_upstream_failure(service)`` at most once per service per ``FAILURE_REPORT_INTERVAL``:
+the runtime wires it to discovery, which then looks again at once (container mode).
 
 A sweeper task advances the coarse clock that header/idle timeouts use, closes idle
 upstream connections and moves TCP byte counts to the metrics.
@@ -31,6 +36,7 @@ from localmesh.config.model import Service
 from localmesh.errors import RuntimeStartError
 from localmesh.runtime.dataplane.compiled import CompiledSnapshot, LimiterStore, RouteSource
 from localmesh.runtime.dataplane.context import Clock, IdentifyHook, ListenerContext
+from localmesh.runtime.dataplane.core.cluster import FailureReports
 from localmesh.runtime.dataplane.health import HealthChecker
 from localmesh.runtime.dataplane.http import HttpDownstream
 from localmesh.runtime.dataplane.listeners import Listener
@@ -45,9 +51,12 @@ log = logging.getLogger("localmesh.dataplane")
 MIN_TICK = 0.05
 MAX_TICK = 0.5
 POOL_SWEEP_EVERY = 1.0  # seconds between idle upstream connection sweeps
+FAILURE_REPORT_INTERVAL = 1.0  # seconds between two upstream failure reports of a service
 
 #: Gives a cluster TLS origination (or None: plain TCP); see ``ingress/origination.py``.
 UpstreamTLSProvider = Callable[[Service], UpstreamTLS | None]
+#: Told the name of a service one of whose upstreams failed (rate-limited).
+UpstreamFailureHook = Callable[[str], None]
 
 
 class DataPlane:
@@ -59,11 +68,13 @@ class DataPlane:
         access_log: AccessLog,
         *,
         upstream_tls: UpstreamTLSProvider | None = None,
+        on_upstream_failure: UpstreamFailureHook | None = None,
     ) -> None:
         self.metrics = metrics
         self.access_log = access_log
         self._upstream_tls = upstream_tls
-        self._clusters: dict[str, ClusterRuntime] = {}
+        self._on_upstream_failure = on_upstream_failure
+        self._failures = FailureReports(FAILURE_REPORT_INTERVAL)
         self._limiters: LimiterStore = {}
         self._listeners: dict[str, Listener] = {}
         self._draining: list[Listener] = []
@@ -94,9 +105,12 @@ class DataPlane:
         return {name: lst.address for name, lst in self._listeners.items() if lst.server}
 
     def clusters(self) -> list[dict[str, Any]]:
-        """Per cluster: endpoints with health, outlier state, active requests."""
+        """Per cluster (service port): endpoints with health, outlier state, active requests."""
         now = time.monotonic()
-        return [c.state.describe(now) for c in self._clusters.values()]
+        return [c.describe(now) for c in self._all_clusters()]
+
+    def _all_clusters(self) -> list[ClusterRuntime]:
+        return self._compiled.all_clusters() if self._compiled is not None else []
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         async with self._lock:
@@ -132,7 +146,7 @@ class DataPlane:
                     await self._sweeper
                 self._sweeper = None
             await self._health.stop()
-            for cluster in self._clusters.values():
+            for cluster in self._all_clusters():
                 cluster.close()
 
     # -- the ingress seam -------------------------------------------------------------------
@@ -215,16 +229,27 @@ class DataPlane:
 
     # -- apply ------------------------------------------------------------------------------
 
+    def _new_cluster(self, service: Service, port: int) -> ClusterRuntime:
+        cluster = ClusterRuntime(service, port)
+        cluster.tls = self._upstream_tls(service) if self._upstream_tls is not None else None
+        cluster.on_failure = self._upstream_failed
+        if self._compiled is not None and not self._lock.locked():
+            self._health.add(cluster)  # made on first use (an intercepted port): check it now
+        return cluster
+
+    def _upstream_failed(self, cluster: ClusterRuntime) -> None:
+        hook = self._on_upstream_failure
+        if hook is not None and self._failures.due(cluster.name, time.monotonic()):
+            hook(cluster.name)
+
     async def _apply(self, snapshot: Snapshot) -> None:
-        config = snapshot.config
-        clusters = dict(self._clusters)
-        for svc in config.services:
-            if svc.name not in clusters:
-                clusters[svc.name] = ClusterRuntime(svc)
-        for name in list(clusters):
-            if config.service(name) is None:
-                del clusters[name]
-        compiled = CompiledSnapshot(snapshot, clusters, self._limiters)
+        previous = self._all_clusters()
+        compiled = CompiledSnapshot(
+            snapshot,
+            {c.state.name: c for c in previous},
+            self._limiters,
+            new_cluster=self._new_cluster,
+        )
 
         wanted = {spec.name: spec for spec in snapshot.listeners}
         keep = {
@@ -263,17 +288,19 @@ class DataPlane:
             raise
 
         # commit: nothing below awaits before every view is swapped
-        for svc in config.services:
-            cluster = clusters[svc.name]
-            cluster.update(svc, snapshot.endpoints.get(svc.name, ()))
-            cluster.tls = self._upstream_tls(svc) if self._upstream_tls is not None else None
-        removed_clusters = [c for n, c in self._clusters.items() if n not in clusters]
-        self._clusters = clusters
-        self._compiled = compiled
         for lst in keep.values():
             lst.update(compiled)
         for lst in fresh:
             lst.update(compiled)
+        compiled.prune()
+        clusters = compiled.all_clusters()
+        for cluster in clusters:
+            svc = compiled.services[cluster.name]
+            cluster.update(svc, snapshot.endpoints.get(svc.name, ()))
+            cluster.tls = self._upstream_tls(svc) if self._upstream_tls is not None else None
+        current = set(clusters)
+        removed_clusters = [c for c in previous if c not in current]
+        self._compiled = compiled
         self._listeners = {**keep, **{lst.spec.name: lst for lst in fresh}}
         self._clock.tick = self._tick_for(compiled)
         for lst in fresh:
@@ -283,7 +310,7 @@ class DataPlane:
             self._draining.append(lst)
         for cluster in removed_clusters:
             cluster.close()
-        self._health.update(list(clusters.values()))
+        self._health.update(clusters)
         log.info(
             "snapshot %s applied: %d listeners (%d new, %d draining)",
             snapshot.version,
@@ -322,7 +349,7 @@ class DataPlane:
             now = time.monotonic()
             if now - last_pool_sweep >= POOL_SWEEP_EVERY:
                 last_pool_sweep = now
-                for cluster in self._clusters.values():
+                for cluster in self._all_clusters():
                     cluster.sweep(now)
 
     def _sweep_context(self, ctx: ListenerContext) -> None:

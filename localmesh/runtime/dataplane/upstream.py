@@ -1,14 +1,17 @@
 """Clusters at run time: endpoint state plus the upstream connections to each endpoint.
 
-A ``ClusterRuntime`` lives across snapshots (keyed by service name) so pools, ejections
-and health survive a reload. It owns:
+A ``ClusterRuntime`` is one port of one service (``core.cluster``: Envoy's
+``outbound|8000||api``) and lives across snapshots, so pools, ejections and health survive
+a reload. It owns:
 
 - per endpoint (``UpstreamHost``) a LIFO list of idle keep-alive connections: the most
   recently used connection is the least likely to have been closed by the upstream;
 - the circuit breaker: a new connection is opened only below ``max_connections``; a request
   that finds none idle and no slot waits in a bounded pending queue (``max_pending_requests``)
   and is refused past it;
-- the connect path (connect timeout, optional TLS origination).
+- the connect path (connect timeout, optional TLS origination); a failed connect or a
+  reset mid-request is reported to ``on_failure`` (the data plane rate-limits it and tells
+  discovery to look again).
 
 An ``UpstreamConnection`` parses responses with llhttp (httptools) and hands one response
 head, its body chunks and its end to its current owner (an HTTP exchange). Writes to the
@@ -28,7 +31,12 @@ from typing import Protocol, cast
 import httptools
 
 from localmesh.config.model import Service
-from localmesh.runtime.dataplane.core.cluster import ClusterState, EndpointState
+from localmesh.runtime.dataplane.core.cluster import (
+    ClusterState,
+    EndpointState,
+    cluster_name,
+    port_endpoints,
+)
 from localmesh.runtime.dataplane.core.headers import HOP_BY_HOP, connection_tokens
 from localmesh.runtime.dataplane.core.retry import Outcome
 from localmesh.runtime.dataplane.tasks import spawn
@@ -215,6 +223,8 @@ class UpstreamConnection(asyncio.Protocol):
             owner.up_after_data()
             return
         self.owner = None
+        if exc is not None:
+            self.cluster.upstream_failed()
         owner.up_lost(self, exc)
 
     def pause_writing(self) -> None:
@@ -288,27 +298,38 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class ClusterRuntime:
-    """One service's endpoints, pools and circuit breaker, kept across snapshots."""
+    """One service port's endpoints, pools and circuit breaker, kept across snapshots.
 
-    def __init__(self, service: Service) -> None:
+    ``name`` is the service (what metrics and health-check ``Host`` headers say); the
+    cluster's own name, ``state.name``, adds the port. ``port`` defaults to the service's
+    first port.
+    """
+
+    def __init__(self, service: Service, port: int | None = None) -> None:
         self.name = service.name
+        self.port = port if port is not None else (service.ports[0].port if service.ports else 0)
         self.service = service
         self.state = ClusterState(
-            service.name, service.connection_pool, service.outlier_detection, service.health_check
+            cluster_name(service.name, self.port),
+            service.connection_pool,
+            service.outlier_detection,
+            service.health_check,
         )
         self.tls: UpstreamTLS | None = None
         self._waiters: deque[Waiter] = deque()
-        self.on_ejection: Callable[[str], None] | None = None
+        self.on_failure: Callable[[ClusterRuntime], None] | None = None
 
     # -- snapshots --------------------------------------------------------------------------
 
     def update(self, service: Service, endpoints: tuple[Endpoint, ...]) -> None:
+        """The service's endpoints in a snapshot: this cluster keeps those serving its port."""
         self.service = service
         self.state.configure(
             service.connection_pool, service.outlier_detection, service.health_check
         )
         removed = self.state.set_endpoints(
-            UpstreamHost(e.host, e.port, e.labels) for e in endpoints
+            UpstreamHost(e.host, e.port, e.labels)
+            for e in port_endpoints(service, endpoints, self.port)
         )
         for host in removed:
             assert isinstance(host, UpstreamHost)
@@ -317,6 +338,14 @@ class ClusterRuntime:
     @property
     def hosts(self) -> list[UpstreamHost]:
         return self.state.endpoints  # type: ignore[return-value]
+
+    def describe(self, now: float) -> dict[str, object]:
+        return {**self.state.describe(now), "service": self.name, "port": self.port}
+
+    def upstream_failed(self) -> None:
+        """A connect failed or a connection was reset under a request."""
+        if self.on_failure is not None:
+            self.on_failure(self)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -414,6 +443,7 @@ class ClusterRuntime:
                 queued = self._next_waiter()
                 if queued is not None:
                     self._open(queued)
+            self.upstream_failed()
             waiter.on_connect_failure(Outcome.CONNECT_FAILURE, detail)
             return
         waiter.on_connection(proto)
@@ -427,8 +457,10 @@ class ClusterRuntime:
         try:
             async with asyncio.timeout(self.state.pool.connect_timeout):
                 return await loop.create_connection(factory, host.host, host.port)
-        except BaseException:
+        except BaseException as exc:
             self.state.connections -= 1
+            if isinstance(exc, OSError | TimeoutError):
+                self.upstream_failed()
             raise
 
     # -- housekeeping -----------------------------------------------------------------------

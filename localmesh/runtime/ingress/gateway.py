@@ -40,7 +40,13 @@ from localmesh.ca.rotation import Rotator, WorkloadIdentities, WorkloadIdentity
 from localmesh.compose.rewrite import CONTAINER_CERTS
 from localmesh.config.model import ClientCerts, Ingress, Service, TLSMode
 from localmesh.errors import CAError, LocalmeshError, RuntimeStartError
-from localmesh.runtime.dataplane import Caller, DataPlane, DownstreamIdentity, UpstreamTLS
+from localmesh.runtime.dataplane import (
+    Caller,
+    DataPlane,
+    DownstreamIdentity,
+    UpstreamFailureHook,
+    UpstreamTLS,
+)
 from localmesh.runtime.dataplane.core.policy import UNKNOWN_CALLER
 from localmesh.runtime.ingress.hosts import authority_host, find_host, misdirected
 from localmesh.runtime.ingress.identity import client_identity
@@ -101,8 +107,14 @@ class IngressGateway:
         *,
         ca: CALoader = default_ca,
         handshake_timeout: float = 10.0,
+        on_upstream_failure: UpstreamFailureHook | None = None,
     ) -> None:
-        self.dataplane = DataPlane(metrics, access_log, upstream_tls=self._upstream_tls)
+        self.dataplane = DataPlane(
+            metrics,
+            access_log,
+            upstream_tls=self._upstream_tls,
+            on_upstream_failure=on_upstream_failure,
+        )
         self._load_ca = ca
         self._ca: CertificateSource | None = None
         self._handshake_timeout = handshake_timeout

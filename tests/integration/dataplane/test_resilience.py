@@ -123,7 +123,7 @@ async def test_connect_failure_moves_to_another_endpoint(http_backend: HttpBacke
     )
     async with running(snapshot(api)) as mesh, aiohttp.ClientSession() as s:
         statuses = [(await get(s, mesh.url("web>api", "/")))[0] for _ in range(10)]
-        clusters = {c["name"]: c for c in mesh.plane.clusters()}
+        clusters = {c["service"]: c for c in mesh.plane.clusters()}
     assert statuses == [200] * 10
     dead_ep = clusters["api"]["endpoints"][0]  # type: ignore[index]
     assert dead_ep["ejected"] is True

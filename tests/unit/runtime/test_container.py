@@ -77,16 +77,23 @@ def test_discovery_names_are_qualified_by_the_mesh_network() -> None:
 def test_answers_become_endpoints_per_known_port_and_sources_per_ip() -> None:
     found = discovered_from(
         PLAN,
-        {"db": ["10.213.10.9", "10.213.10.10"], "opaque": ["10.213.10.4"], "web": ["10.213.10.5"]},
+        {
+            "db": ["10.213.10.9", "10.213.10.10"],
+            "legacy": ["10.213.10.6"],
+            "opaque": ["10.213.10.4"],
+            "web": ["10.213.10.5"],
+        },
     )
     assert found.endpoints == {
         "db": (Endpoint("10.213.10.9", 5432), Endpoint("10.213.10.10", 5432)),
-        "legacy": (),
+        # its known port, and port 0 for the others the intercept listener catches
+        "legacy": (Endpoint("10.213.10.6", 80), Endpoint("10.213.10.6", 0)),
         "opaque": (Endpoint("10.213.10.4", 0),),  # port 0: the port the client dialled
     }
     assert found.sources == {
         "10.213.10.9": "db",
         "10.213.10.10": "db",
+        "10.213.10.6": "legacy",
         "10.213.10.4": "opaque",
         "10.213.10.5": "web",
     }
@@ -136,3 +143,39 @@ async def test_run_publishes_changes_only_and_trigger_resolves_at_once() -> None
         task.cancel()
     assert len(published) == 2
     assert lookups >= 2
+
+
+async def test_a_trigger_during_a_lookup_asks_for_another_one() -> None:
+    """A failure reported while a lookup is in flight may be about what that lookup has
+    already missed: it must not be swallowed until the next interval."""
+    lookups = 0
+    in_lookup = asyncio.Event()
+    release = asyncio.Event()
+
+    async def resolve(name: str) -> tuple[str, ...] | None:
+        nonlocal lookups
+        if name.startswith("db."):
+            lookups += 1
+            if lookups == 2:  # the triggered lookup: hold it while another trigger comes
+                in_lookup.set()
+                await release.wait()
+        return ()
+
+    async def publish(found: object) -> None:
+        pass
+
+    discovery = DnsDiscovery(PLAN, interval=60.0, min_interval=0.0, resolve=resolve)
+    task = asyncio.create_task(discovery.run(publish))
+    try:
+        async with asyncio.timeout(5):
+            while lookups < 1:  # noqa: ASYNC110 - the first lookup has no event to wait on
+                await asyncio.sleep(0.01)
+            discovery.trigger("db")
+            await in_lookup.wait()
+            discovery.trigger("db")
+            release.set()
+            while lookups < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert lookups == 3

@@ -1,4 +1,9 @@
-"""Cluster state: endpoints with health, outlier ejection and load, and circuit-breaker counters.
+"""Clusters: which endpoints serve a service port, and their health, ejection, load and breaker.
+
+A **cluster** is one port of one service (Envoy's ``outbound|8000||api``): a call that
+arrived on the service's port 8000 is only ever balanced over endpoints that serve 8000.
+``cluster_port`` decides which port's cluster a route destination goes to and
+``port_endpoints`` which of a service's endpoints belong to that cluster.
 
 An ``EndpointState`` lives as long as its endpoint stays in the cluster, across snapshots,
 so ejections, health and active requests survive a config reload. A ``ClusterState`` holds
@@ -24,7 +29,62 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from localmesh.config.model import ConnectionPool, HealthCheck, OutlierDetection
+from localmesh.config.model import ConnectionPool, HealthCheck, OutlierDetection, Protocol, Service
+from localmesh.runtime.snapshot import Endpoint
+
+
+def cluster_name(service: str, port: int) -> str:
+    """Envoy's name for the outbound cluster of one service port."""
+    return f"outbound|{port}||{service}"
+
+
+def cluster_port(service: Service, wanted: int | None, arrival: tuple[str, int] | None) -> int:
+    """The port whose cluster a destination of ``service`` goes to.
+
+    ``wanted`` is the destination's own ``port``; ``arrival`` the (service, port) the call
+    came in on: a listener's, or the one an intercepted call dialled (None: the ingress).
+    In order: the destination's port; the arrival port when the call was for this service,
+    or this service serves that port too (or declares none, so any port it is dialled on);
+    else its first HTTP port, else its first port; 0 when it declares none (every endpoint
+    as it is).
+    """
+    if wanted is not None:
+        return wanted
+    ports = service.ports
+    if arrival is not None:
+        arrived_for, port = arrival
+        if arrived_for == service.name or not ports or any(p.port == port for p in ports):
+            return port
+    for p in ports:
+        if p.protocol is Protocol.HTTP:
+            return p.port
+    return ports[0].port if ports else 0
+
+
+def port_endpoints(
+    service: Service, endpoints: Iterable[Endpoint], port: int
+) -> tuple[Endpoint, ...]:
+    """The endpoints of ``service`` that serve its ``port`` (the members of that cluster).
+
+    Discovered endpoints (container mode) serve the port they name; port 0 means "whatever
+    port the client dialled" and becomes ``port``. Static endpoints (``service.endpoints``,
+    listed per service) on one of the service's ports serve that port only; one on any
+    other port serves every port (host mode: listener 127.0.0.1:18000 for port 8000 may
+    forward to 127.0.0.1:9000). Cluster port 0 (no port known) takes every endpoint.
+    """
+    if port == 0:
+        return tuple(endpoints)
+    if service.endpoints:
+        declared = {p.port for p in service.ports}
+        return tuple(e for e in endpoints if e.port == port or e.port not in declared)
+    members: dict[str, Endpoint] = {}
+    for e in endpoints:
+        if e.port == port:
+            members.setdefault(e.address, e)
+        elif e.port == 0:
+            dialled = Endpoint(e.host, port, e.labels)
+            members.setdefault(dialled.address, dialled)
+    return tuple(members.values())
 
 
 class EndpointState:
@@ -250,3 +310,24 @@ def subset_members(
     """The endpoints carrying every label of a subset."""
     wanted = set(labels)
     return [e for e in endpoints if wanted <= set(e.labels)]
+
+
+class FailureReports:
+    """At most one "an upstream of this service failed" report per service per ``interval``.
+
+    A report asks discovery to look again (a replica went away, a database restarted);
+    a burst of failed calls must not become a burst of DNS lookups.
+    """
+
+    __slots__ = ("_last", "interval")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def due(self, service: str, now: float) -> bool:
+        last = self._last.get(service)
+        if last is not None and now - last < self.interval:
+            return False
+        self._last[service] = now
+        return True

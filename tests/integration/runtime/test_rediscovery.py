@@ -1,0 +1,83 @@
+"""The runtime wires upstream failures to discovery, with the real data plane and no Docker.
+
+A host-mode runtime gets a ``DnsDiscovery`` whose resolver is a function counting lookups
+(inside the mesh container it is Docker's DNS): a call to an upstream that refuses
+connections must make discovery look again at once, not at its next interval. The same
+runtime serves a two-port service, whose ``/status`` lists the endpoints of both clusters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+
+from localmesh.compose.plan import Client, MeshNetwork, MeshPlan, PublishedPorts, Upstream
+from localmesh.runtime.app import RunOptions, Runtime
+from localmesh.runtime.container import DnsDiscovery
+from tests.integration.controlplane.support import admin_url, listener_url, until
+from tests.support.services import free_port, run_http_backend
+
+PLAN = MeshPlan(
+    project="shop",
+    network=MeshNetwork(
+        key="localmesh",
+        name="shop_localmesh",
+        subnet="10.213.8.0/22",
+        gateway="10.213.8.1",
+        mesh_ip="10.213.8.2",
+        vip_range="10.213.9.0/24",
+        ip_range="10.213.10.0/23",
+    ),
+    published=PublishedPorts(admin=15000),
+    upstreams=(Upstream("db", "10.213.9.7", ("db",), unknown_ports=True),),
+    clients=(Client("api", ("db",)),),
+)
+
+MESH = """\
+mesh:
+  name: shop
+services:
+  api:
+    ports:
+      - {{port: {a}, listen: "127.0.0.1:{listen_a}"}}
+      - {{port: {b}, listen: "127.0.0.1:{listen_b}"}}
+    endpoints: ["127.0.0.1:{a}", "127.0.0.1:{b}"]
+  db:
+    ports: [{{port: 8000, listen: "127.0.0.1:{listen_db}"}}]
+    endpoints: ["127.0.0.1:{dead}"]
+"""
+
+
+async def test_a_refused_upstream_makes_discovery_look_again_now(tmp_path: Path) -> None:
+    lookups: list[str] = []
+
+    async def resolve(name: str) -> tuple[str, ...] | None:
+        lookups.append(name)
+        return ()
+
+    # an interval far beyond the test: only a trigger can cause another lookup
+    discovery = DnsDiscovery(PLAN, interval=3600.0, min_interval=0.0, resolve=resolve)
+    with run_http_backend("a") as a, run_http_backend("b") as b:
+        mesh = tmp_path / "mesh.yaml"
+        listens = {f"listen_{n}": free_port() for n in ("a", "b", "db")}
+        mesh.write_text(MESH.format(a=a.port, b=b.port, dead=free_port(), **listens))
+        options = RunOptions(mesh=mesh, admin="127.0.0.1:0", access_log="off", drain_timeout=1.0)
+        runtime = Runtime(options, discovery=discovery)
+        await runtime.start()
+        try:
+            db = "db.shop_localmesh"
+            await until(lambda: lookups.count(db) == 2, what="start-up lookups")  # start, run
+            async with aiohttp.ClientSession() as s:
+                async with s.get(listener_url(runtime, "db:8000") + "/") as r:
+                    assert r.status == 503
+                await until(lambda: lookups.count(db) == 3, what="a lookup after the failure")
+                for port, name in ((a.port, "a"), (b.port, "b")):
+                    async with s.get(listener_url(runtime, f"api:{port}") + "/") as r:
+                        assert r.headers["x-backend"] == name
+                async with s.get(admin_url(runtime) + "/status") as r:
+                    services = {svc["name"]: svc for svc in (await r.json())["services"]}
+        finally:
+            await runtime.stop()
+    endpoints = sorted(e["address"] for e in services["api"]["endpoints"])
+    assert endpoints == sorted([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"])
