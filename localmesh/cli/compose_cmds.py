@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -305,8 +306,10 @@ def _follow(result: lifecycle.UpResult) -> None:
     """Show the live status until Ctrl-C, then stop the project (as `docker compose up` does).
 
     The banner is inside the ``try``: a Ctrl-C that lands while it prints must stop the
-    project too, not leave it running behind an exit code.
+    project too, not leave it running behind an exit code. SIGTERM (a CI job cancelled,
+    ``kill``) is treated as Ctrl-C.
     """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         _print_up(result)
         with Live(_status_table(result.containers), console=console, refresh_per_second=1) as live:

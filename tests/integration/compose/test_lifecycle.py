@@ -175,8 +175,9 @@ def test_down_without_up_says_there_is_nothing_to_stop(tmp_path: Path, home: Pat
     assert "nothing to stop: .localmesh/compose.yaml does not exist" in run.err
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_foreground_up_follows_until_ctrl_c_then_stops_the_project(
-    tmp_path: Path, home: Path, docker_engine: str
+    tmp_path: Path, home: Path, docker_engine: str, stop: signal.Signals
 ) -> None:
     name = f"lmfg{secrets.token_hex(3)}"
     admin = free_port()
@@ -197,7 +198,7 @@ def test_foreground_up_follows_until_ctrl_c_then_stops_the_project(
             seen += line
             assert time.monotonic() < deadline, seen.decode(errors="replace")
         assert proc.poll() is None  # still following after the project is ready
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         rest, _ = proc.communicate(timeout=120)
         output = (seen + rest).decode(errors="replace")
         assert proc.returncode == 0, output
