@@ -36,6 +36,7 @@ from localmesh.runtime.dataplane.core.cluster import (
     EndpointState,
     cluster_name,
     port_endpoints,
+    port_health_check,
 )
 from localmesh.runtime.dataplane.core.headers import HOP_BY_HOP, connection_tokens
 from localmesh.runtime.dataplane.core.retry import Outcome
@@ -313,7 +314,7 @@ class ClusterRuntime:
             cluster_name(service.name, self.port),
             service.connection_pool,
             service.outlier_detection,
-            service.health_check,
+            port_health_check(service, self.port),
         )
         self.tls: UpstreamTLS | None = None
         self._waiters: deque[Waiter] = deque()
@@ -325,7 +326,9 @@ class ClusterRuntime:
         """The service's endpoints in a snapshot: this cluster keeps those serving its port."""
         self.service = service
         self.state.configure(
-            service.connection_pool, service.outlier_detection, service.health_check
+            service.connection_pool,
+            service.outlier_detection,
+            port_health_check(service, self.port),
         )
         removed = self.state.set_endpoints(
             UpstreamHost(e.host, e.port, e.labels)

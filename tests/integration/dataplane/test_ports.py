@@ -27,6 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from localmesh.config.model import (
     Destination,
+    HealthCheck,
+    HealthCheckKind,
     MatchKind,
     MeshConfig,
     MeshSettings,
@@ -41,7 +43,7 @@ from localmesh.config.model import (
 from localmesh.runtime.dataplane import DataPlane
 from localmesh.runtime.snapshot import Endpoint, ListenerSpec, Snapshot
 from localmesh.runtime.telemetry import AccessLog, MeshMetrics
-from tests.integration.dataplane.harness import Mesh, running, service, snapshot
+from tests.integration.dataplane.harness import Mesh, eventually, running, service, snapshot
 from tests.support.services import HttpBackend, free_port, run_http_backend
 
 CHILD = Path(__file__).with_name("ports_child.py")
@@ -136,16 +138,26 @@ async def tcp_server(handle: TcpHandler) -> AsyncIterator[int]:
         server.close()
 
 
-async def named_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """A TCP backend: answers one line with ``tcp:<line>``."""
-    line = await reader.readline()
-    writer.write(b"tcp:" + line)
-    await writer.drain()
-    writer.close()
+def named_line(checks: list[bytes]) -> TcpHandler:
+    """A TCP backend: answers one line with ``tcp:<line>``; counts connect-only checks."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        if not line:
+            checks.append(line)
+        writer.write(b"tcp:" + line)
+        await writer.drain()
+        writer.close()
+
+    return handle
 
 
 async def test_an_http_port_and_a_tcp_port_of_one_service(http_backend: HttpBackend) -> None:
-    async with tcp_server(named_line) as tcp_port:
+    """With an HTTP health check: the TCP port's cluster is checked by connecting (an HTTP
+    probe would fail its endpoint and refuse every TCP call)."""
+    check = HealthCheck(HealthCheckKind.HTTP, path="/", interval=0.05, unhealthy_threshold=1)
+    tcp_checks: list[bytes] = []
+    async with tcp_server(named_line(tcp_checks)) as tcp_port:
         api = Service(
             "api",
             ports=(PortSpec(http_backend.port), PortSpec(tcp_port, Protocol.TCP)),
@@ -153,12 +165,17 @@ async def test_an_http_port_and_a_tcp_port_of_one_service(http_backend: HttpBack
                 StaticEndpoint(http_backend.host, http_backend.port),
                 StaticEndpoint("127.0.0.1", tcp_port),
             ),
+            health_check=check,
         )
         listeners = [
             ListenerSpec(f"web>api:{p.port}", "api", p.port, p.protocol, "127.0.0.1", 0, "web")
             for p in api.ports
         ]
         async with running(snapshot(api, listeners=listeners)) as mesh:
+            await eventually(lambda: http_backend.hits.get("/", 0) >= 3)  # checks ran
+            await eventually(lambda: len(tcp_checks) >= 3)
+            health = {c["port"]: c["endpoints"][0]["healthy"] for c in mesh.plane.clusters()}
+            assert health == {http_backend.port: True, tcp_port: True}
             assert await backends_seen(mesh, f"web>api:{http_backend.port}") == {"backend"}
             for i in range(10):
                 reader, writer = await asyncio.open_connection(*mesh.address(f"web>api:{tcp_port}"))

@@ -28,8 +28,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
-from localmesh.config.model import ConnectionPool, HealthCheck, OutlierDetection, Protocol, Service
+from localmesh.config.model import (
+    ConnectionPool,
+    HealthCheck,
+    HealthCheckKind,
+    OutlierDetection,
+    Protocol,
+    Service,
+)
 from localmesh.runtime.snapshot import Endpoint
 
 
@@ -85,6 +93,18 @@ def port_endpoints(
             dialled = Endpoint(e.host, port, e.labels)
             members.setdefault(dialled.address, dialled)
     return tuple(members.values())
+
+
+def port_health_check(service: Service, port: int) -> HealthCheck | None:
+    """The active check of one port's cluster: an HTTP check is for HTTP ports; the cluster
+    of any other port (tcp, postgres, redis, or one only the intercept listener knows) is
+    checked by connecting, so its endpoints are not failed for not speaking HTTP."""
+    check = service.health_check
+    if check is None or check.kind is not HealthCheckKind.HTTP:
+        return check
+    if any(p.port == port and p.protocol is Protocol.HTTP for p in service.ports):
+        return check
+    return replace(check, kind=HealthCheckKind.TCP)
 
 
 class EndpointState:

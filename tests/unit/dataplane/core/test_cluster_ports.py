@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from localmesh.config.model import PortSpec, Protocol, Service, StaticEndpoint
+from localmesh.config.model import (
+    HealthCheck,
+    HealthCheckKind,
+    PortSpec,
+    Protocol,
+    Service,
+    StaticEndpoint,
+)
 from localmesh.runtime.dataplane.core.cluster import (
     FailureReports,
     cluster_name,
     cluster_port,
     port_endpoints,
+    port_health_check,
 )
 from localmesh.runtime.snapshot import Endpoint
 
@@ -125,3 +133,18 @@ def test_failure_reports_are_one_per_service_per_interval() -> None:
     assert not reports.due("api", 10.99)
     assert reports.due("api", 11.0)
     assert not reports.due("api", 11.2)
+
+
+def test_an_http_health_check_connects_only_on_ports_that_are_not_http() -> None:
+    http = HealthCheck(HealthCheckKind.HTTP, path="/healthz", interval=2.0)
+    svc = Service("mixed", ports=MIXED.ports, health_check=http)
+    assert port_health_check(svc, 8080) == http
+    assert port_health_check(svc, 6379) == HealthCheck(
+        HealthCheckKind.TCP, path="/healthz", interval=2.0
+    )
+    intercepted = port_health_check(svc, 7000)  # a port only the intercept knows: connect
+    assert intercepted is not None
+    assert intercepted.kind is HealthCheckKind.TCP
+    tcp = HealthCheck(HealthCheckKind.TCP)
+    assert port_health_check(Service("db", ports=DB.ports, health_check=tcp), 5432) == tcp
+    assert port_health_check(DB, 5432) is None
