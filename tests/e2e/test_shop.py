@@ -8,7 +8,7 @@ example changed. The steps run in order on one project (a module fixture brings 
 3. metrics show every hop (web→api, api→db, api→cache) with source identities
 4. isolation kept: web cannot reach db (it could not before either)
 5. a mesh.yaml edit (a 503 abort on api for calls from web) takes effect live, and its undo
-6. api scaled to 3: requests are spread over the three
+6. api scaled to 3: requests are spread over the three; scaled back to 1: all go to it
 7. db stopped: clean 503s, then recovery once it is back
 8. ``localmesh down -v`` leaves no container, network or volume behind
 
@@ -303,7 +303,7 @@ def test_5_a_mesh_yaml_change_takes_effect_live(shop: Shop) -> None:
     eventually(lambda: _ok(shop.get("/")), "200 again once the fault is removed")
 
 
-def test_6_scaling_api_to_three_spreads_the_requests(shop: Shop) -> None:
+def test_6_scaling_api_to_three_spreads_the_requests_and_back_to_one(shop: Shop) -> None:
     scaled = shop.localmesh("up", "-d", "-p", shop.name, "--timeout", "120", "--scale", "api=3")
     assert scaled.returncode == 0, scaled.stdout + scaled.stderr
 
@@ -313,6 +313,20 @@ def test_6_scaling_api_to_three_spreads_the_requests(shop: Shop) -> None:
 
     seen = eventually(three_seen, "requests answered by three api replicas", timeout=45)
     assert min(seen.values()) >= 5, f"unbalanced: {dict(seen)}"
+
+    # Scaling down is discovered too: the removed replicas leave rotation until every
+    # request succeeds on the one left.
+    shrunk = shop.localmesh("up", "-d", "-p", shop.name, "--timeout", "120", "--scale", "api=1")
+    assert shrunk.returncode == 0, shrunk.stdout + shrunk.stderr
+
+    def one_seen() -> collections.Counter[str] | None:
+        answers = [shop.get("/") for _ in range(10)]
+        if any(code != 200 for code, _ in answers):
+            return None
+        served = collections.Counter(body["api"]["served_by"] for _, body in answers)
+        return served if len(served) == 1 else None
+
+    eventually(one_seen, "requests answered by the one api replica left", timeout=45)
 
 
 def test_7_a_stopped_database_gives_clean_503s_then_recovers(shop: Shop) -> None:
