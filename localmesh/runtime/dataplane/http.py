@@ -22,6 +22,7 @@ the connection afterwards: the unread body would otherwise be parsed as the next
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from typing import cast
 
@@ -64,21 +65,24 @@ HTTP11 = b" HTTP/1.1\r\n"
 CHUNK_END = b"0\r\n\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-# Request headers the exchange looks at while copying the rest through.
-_SPECIAL = HOP_BY_HOP | {
-    b"host",
+# Request headers never copied upstream as they came: hop-by-hop, and those the mesh
+# rewrites (forwarding) or replaces (an invalid traceparent; a valid one is re-added).
+_DROPPED = HOP_BY_HOP | {b"expect", b"traceparent", b"x-forwarded-for", b"x-forwarded-proto"}
+_DROPPED_SANITIZED = _DROPPED | {b"x-forwarded-client-cert"}  # a listener that verifies
+# Request headers the exchange reads on the way; the rest are copied without a look.
+_SPECIAL = _DROPPED_SANITIZED | {
     b"content-length",
-    b"expect",
     b"x-request-id",
-    b"traceparent",
     b"x-b3-traceid",
     b"x-b3-spanid",
     b"x-b3-sampled",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
     b"x-forwarded-host",
-    b"x-forwarded-client-cert",
 }
+
+
+#: A request target that is not a plain path: split_target looks at it (query, fragment,
+#: absolute form, anything normalisation would change).
+_NOT_PLAIN = re.compile(rb"[?#%]|/[/.]").search
 
 
 class _Refuse(Exception):
@@ -107,6 +111,7 @@ class HttpDownstream(asyncio.Protocol):
         "_url",
         "_view",
         "caller",
+        "connection_header",
         "ctx",
         "forwarded",
         "identity",
@@ -139,6 +144,7 @@ class HttpDownstream(asyncio.Protocol):
         self.forwarded = b""  # the x-forwarded-for/-proto lines most requests get
         self.tunnel: asyncio.Transport | None = None  # after an upgrade: the upstream
         self.upgraded = False
+        self.connection_header = False  # the request being parsed has a Connection header
         self._refused = False
         self.write_paused = False
         # For the sweeper: the tick since which we wait for the next request (``in_head``
@@ -185,7 +191,7 @@ class HttpDownstream(asyncio.Protocol):
             self.refuse(400, "bad-request", str(exc))
             return
         ex = self._active
-        if ex is not None:
+        if ex is not None and ex.unsent:
             ex.flush_up()
 
     def eof_received(self) -> bool | None:
@@ -226,6 +232,7 @@ class HttpDownstream(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._hbytes = 0
+        self.connection_header = False
         self.in_head = True
         self.wait_since = self.ctx.clock.ticks
 
@@ -236,7 +243,10 @@ class HttpDownstream(asyncio.Protocol):
             raise _Refuse(414 if len(self._url) > self._max_hbytes else 431, "headers-too-large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._headers.append((name, value))
+        if name == b"connection":
+            self.connection_header = True
         self._hbytes += len(name) + len(value) + 4
         if self._hbytes > self._max_hbytes:
             raise _Refuse(431, "headers-too-large")
@@ -306,7 +316,7 @@ class HttpDownstream(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if close or self.closing:
+        if close or self._paused & PAUSE_DONE:
             self._queue.clear()
             transport.close()
             return
@@ -319,7 +329,8 @@ class HttpDownstream(asyncio.Protocol):
             return
         if not self.in_head:
             self.wait_since = self.ctx.clock.ticks
-        self.resume(PAUSE_PIPELINE)
+        if self._paused & PAUSE_PIPELINE:
+            self.resume(PAUSE_PIPELINE)
 
     def pause(self, why: int) -> None:
         if not self._paused and self.transport is not None:
@@ -417,6 +428,7 @@ class Exchange:
     """
 
     # defaults, overridden per instance when they change
+    http11 = True
     upgrade = False
     req_chunked = False
     req_complete = False
@@ -457,8 +469,11 @@ class Exchange:
         self.method = method = parser.get_method()
         self.url = down._url
         self.headers = down._headers
-        self.http11 = parser.get_http_version() == "1.1"
-        self.keep_alive = parser.should_keep_alive()
+        self.keep_alive = keep_alive = parser.should_keep_alive()
+        # keep-alive without a Connection header is HTTP/1.1 (llhttp's rule), so the costly
+        # version string is only asked for the rest (Connection: close, HTTP/1.0, 0.9, 2.0)
+        if not keep_alive or down.connection_header:
+            self.http11 = parser.get_http_version() == "1.1"
         self.head_only = method == b"HEAD"
         self.req_bytes = down._hbytes
         self.unsent: list[bytes] = []
@@ -477,11 +492,15 @@ class Exchange:
             self.keep_alive = False  # llhttp stops parsing after CONNECT, like an upgrade
             self.local(405, "method-not-allowed", "CONNECT is not proxied", wire.NO_FLAGS)
             return
-        try:
-            path, query = split_target(self.url)
-        except BadTarget as exc:
-            self.local(400, "bad-request", str(exc), wire.DOWNSTREAM_PROTOCOL_ERROR)
-            return
+        url = self.url
+        if url[:1] == b"/" and _NOT_PLAIN(url) is None:  # nothing to split or normalise
+            path, query = url, b""
+        else:
+            try:
+                path, query = split_target(url)
+            except BadTarget as exc:
+                self.local(400, "bad-request", str(exc), wire.DOWNSTREAM_PROTOCOL_ERROR)
+                return
         headers = self.headers
         authority = b""
         for name, value in headers:
@@ -532,9 +551,12 @@ class Exchange:
                 self.deadline = self.started + timeout
             else:
                 self._deadline_timer = ctx.loop.call_later(timeout, self.deadline_passed)
-        if self.req_complete:
+        if self.mirror is not None and self.req_complete:
             self._maybe_mirror()
-        self._attempt()
+        if route.fault is None:
+            self._attempt_upstream(ctx.loop.time())
+        else:
+            self._attempt()
 
     def _rate_limited(
         self, vhost: VirtualHost, route: CompiledRoute[RouteTarget], caller: Caller
@@ -567,72 +589,75 @@ class Exchange:
         route: CompiledRoute[RouteTarget],
         body_limit: int,
     ) -> bool:
-        """Serialise the upstream request head once (retries and mirrors reuse it)."""
+        """Serialise the upstream request head once (retries and mirrors reuse it).
+
+        Headers are copied through as they came unless one of them has to go (hop-by-hop,
+        forwarding headers we rewrite, a traceparent we replace): only the few that
+        ``_SPECIAL`` names are looked at one by one, and the copy is joined in C.
+        """
         down = self.down
         ctx = down.ctx
-        out: Headers = []
+        headers = out = self.headers
         xff = xfp = xfh = rid = tp = b3t = b3s = b3f = None
         tokens: frozenset[bytes] = frozenset()
         upgrade_to = None
         expect = False
         content_length = -1
         sanitize = ctx.identify is not None
-        for item in self.headers:
-            name = item[0]
-            if name not in _SPECIAL:
-                out.append(item)
-                continue
-            value = item[1]
-            if name in {b"host", b"x-forwarded-host"}:
-                if name == b"x-forwarded-host":
-                    xfh = value
-                out.append(item)
+        drop = False  # some header must not be copied
+        for name, value in [h for h in headers if h[0] in _SPECIAL]:
+            if name == b"x-forwarded-host":
+                xfh = value
             elif name == b"content-length":
                 content_length = int(value)
-                out.append(item)
-            elif name == b"transfer-encoding":
-                self.req_chunked = True
-            elif name == b"connection":
-                tokens = connection_tokens(value)
-            elif name == b"upgrade":
-                upgrade_to = value
-            elif name == b"expect":
-                expect = value.lower() == b"100-continue"
             elif name == b"x-request-id":
                 rid = value
-                out.append(item)
-            elif name == b"traceparent":
-                tp = value
             elif name == b"x-b3-traceid":
                 b3t = value
-                out.append(item)
             elif name == b"x-b3-spanid":
                 b3s = value
-                out.append(item)
             elif name == b"x-b3-sampled":
                 b3f = value
-                out.append(item)
-            elif name == b"x-forwarded-for":
-                xff = value
-            elif name == b"x-forwarded-proto":
-                xfp = value
-            elif name == b"x-forwarded-client-cert" and not sanitize:
-                out.append(item)
-            # other hop-by-hop headers (keep-alive, te, trailer, proxy-connection): dropped
+            elif name == b"x-forwarded-client-cert":
+                drop = drop or sanitize
+            else:  # not copied as they came
+                drop = True
+                if name == b"transfer-encoding":
+                    self.req_chunked = True
+                elif name == b"connection":
+                    tokens = connection_tokens(value)
+                elif name == b"upgrade":
+                    upgrade_to = value
+                elif name == b"expect":
+                    expect = value.lower() == b"100-continue"
+                elif name == b"traceparent":
+                    tp = value
+                elif name == b"x-forwarded-for":
+                    xff = value
+                elif name == b"x-forwarded-proto":
+                    xfp = value
+                # other hop-by-hop headers (keep-alive, te, trailer, proxy-connection): dropped
         if body_limit and content_length > body_limit:
             self.local(413, "body-too-large", f"limit {body_limit} bytes", wire.NO_FLAGS)
             return False
-        if tokens - {b"keep-alive", b"close", b"upgrade"}:
-            out = [h for h in out if h[0] not in tokens]
+        if drop:
+            gone = _DROPPED_SANITIZED if sanitize else _DROPPED
+            if tokens - {b"keep-alive", b"close", b"upgrade"}:
+                gone = gone | tokens
+            out = [h for h in headers if h[0] not in gone]
         if route.request_ops is not None:
             out = route.request_ops.apply(out)
-        rid, traceparent, generated = ctx.ids.ids(rid, tp, b3t, b3s, b3f)
+        ids = ctx.ids
+        if tp is None and b3t is None:  # the common case: ids from a pre-drawn batch
+            rid, traceparent, generated = ids.fresh(rid)
+        else:
+            rid, traceparent, generated = ids.ids(rid, tp, b3t, b3s, b3f)
+            if tp is not None and traceparent == tp:
+                out = [*out, (b"traceparent", tp)]
         self.request_id = rid
         self.traceparent = traceparent
-        if tp is not None and traceparent == tp:
-            out.append((b"traceparent", tp))
         line = self.method + b" " + (path + b"?" + query if query else path) + HTTP11
-        parts = [line, b"".join([n + SEP + v + CRLF for n, v in out]), generated]
+        parts = [line, CRLF.join(map(SEP.join, out)), CRLF, generated] if out else [line, generated]
         if xff is None and (xfp is None or sanitize):
             parts.append(down.forwarded)  # per connection: x-forwarded-for + -proto
         else:
@@ -656,10 +681,15 @@ class Exchange:
             parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(CRLF)
         head = b"".join(parts)
-        self.unsent.insert(0, head)
+        unsent = self.unsent
+        if unsent:  # body bytes that arrived before the head was built (pipelining)
+            unsent.insert(0, head)
+            assert self.wire is not None
+            self.wire.insert(0, head)
+        else:
+            self.unsent = [head]
+            self.wire = [head]
         self._unsent_bytes += len(head)
-        assert self.wire is not None
-        self.wire.insert(0, head)
         self._wire_bytes += len(head)
         if expect and not self.req_complete:
             transport = down.transport
@@ -698,7 +728,7 @@ class Exchange:
             self.unsent.append(CHUNK_END)
             if self.wire is not None:
                 self.wire.append(CHUNK_END)
-        if self.route is not None:
+        if self.mirror is not None:
             self._maybe_mirror()
 
     def flush_up(self) -> None:
@@ -732,6 +762,7 @@ class Exchange:
     # -- attempts ---------------------------------------------------------------------------
 
     def _attempt(self) -> None:
+        """An attempt after a backoff, or one whose route injects faults."""
         self._backoff_timer = None
         if self.done:
             return
@@ -752,7 +783,7 @@ class Exchange:
             if abort:
                 self._fault_abort(abort)
                 return
-        self._attempt_upstream()
+        self._attempt_upstream(self.down.ctx.loop.time())
 
     def _after_fault_delay(self, abort: int) -> None:
         self._backoff_timer = None
@@ -761,7 +792,7 @@ class Exchange:
         if abort:
             self._fault_abort(abort)
         else:
-            self._attempt_upstream()
+            self._attempt_upstream(self.down.ctx.loop.time())
 
     def _fault_abort(self, status: int) -> None:
         """An injected abort is an upstream answer: the retry policy sees it."""
@@ -779,13 +810,11 @@ class Exchange:
             flag,
         )
 
-    def _attempt_upstream(self) -> None:
+    def _attempt_upstream(self, now: float) -> None:
         target = self.target
         route = self.route
         assert target is not None
         assert route is not None
-        loop = self.down.ctx.loop
-        now = loop.time()
         key = (
             hash_key(target.lb, self.headers, self.down.peer_ip)
             if target.lb.hash_on is not None
@@ -803,7 +832,9 @@ class Exchange:
         host.total_requests += 1
         retry = route.retry
         if retry is not None and retry.per_try_timeout:
-            self._try_timer = loop.call_at(now + retry.per_try_timeout, self._on_try_timeout)
+            self._try_timer = self.down.ctx.loop.call_at(
+                now + retry.per_try_timeout, self._on_try_timeout
+            )
         target.cluster.acquire(self)
 
     def on_connection(self, conn: UpstreamConnection) -> None:
@@ -821,8 +852,10 @@ class Exchange:
         self.upstream_address = conn.host.address
         conn.begin(self, self.head_only)
         self.flush_up()
-        self.down.resume(PAUSE_UPSTREAM)
-        if self.down.write_paused:
+        down = self.down
+        if down._paused & PAUSE_UPSTREAM:
+            down.resume(PAUSE_UPSTREAM)
+        if down.write_paused:
             conn.pause_reading()
 
     def on_connect_failure(self, outcome: Outcome, detail: str) -> None:
@@ -899,8 +932,9 @@ class Exchange:
             self._try_timer = None
         if self.waiting and self.target is not None:
             self.target.cluster.forget(self)
-        host, self.host = self.host, None
+        host = self.host
         if host is not None:
+            self.host = None
             host.active_requests -= 1
 
     def _drop_upstream(self) -> None:
@@ -958,22 +992,25 @@ class Exchange:
         if status == 101 or self.upgrade:
             self.out.append(self._upgrade_head(status, headers))
             return
-        lines = b"".join([n + SEP + v + CRLF for n, v in headers if n not in HOP_BY_HOP])
         conn = self.conn
-        if conn is not None and conn.connection_tokens:  # ``Connection: x-foo`` names more
-            tokens = conn.connection_tokens
-            lines = b"".join([n + SEP + v + CRLF for n, v in headers if n not in tokens])
+        # ``Connection: x-foo`` names more hop-by-hop headers (rare)
+        hop = conn.connection_tokens if conn is not None and conn.connection_tokens else HOP_BY_HOP
+        kept = [h for h in headers if h[0] not in hop]
+        out = self.out
+        out.append(wire.status_line(status))
+        if kept:
+            out += (CRLF.join(map(SEP.join, kept)), CRLF)
         if framing in REFRAMED:
             if self.http11:
                 self._down_chunked = True
-                lines += b"transfer-encoding: chunked\r\n"
+                out.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.keep_alive = False
-        if not self.keep_alive or self.down.closing:
-            lines += b"connection: close\r\n"
+        if not self.keep_alive or self.down._paused & PAUSE_DONE:
+            out.append(b"connection: close\r\n")
         elif not self.http11:
-            lines += b"connection: keep-alive\r\n"
-        self.out.append(wire.status_line(status) + lines + CRLF)
+            out.append(b"connection: keep-alive\r\n")
+        out.append(CRLF)
 
     def _upstream_error(self, status: int) -> bool:
         """A 5xx head: outlier accounting, then retry if allowed (True: retried)."""
@@ -1048,7 +1085,7 @@ class Exchange:
             self._end_attempt()
             self.unsent = list(self.wire)
             self._unsent_bytes = sum(map(len, self.unsent))
-            self._attempt_upstream()
+            self._attempt_upstream(self.down.ctx.loop.time())
             return
         if host is not None:
             self._report_failure(host)
@@ -1132,15 +1169,19 @@ class Exchange:
 
     def _finish(self) -> None:
         self.done = True
-        for timer in (self._deadline_timer, self._backoff_timer):
-            if timer is not None:
-                timer.cancel()
-        self._deadline_timer = self._backoff_timer = None
-        conn, self.conn = self.conn, None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if self._backoff_timer is not None:
+            self._backoff_timer.cancel()
+            self._backoff_timer = None
+        now = self.down.ctx.loop.time()
+        conn = self.conn
         target = self.target
         if conn is not None:
+            self.conn = None
             if self.req_complete and self._complete and target is not None:
-                target.cluster.release(conn, self.down.ctx.loop.time())
+                target.cluster.release(conn, now)
             else:
                 conn.abort()
         self._end_attempt()
@@ -1149,7 +1190,7 @@ class Exchange:
             state.active_requests -= 1
             if self._in_retry:
                 state.active_retries -= 1
-        self._record()
+        self._record(now)
         close = self.close_after or not self.keep_alive or self._body_pending()
         self.down.exchange_done(self, close)
 
@@ -1171,15 +1212,14 @@ class Exchange:
             target.cluster.state.active_requests -= 1
             if self._in_retry:
                 target.cluster.state.active_retries -= 1
-        self._record()
+        self._record(self.down.ctx.loop.time())
         self.down.tunnel_started(self)
 
-    def _record(self) -> None:
+    def _record(self, now: float) -> None:
         down = self.down
         ctx = down.ctx
         target = self.target
         destination = target.service if target is not None else self.view.service
-        now = ctx.loop.time()
         down.edge(destination).observe(
             self.status, self.flags, now - self.started, self.req_bytes, self.resp_bytes
         )

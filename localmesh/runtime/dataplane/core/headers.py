@@ -65,13 +65,18 @@ class TraceIds:
     """Random ids for requests and traces; seedable so tests can pin them.
 
     One PRNG draw of 192 bits per request feeds every id that has to be made (trace id,
-    span id, request id): no syscall, one formatting, slices after that.
+    span id, request id). For requests without trace context (most) the draws and the
+    header lines are made ``BATCH`` at a time, so a request takes a ready block and two
+    slices of it: no PRNG call, no hexlify, no formatting of its own.
     """
 
-    __slots__ = ("_random_bytes",)
+    __slots__ = ("_batch", "_random_bytes")
+
+    BATCH = 64
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._random_bytes = (rng or random.Random()).randbytes
+        self._batch: list[bytes] = []
 
     def _draw(self) -> bytes:
         """48 random hex digits: a trace id (32) and a span id (16)."""
@@ -84,6 +89,21 @@ class TraceIds:
 
     def request_id(self) -> bytes:
         return self._uuid(self._draw())
+
+    def fresh(self, request_id: bytes | None) -> tuple[bytes, bytes, bytes]:
+        """``ids()`` for a request that carries no trace context (W3C or B3)."""
+        batch = self._batch
+        if not batch:
+            hexed = hexlify(self._random_bytes(24 * self.BATCH))
+            draws = [hexed[i : i + 48] for i in range(0, len(hexed), 48)]
+            batch = self._batch = [
+                _BLOCK % (h[:8], h[8:12], h[13:16], h[17:20], h[20:32], *(h[:32], h[32:]) * 2)
+                for h in draws
+            ]
+        block = batch.pop()
+        if request_id is None:
+            return block[_RID], block[_TRACEPARENT], block
+        return request_id, block[_TRACEPARENT], block[_RID_LINE_END:]
 
     def ids(
         self,
@@ -101,16 +121,8 @@ class TraceIds:
         incoming ``traceparent`` is replaced: the returned value then differs from it and
         the caller drops the old header.
         """
-        if traceparent is None and b3_trace is None:  # the common case: one draw, one format
-            drawn = self._draw()
-            if request_id is None:
-                request_id = self._uuid(drawn)
-                rid_line = b"x-request-id: " + request_id + b"\r\n"
-            else:
-                rid_line = b""
-            traceparent = b"00-" + drawn[:32] + b"-" + drawn[32:] + b"-01"
-            lines = _GENERATED % (traceparent, drawn[:32], drawn[32:], rid_line)
-            return request_id, traceparent, lines
+        if traceparent is None and b3_trace is None:
+            return self.fresh(request_id)
         extra: list[Header] = []
         drawn = b""
         if traceparent is not None:
@@ -149,4 +161,12 @@ class TraceIds:
         return request_id, traceparent, b"".join([k + b": " + v + b"\r\n" for k, v in extra])
 
 
-_GENERATED = b"traceparent: %s\r\nx-b3-traceid: %s\r\nx-b3-spanid: %s\r\nx-b3-sampled: 1\r\n%s"
+# The generated lines of a request without trace context: the request id line first, so
+# a request that brought its own id takes the rest; fixed lengths, so fixed slices.
+_BLOCK = (
+    b"x-request-id: %s-%s-4%s-a%s-%s\r\n"
+    b"traceparent: 00-%s-%s-01\r\nx-b3-traceid: %s\r\nx-b3-spanid: %s\r\nx-b3-sampled: 1\r\n"
+)
+_RID = slice(14, 50)  # the UUID after "x-request-id: "
+_RID_LINE_END = 52
+_TRACEPARENT = slice(65, 120)  # "00-<32>-<16>-01" after "traceparent: "
