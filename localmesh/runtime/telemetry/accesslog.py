@@ -35,6 +35,7 @@ HttpRecord = tuple[
 # call, which measured about twice the cost per record (11.6 vs 6.4 µs).
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
+_QUOTED_MAX = 4096
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
@@ -57,6 +58,8 @@ class AccessLog:
         self._wall_offset = time.time() - time.monotonic()
         self._second = -1
         self._second_text = ""
+        # quoted (source, destination, route, method, flags, upstream) fields, see _lines
+        self._quoted: dict[tuple[str, str, str | None, bytes, str, str], tuple[str, ...]] = {}
 
     def log(self, record: Record) -> None:
         if self.enabled:
@@ -84,10 +87,7 @@ class AccessLog:
         batch, self._pending = self._pending, []
         self._ring.extend(batch)
         if self.sink is not None:
-            line = self._http_line
-            self.sink.write(
-                "".join([line(r) if type(r) is tuple else _encode(r) + "\n" for r in batch])
-            )
+            self.sink.write(self._lines(batch))
             self.sink.flush()
         if self._listeners:
             records = [self._record(r) for r in batch]
@@ -123,23 +123,10 @@ class AccessLog:
     def _record(self, item: Record | HttpRecord) -> Record:
         if type(item) is not tuple:
             return item  # type: ignore[return-value]
-        (
-            started,
-            finished,
-            source,
-            destination,
-            route,
-            method,
-            target,
-            status,
-            flags,
-            request_bytes,
-            response_bytes,
-            upstream,
-            request_id,
-            traceparent,
-            retries,
-        ) = item
+        # fmt: off
+        (started, finished, source, destination, route, method, target, status, flags,
+         request_bytes, response_bytes, upstream, request_id, traceparent, retries) = item
+        # fmt: on
         record: Record = {
             "time": self.wall_time(started),
             "source": source,
@@ -151,7 +138,7 @@ class AccessLog:
             "flags": flags,
             "request_bytes": request_bytes,
             "response_bytes": response_bytes,
-            "duration_ms": round((finished - started) * 1000.0, 3),
+            "duration_ms": int((finished - started) * 1e6 + 0.5) / 1000,
             "upstream": upstream or None,
             "request_id": request_id.decode("latin-1") or None,
             "traceparent": traceparent.decode("latin-1") or None,
@@ -160,46 +147,64 @@ class AccessLog:
             record["retries"] = retries
         return record
 
-    def _http_line(self, item: HttpRecord) -> str:
-        """``_encode(self._record(item))`` without the dict: C string quoting, one format."""
-        (
-            started,
-            finished,
-            source,
-            destination,
-            route,
-            method,
-            target,
-            status,
-            flags,
-            request_bytes,
-            response_bytes,
-            upstream,
-            request_id,
-            traceparent,
-            retries,
-        ) = item
-        return _HTTP_LINE % (
-            self.wall_time(started),
-            _quote(source),
-            _quote(destination),
-            "null" if route is None else _quote(route),
-            _quote(method.decode("latin-1")),
-            _quote(target.decode("latin-1")),
-            status,
-            _quote(flags),
-            request_bytes,
-            response_bytes,
-            repr(round((finished - started) * 1000.0, 3)),
-            _quote(upstream) if upstream else "null",
-            _quote(request_id.decode("latin-1")) if request_id else "null",
-            _quote(traceparent.decode("latin-1")) if traceparent else "null",
-            f',"retries":{retries}}}\n' if retries else "}\n",
-        )
+    def _lines(self, batch: list[Record | HttpRecord]) -> str:
+        """The JSON lines of ``batch``: ``_encode(self._record(item))`` for every item, but
+        HTTP tuples are formatted without a dict (C string quoting, one format each)."""
+        out: list[str] = []
+        offset = self._wall_offset
+        second, second_text = self._second, self._second_text
+        known = self._quoted
+        if len(known) > _QUOTED_MAX:
+            known.clear()
+        for item in batch:
+            if type(item) is not tuple:
+                out.append(_encode(item) + "\n")
+                continue
+            # fmt: off
+            (started, finished, source, destination, route, method, target, status, flags,
+             request_bytes, response_bytes, upstream, request_id, traceparent, retries) = item
+            # fmt: on
+            wall = started + offset
+            if int(wall) != second:
+                second = int(wall)
+                second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            micros = int((finished - started) * 1e6 + 0.5)
+            # the same few names and methods on every line: quoted once
+            fixed = known.get((source, destination, route, method, flags, upstream))
+            if fixed is None:
+                fixed = known[(source, destination, route, method, flags, upstream)] = (
+                    _quote(source),
+                    _quote(destination),
+                    "null" if route is None else _quote(route),
+                    _quote(method.decode("latin-1")),
+                    _quote(flags),
+                    _quote(upstream) if upstream else "null",
+                )
+            out.append(
+                _HTTP_LINE
+                % (
+                    second_text,
+                    _MILLIS[int((wall - second) * 1000.0)],
+                    *fixed[:4],
+                    _quote(target.decode("latin-1")),
+                    status,
+                    fixed[4],
+                    request_bytes,
+                    response_bytes,
+                    micros // 1000,
+                    micros % 1000,
+                    fixed[5],
+                    _quote(request_id.decode("latin-1")) if request_id else "null",
+                    _quote(traceparent.decode("latin-1")) if traceparent else "null",
+                    f',"retries":{retries}}}\n' if retries else "}\n",
+                )
+            )
+        self._second, self._second_text = second, second_text
+        return "".join(out)
 
 
 _HTTP_LINE = (
-    '{"time":"%s","source":%s,"destination":%s,"route":%s,"method":%s,"path":%s,'
-    '"status":%d,"flags":%s,"request_bytes":%d,"response_bytes":%d,"duration_ms":%s,'
+    '{"time":"%s%s","source":%s,"destination":%s,"route":%s,"method":%s,"path":%s,'
+    '"status":%d,"flags":%s,"request_bytes":%d,"response_bytes":%d,"duration_ms":%d.%03d,'
     '"upstream":%s,"request_id":%s,"traceparent":%s%s'
 )
