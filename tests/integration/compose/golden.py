@@ -26,7 +26,7 @@ from localmesh.compose.planner import EngineFacts
 
 REPO = Path(__file__).resolve().parents[3]
 CASES = REPO / "tests" / "data" / "compose"
-SCHEMA = REPO.parent / "shared" / "reference" / "compose-spec.json"
+SCHEMA = REPO / "tests" / "data" / "compose-spec" / "compose-spec.json"
 UPDATE = os.environ.get("LOCALMESH_UPDATE_GOLDEN") == "1"
 PROJECT_TOKEN = "@PROJECT@"
 IMAGE = "localmesh-mesh:golden"
