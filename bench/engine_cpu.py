@@ -35,10 +35,12 @@ from localmesh.runtime.dataplane.upstream import ClusterRuntime, UpstreamConnect
 from localmesh.runtime.snapshot import Endpoint, ListenerSpec, Snapshot
 from localmesh.runtime.telemetry import AccessLog, MeshMetrics
 
-REQUEST = b"GET /index HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\n\r\n"
+# What bench/dataplane.py's wrk sends and its nginx answers, byte for byte.
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n"
 RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 09:18:09 GMT\r\n"
-    b"Content-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n"
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 10:51:54 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
+    b"hello world\n"
 )
 
 

@@ -1184,7 +1184,13 @@ class Exchange:
                 target.cluster.release(conn, now)
             else:
                 conn.abort()
-        self._end_attempt()
+        if self._try_timer is not None or self.waiting:
+            self._end_attempt()
+        else:  # _end_attempt, inlined for the common case (no timer, not queued)
+            host = self.host
+            if host is not None:
+                self.host = None
+                host.active_requests -= 1
         if target is not None:
             state = target.cluster.state
             state.active_requests -= 1
@@ -1220,9 +1226,8 @@ class Exchange:
         ctx = down.ctx
         target = self.target
         destination = target.service if target is not None else self.view.service
-        down.edge(destination).observe(
-            self.status, self.flags, now - self.started, self.req_bytes, self.resp_bytes
-        )
+        edge = down._edges.get(destination) or down.edge(destination)
+        edge.observe(self.status, self.flags, now - self.started, self.req_bytes, self.resp_bytes)
         if self.view.compiled.access_log:
             caller = down.caller
             route = self.route

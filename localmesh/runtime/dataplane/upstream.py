@@ -84,6 +84,9 @@ FRAMING_NONE = 2  # no body: HEAD, 1xx, 204, 304
 FRAMING_CLOSE = 3  # body until the upstream closes
 REFRAMED = frozenset({FRAMING_CHUNKED, FRAMING_CLOSE})  # sent chunked to HTTP/1.1 clients
 
+# Connection header values that name no extra hop-by-hop header (nginx sends keep-alive)
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
 
 class UpstreamHost(EndpointState):
     """An endpoint plus its idle keep-alive connections."""
@@ -101,13 +104,13 @@ class UpstreamConnection(asyncio.Protocol):
         "_framing",
         "_headers",
         "_interim",
-        "_keep_alive",
         "_replace_parser",
         "_status",
         "cluster",
         "connection_tokens",
         "host",
         "idle_since",
+        "keep_alive",
         "owner",
         "parser",
         "reading_paused",
@@ -134,7 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False
         self._replace_parser = False
         self._status = 0
-        self._keep_alive = False
+        self.keep_alive = False  # the last response allows reusing the connection
 
     # -- the exchange side ------------------------------------------------------------------
 
@@ -146,11 +149,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._bodyless = bodyless
         self._framing = FRAMING_LENGTH
         self.connection_tokens = frozenset()
-
-    @property
-    def usable(self) -> bool:
-        t = self.transport
-        return t is not None and not t.is_closing()
 
     def pause_reading(self) -> None:
         """The downstream cannot take more: stop reading the response."""
@@ -255,7 +253,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers = []
             return
         headers = self._headers
-        self._keep_alive = self.parser.should_keep_alive()  # llhttp forgets it at the end
+        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it at the end
         framing = FRAMING_CLOSE
         for name, value in headers:
             if name == b"content-length":
@@ -263,7 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
             elif name == b"transfer-encoding":
                 if value.lower().endswith(b"chunked"):
                     framing = FRAMING_CHUNKED
-            elif name == b"connection":
+            elif name == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                 extra = connection_tokens(value) - {b"keep-alive", b"close", b"upgrade"}
                 if extra:
                     self.connection_tokens = extra | HOP_BY_HOP
@@ -292,10 +290,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._framing = FRAMING_LENGTH
             self.owner = None
             owner.up_complete()
-
-    def keep_alive(self) -> bool:
-        """Whether the last response allows reusing the connection (and it is still open)."""
-        return self._keep_alive and self.usable
 
 
 class ClusterRuntime:
@@ -359,7 +353,8 @@ class ClusterRuntime:
         idle = host.idle
         while idle:
             conn = idle.pop()
-            if conn.usable:
+            transport = conn.transport
+            if transport is not None and not transport.is_closing():  # still open
                 waiter.on_connection(conn)
                 return
         state = self.state
@@ -392,16 +387,21 @@ class ClusterRuntime:
     def release(self, conn: UpstreamConnection, now: float) -> None:
         """A request finished cleanly on ``conn``: reuse it, park it, or close it."""
         limit = self.state.pool.max_requests_per_connection
-        if not conn.usable or (
-            conn.served and (not conn.keep_alive() or (limit and conn.served >= limit))
+        transport = conn.transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or (conn.served and (not conn.keep_alive or (limit and conn.served >= limit)))
         ):
             conn.close()
             return
-        conn.resume_reading()  # a response that ended under backpressure left it paused
-        waiter = self._next_waiter()
-        if waiter is not None:
-            waiter.on_connection(conn)
-            return
+        if conn.reading_paused:  # a response that ended under backpressure left it paused
+            conn.resume_reading()
+        if self._waiters:
+            waiter = self._next_waiter()
+            if waiter is not None:
+                waiter.on_connection(conn)
+                return
         conn.idle_since = now
         conn.host.idle.append(conn)
 
