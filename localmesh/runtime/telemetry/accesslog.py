@@ -36,6 +36,14 @@ HttpRecord = tuple[
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 _QUOTED_MAX = 4096
+_END = "}\n"
+
+
+def _retries(retries: int) -> str:
+    return f',"retries":{retries}}}\n'
+
+
+_MICROS = tuple(f"{us:03d}" for us in range(1000))
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
@@ -59,7 +67,7 @@ class AccessLog:
         self._second = -1
         self._second_text = ""
         # quoted (source, destination, route, method, flags, upstream) fields, see _lines
-        self._quoted: dict[tuple[str, str, str | None, bytes, str, str], tuple[str, ...]] = {}
+        self._quoted: dict[tuple[str, str, str | None, bytes, str, str], tuple[str, str, str]] = {}
 
     def log(self, record: Record) -> None:
         if self.enabled:
@@ -149,7 +157,7 @@ class AccessLog:
 
     def _lines(self, batch: list[Record | HttpRecord]) -> str:
         """The JSON lines of ``batch``: ``_encode(self._record(item))`` for every item, but
-        HTTP tuples are formatted without a dict (C string quoting, one format each)."""
+        HTTP tuples are formatted without a dict (C string quoting, one f-string each)."""
         out: list[str] = []
         offset = self._wall_offset
         second, second_text = self._second, self._second_text
@@ -169,42 +177,26 @@ class AccessLog:
                 second = int(wall)
                 second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             micros = int((finished - started) * 1e6 + 0.5)
-            # the same few names and methods on every line: quoted once
+            # the same few names, methods, flags and upstreams on every line: quoted once
             fixed = known.get((source, destination, route, method, flags, upstream))
             if fixed is None:
                 fixed = known[(source, destination, route, method, flags, upstream)] = (
-                    _quote(source),
-                    _quote(destination),
-                    "null" if route is None else _quote(route),
-                    _quote(method.decode("latin-1")),
+                    f'"source":{_quote(source)},"destination":{_quote(destination)},'
+                    f'"route":{"null" if route is None else _quote(route)},'
+                    f'"method":{_quote(method.decode("latin-1"))}',
                     _quote(flags),
                     _quote(upstream) if upstream else "null",
                 )
+            names, flags_q, upstream_q = fixed
+            rid_q = _quote(request_id.decode("latin-1")) if request_id else "null"
+            tp_q = _quote(traceparent.decode("latin-1")) if traceparent else "null"
             out.append(
-                _HTTP_LINE
-                % (
-                    second_text,
-                    _MILLIS[int((wall - second) * 1000.0)],
-                    *fixed[:4],
-                    _quote(target.decode("latin-1")),
-                    status,
-                    fixed[4],
-                    request_bytes,
-                    response_bytes,
-                    micros // 1000,
-                    micros % 1000,
-                    fixed[5],
-                    _quote(request_id.decode("latin-1")) if request_id else "null",
-                    _quote(traceparent.decode("latin-1")) if traceparent else "null",
-                    f',"retries":{retries}}}\n' if retries else "}\n",
-                )
+                f'{{"time":"{second_text}{_MILLIS[int((wall - second) * 1000.0)]}",{names},'
+                f'"path":{_quote(target.decode("latin-1"))},"status":{status},"flags":{flags_q},'
+                f'"request_bytes":{request_bytes},"response_bytes":{response_bytes},'
+                f'"duration_ms":{micros // 1000}.{_MICROS[micros % 1000]},'
+                f'"upstream":{upstream_q},"request_id":{rid_q},"traceparent":{tp_q}'
+                f"{_retries(retries) if retries else _END}"
             )
         self._second, self._second_text = second, second_text
         return "".join(out)
-
-
-_HTTP_LINE = (
-    '{"time":"%s%s","source":%s,"destination":%s,"route":%s,"method":%s,"path":%s,'
-    '"status":%d,"flags":%s,"request_bytes":%d,"response_bytes":%d,"duration_ms":%d.%03d,'
-    '"upstream":%s,"request_id":%s,"traceparent":%s%s'
-)
