@@ -69,6 +69,7 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 # rewrites (forwarding) or replaces (an invalid traceparent; a valid one is re-added).
 _DROPPED = HOP_BY_HOP | {b"expect", b"traceparent", b"x-forwarded-for", b"x-forwarded-proto"}
 _DROPPED_SANITIZED = _DROPPED | {b"x-forwarded-client-cert"}  # a listener that verifies
+_NO_TOKENS: frozenset[bytes] = frozenset()
 # Request headers the exchange reads on the way; the rest are copied without a look.
 _SPECIAL = _DROPPED_SANITIZED | {
     b"content-length",
@@ -599,13 +600,15 @@ class Exchange:
         ctx = down.ctx
         headers = out = self.headers
         xff = xfp = xfh = rid = tp = b3t = b3s = b3f = None
-        tokens: frozenset[bytes] = frozenset()
+        tokens = _NO_TOKENS
         upgrade_to = None
         expect = False
         content_length = -1
         sanitize = ctx.identify is not None
         drop = False  # some header must not be copied
-        for name, value in [h for h in headers if h[0] in _SPECIAL]:
+        for name, value in headers:
+            if name not in _SPECIAL:
+                continue
             if name == b"x-forwarded-host":
                 xfh = value
             elif name == b"content-length":
@@ -970,7 +973,7 @@ class Exchange:
 
     # -- response side (UpstreamOwner) ------------------------------------------------------
 
-    def up_head(self, status: int, headers: Headers, framing: int) -> None:
+    def up_head(self, status: int, headers: Headers, kept: Headers, framing: int) -> None:
         if self._try_timer is not None:
             self._try_timer.cancel()
             self._try_timer = None
@@ -987,17 +990,16 @@ class Exchange:
         self.status = status
         self.response_started = True
         route = self.route
-        if route is not None and route.response_ops is not None:
-            headers = route.response_ops.apply(headers)
+        ops = route.response_ops if route is not None else None
         if status == 101 or self.upgrade:
-            self.out.append(self._upgrade_head(status, headers))
+            self.out.append(self._upgrade_head(status, ops.apply(headers) if ops else headers))
             return
-        conn = self.conn
-        # ``Connection: x-foo`` names more hop-by-hop headers (rare)
-        hop = conn.connection_tokens if conn is not None and conn.connection_tokens else HOP_BY_HOP
-        kept = [h for h in headers if h[0] not in hop]
+        if ops is not None:  # what the route sets or adds is filtered like the rest
+            conn = self.conn
+            hop = conn.connection_tokens if conn is not None and conn.connection_tokens else None
+            kept = [h for h in ops.apply(kept) if h[0] not in (hop or HOP_BY_HOP)]
         out = self.out
-        out.append(wire.status_line(status))
+        out.append(wire.STATUS_LINES.get(status) or wire.status_line(status))
         if kept:
             out += (CRLF.join(map(SEP.join, kept)), CRLF)
         if framing in REFRAMED:

@@ -58,7 +58,9 @@ class UpstreamTLS:
 class UpstreamOwner(Protocol):
     """What an upstream connection reports to the request it serves."""
 
-    def up_head(self, status: int, headers: Headers, framing: int) -> None: ...
+    def up_head(self, status: int, headers: Headers, kept: Headers, framing: int) -> None:
+        """``kept``: ``headers`` without the hop-by-hop ones (what a response passes on)."""
+
     def up_body(self, chunk: bytes) -> None: ...
     def up_complete(self) -> None: ...
     def up_after_data(self) -> None: ...
@@ -255,20 +257,27 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self._headers
         self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it at the end
         framing = FRAMING_CLOSE
-        for name, value in headers:
-            if name == b"content-length":
-                framing = FRAMING_LENGTH
+        kept: Headers = []  # one pass finds the framing and drops hop-by-hop headers
+        for item in headers:
+            name = item[0]
+            if name not in HOP_BY_HOP:
+                kept.append(item)
+                if name == b"content-length":
+                    framing = FRAMING_LENGTH
             elif name == b"transfer-encoding":
-                if value.lower().endswith(b"chunked"):
+                if item[1].lower().endswith(b"chunked"):
                     framing = FRAMING_CHUNKED
-            elif name == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                extra = connection_tokens(value) - {b"keep-alive", b"close", b"upgrade"}
+            elif name == b"connection" and item[1].lower() not in _PLAIN_CONNECTION:
+                extra = connection_tokens(item[1]) - _PLAIN_CONNECTION
                 if extra:
                     self.connection_tokens = extra | HOP_BY_HOP
+        if self.connection_tokens:  # ``Connection: x-foo`` names more hop-by-hop headers
+            tokens = self.connection_tokens
+            kept = [h for h in kept if h[0] not in tokens]
         if self._bodyless or status in (204, 304):
             framing = FRAMING_NONE
         self._framing = framing
-        owner.up_head(status, headers, framing)
+        owner.up_head(status, headers, kept, framing)
         if self._bodyless and self.owner is owner:
             self._replace_parser = True
             self._framing = FRAMING_LENGTH

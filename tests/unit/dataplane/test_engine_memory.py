@@ -105,3 +105,44 @@ async def test_response_before_the_request_ended_closes_both_sides(
     assert up_t.closed
     assert conn not in conn.host.idle
     assert down_t.closed
+
+
+async def test_response_hop_by_hop_headers_stay_behind(
+    engine: tuple[HttpDownstream, MemoryTransport, UpstreamConnection, MemoryTransport],
+) -> None:
+    """Hop-by-hop response headers, and those the response's Connection header names
+    (before or after it), are not passed on; the rest are, in order."""
+    down, down_t, conn, _ = engine
+    down.data_received(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    conn.data_received(
+        b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nX-Keep: 2\r\nConnection: keep-alive, X-Before, "
+        b"x-after\r\nKeep-Alive: timeout=5\r\nX-After: 3\r\nContent-Length: 2\r\n\r\nok"
+    )
+    head, _, body = bytes(down_t.data).partition(b"\r\n\r\n")
+    assert body == b"ok"
+    assert head.split(b"\r\n") == [b"HTTP/1.1 200 OK", b"x-keep: 2", b"content-length: 2"]
+    assert conn in conn.host.idle  # keep-alive: reused
+    down.data_received(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")  # the next response is unaffected
+    conn.data_received(b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nContent-Length: 0\r\n\r\n")
+    assert down_t.data.endswith(b"HTTP/1.1 200 OK\r\nx-before: 1\r\ncontent-length: 0\r\n\r\n")
+
+
+async def test_request_headers_copied_through_except_hop_by_hop_and_rewritten_ones(
+    engine: tuple[HttpDownstream, MemoryTransport, UpstreamConnection, MemoryTransport],
+) -> None:
+    down, _, _, up_t = engine
+    down.data_received(
+        b"GET /p?q=1 HTTP/1.1\r\nHost: a\r\nX-One: 1\r\nConnection: keep-alive, x-gone\r\n"
+        b"X-Gone: 2\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\nX-Request-Id: rid-7\r\n"
+        b"Traceparent: garbage\r\nX-Two: 3\r\n\r\n"
+    )
+    lines = bytes(up_t.data).split(b"\r\n")
+    assert lines[0] == b"GET /p?q=1 HTTP/1.1"
+    names = [line.split(b": ", 1)[0] for line in lines[1:] if line]
+    assert names[:4] == [b"host", b"x-one", b"x-request-id", b"x-two"]  # in arrival order
+    for gone in (b"connection", b"x-gone", b"te"):
+        assert gone not in names
+    assert b"x-forwarded-for: 10.0.0.1, 127.0.0.1" in lines
+    assert names.count(b"traceparent") == 1  # the malformed one replaced by a generated one
+    assert b"traceparent: garbage" not in lines
+    assert b"x-request-id: rid-7" in lines
