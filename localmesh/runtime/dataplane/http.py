@@ -41,6 +41,7 @@ from localmesh.runtime.dataplane.core.uri import BadTarget, split_target
 from localmesh.runtime.dataplane.mirror import send_mirror
 from localmesh.runtime.dataplane.tasks import spawn
 from localmesh.runtime.dataplane.upstream import (
+    NO_TOKENS,
     REFRAMED,
     Headers,
     UpstreamConnection,
@@ -69,7 +70,6 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 # rewrites (forwarding) or replaces (an invalid traceparent; a valid one is re-added).
 _DROPPED = HOP_BY_HOP | {b"expect", b"traceparent", b"x-forwarded-for", b"x-forwarded-proto"}
 _DROPPED_SANITIZED = _DROPPED | {b"x-forwarded-client-cert"}  # a listener that verifies
-_NO_TOKENS: frozenset[bytes] = frozenset()
 # Request headers the exchange reads on the way; the rest are copied without a look.
 _SPECIAL = _DROPPED_SANITIZED | {
     b"content-length",
@@ -600,7 +600,7 @@ class Exchange:
         ctx = down.ctx
         headers = out = self.headers
         xff = xfp = xfh = rid = tp = b3t = b3s = b3f = None
-        tokens = _NO_TOKENS
+        tokens = NO_TOKENS
         upgrade_to = None
         expect = False
         content_length = -1

@@ -86,6 +86,7 @@ FRAMING_NONE = 2  # no body: HEAD, 1xx, 204, 304
 FRAMING_CLOSE = 3  # body until the upstream closes
 REFRAMED = frozenset({FRAMING_CHUNKED, FRAMING_CLOSE})  # sent chunked to HTTP/1.1 clients
 
+NO_TOKENS: frozenset[bytes] = frozenset()  # a Connection header that names no extra headers
 # Connection header values that name no extra hop-by-hop header (nginx sends keep-alive)
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
@@ -134,7 +135,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: Headers = []
         self._bodyless = False
         # names a response's Connection header adds to the hop-by-hop set (rare)
-        self.connection_tokens: frozenset[bytes] = frozenset()
+        self.connection_tokens = NO_TOKENS
         self._framing = FRAMING_LENGTH
         self._interim = False
         self._replace_parser = False
@@ -150,7 +151,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._bodyless = bodyless
         self._framing = FRAMING_LENGTH
-        self.connection_tokens = frozenset()
+        self.connection_tokens = NO_TOKENS
 
     def pause_reading(self) -> None:
         """The downstream cannot take more: stop reading the response."""

@@ -97,9 +97,14 @@ class TraceIds:
             hexed = hexlify(self._random_bytes(24 * self.BATCH))
             draws = [hexed[i : i + 48] for i in range(0, len(hexed), 48)]
             batch = self._batch = [
-                _BLOCK % (h[:8], h[8:12], h[13:16], h[17:20], h[20:32], *(h[:32], h[32:]) * 2)
+                b"".join((
+                    b"x-request-id: ", h[:8], b"-", h[8:12], b"-4", h[13:16], b"-a", h[17:20],
+                    b"-", h[20:32], b"\r\ntraceparent: 00-", h[:32], b"-", h[32:],
+                    b"-01\r\nx-b3-traceid: ", h[:32], b"\r\nx-b3-spanid: ", h[32:],
+                    b"\r\nx-b3-sampled: 1\r\n",
+                ))
                 for h in draws
-            ]
+            ]  # fmt: skip
         block = batch.pop()
         if request_id is None:
             return block[_RID], block[_TRACEPARENT], block
@@ -161,12 +166,8 @@ class TraceIds:
         return request_id, traceparent, b"".join([k + b": " + v + b"\r\n" for k, v in extra])
 
 
-# The generated lines of a request without trace context: the request id line first, so
-# a request that brought its own id takes the rest; fixed lengths, so fixed slices.
-_BLOCK = (
-    b"x-request-id: %s-%s-4%s-a%s-%s\r\n"
-    b"traceparent: 00-%s-%s-01\r\nx-b3-traceid: %s\r\nx-b3-spanid: %s\r\nx-b3-sampled: 1\r\n"
-)
+# The lines ``TraceIds.fresh`` generates start with the request id, so a request that
+# brought its own id takes the rest; fixed lengths, so fixed slices.
 _RID = slice(14, 50)  # the UUID after "x-request-id: "
 _RID_LINE_END = 52
 _TRACEPARENT = slice(65, 120)  # "00-<32>-<16>-01" after "traceparent: "

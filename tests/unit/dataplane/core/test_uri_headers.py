@@ -136,3 +136,25 @@ def test_local_response_says_why() -> None:
     assert local_response(404, "no-route", head_only=True).endswith(b"\r\n\r\n")
     assert join_flags("-", "URX", "", "UF") == "URX,UF"
     assert join_flags() == "-"
+
+
+def test_generated_ids_across_batches_are_distinct_and_consistent() -> None:
+    ids = TraceIds(random.Random(3))
+    seen = set()
+    for i in range(3 * TraceIds.BATCH + 1):
+        own = b"mine" if i % 2 else None
+        rid, tp, extra = ids.ids(own, None, None, None, None)
+        names = lines(extra)
+        assert names[b"traceparent"] == tp
+        assert names[b"x-b3-traceid"] == tp[3:35]
+        assert names[b"x-b3-spanid"] == tp[36:52]
+        if own is None:
+            assert names[b"x-request-id"] == rid
+            assert re.fullmatch(
+                rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-a[0-9a-f]{3}-[0-9a-f]{12}", rid
+            )
+        else:
+            assert rid == b"mine"
+            assert b"x-request-id" not in names
+        seen.add(tp)
+    assert len(seen) == 3 * TraceIds.BATCH + 1
