@@ -829,8 +829,7 @@ class Exchange:
                 503, "no-healthy-upstream", f"cluster {target.service}", wire.NO_HEALTHY_UPSTREAM
             )
             return
-        assert isinstance(host, UpstreamHost)
-        self.host = host
+        self.host = host = cast(UpstreamHost, host)  # a cluster's endpoints are UpstreamHosts
         host.active_requests += 1
         host.total_requests += 1
         retry = route.retry

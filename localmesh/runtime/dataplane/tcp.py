@@ -155,7 +155,7 @@ class TcpDownstream(asyncio.Protocol):
         self.received += len(data)
         self.activity += 1
         up = self.upstream
-        if up is not None and up.transport is not None:
+        if up is not None:
             up.transport.write(data)
         elif self.pending is not None:  # still connecting: keep it (bounded) for the upstream
             self.pending.append(data)
@@ -165,7 +165,7 @@ class TcpDownstream(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self._down_eof = True
         up = self.upstream
-        if up is not None and up.transport is not None and up.transport.can_write_eof():
+        if up is not None and up.transport.can_write_eof():
             up.transport.write_eof()
         if self._up_eof:
             return None
@@ -178,21 +178,15 @@ class TcpDownstream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         up = self.upstream
-        if up is not None and up.transport is not None:
+        if up is not None:
             up.transport.pause_reading()
 
     def resume_writing(self) -> None:
         up = self.upstream
-        if up is not None and up.transport is not None:
+        if up is not None:
             up.transport.resume_reading()
 
     # -- upstream events --------------------------------------------------------------------
-
-    def upstream_data(self, data: bytes) -> None:
-        self.sent += len(data)
-        self.activity += 1
-        if self.transport is not None:
-            self.transport.write(data)
 
     def upstream_eof(self) -> bool:
         self._up_eof = True
@@ -236,7 +230,7 @@ class TcpDownstream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         up = self.upstream
-        if up is not None and up.transport is not None:
+        if up is not None:
             up.transport.close()
 
     def _close(self) -> None:
@@ -245,7 +239,7 @@ class TcpDownstream(asyncio.Protocol):
         self.closed = True
         self.ctx.connections.discard(self)
         up, self.upstream = self.upstream, None
-        if up is not None and up.transport is not None:
+        if up is not None:
             up.transport.close()
         if self.host is not None:
             self.host.active_requests -= 1
@@ -271,17 +265,23 @@ class TcpDownstream(asyncio.Protocol):
 
 
 class TcpUpstream(asyncio.Protocol):
+    """The upstream half of a relayed connection; its reads go straight to the downstream."""
+
     __slots__ = ("down", "transport")
 
     def __init__(self, down: TcpDownstream) -> None:
         self.down = down
-        self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
-        self.down.upstream_data(data)
+        down = self.down
+        down.sent += len(data)
+        down.activity += 1
+        t = down.transport
+        if t is not None:
+            t.write(data)
 
     def eof_received(self) -> bool | None:
         return True if self.down.upstream_eof() else None
