@@ -24,7 +24,8 @@ generators share CPU 1. Then, per round and for each path (direct, HAProxy, loca
 - ``pgbench -S -c 10 -j 1`` (read-only TPS);
 
 and, for localmesh alone: HTTP req/s with 1000 routes against 10 (a second instance),
-the access log off, and the RSS of an instance configured with 20 services. The median
+the cost of telemetry (metrics off, access log off, both off: fresh instances, the same
+load), and the RSS of an instance configured with 20 services. The median
 of the rounds is reported (with the spread) and the ratios localmesh/HAProxy; ``--only``
 runs a subset (e.g. ``--only http,postgres``) for quick comparisons.
 """
@@ -361,6 +362,16 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                         extra.setdefault("access_log_off", []).append(
                             wrk(mesh_ports["http"], d, other_cpu)
                         )
+                    with mesh(procs, proxy_cpu, *mesh_args[:2], "--no-metrics"):
+                        extra.setdefault("metrics_off", []).append(
+                            wrk(mesh_ports["http"], d, other_cpu)
+                        )
+                    with mesh(
+                        procs, proxy_cpu, *mesh_args[:2], "--no-access-log", "--no-metrics"
+                    ):
+                        extra.setdefault("telemetry_off", []).append(
+                            wrk(mesh_ports["http"], d, other_cpu)
+                        )
                 with mesh(procs, proxy_cpu, "--services", "20", "--routes", "10") as idle:
                     time.sleep(0.5)
                     extra["rss_kib_20_services"] = [rss_kib(idle.pid)]
@@ -429,11 +440,18 @@ def report(res: dict[str, object]) -> str:
         r10 = statistics.median(r["rps"] for r in extra["routes_10"])
         r1000 = statistics.median(r["rps"] for r in extra["routes_1000"])
         off = statistics.median(r["rps"] for r in extra["access_log_off"])
+        m_off = statistics.median(r["rps"] for r in extra["metrics_off"])
+        t_off = statistics.median(r["rps"] for r in extra["telemetry_off"])
         rss = extra["rss_kib_20_services"][0]
         lines.append(
             f"localmesh alone: 10 routes {r10:.0f} req/s, 1000 routes {r1000:.0f} req/s "
-            f"({r1000 / r10:.2f}x); access log off {off:.0f} req/s; "
-            f"RSS with 20 services {int(rss) / 1024:.1f} MiB"  # type: ignore[call-overload]
+            f"({r1000 / r10:.2f}x); RSS with 20 services "
+            f"{int(rss) / 1024:.1f} MiB"  # type: ignore[call-overload]
+        )
+        lines.append(
+            f"telemetry cost: metrics off {m_off:.0f} req/s (on/off {r10 / m_off:.2f}x), "
+            f"access log off {off:.0f} req/s ({r10 / off:.2f}x), both off {t_off:.0f} req/s "
+            f"(**{r10 / t_off:.2f}x**; target >= 0.90x)"
         )
     lines.append(f"(proxies pinned to CPU 0: {res['pinned']})")
     return "\n".join(lines)

@@ -91,7 +91,8 @@ def build(args: argparse.Namespace) -> Snapshot:
             )
         )
         listeners.append(ListenerSpec(name, name, 9000 + i, Protocol.HTTP, "127.0.0.1", 0))
-    config = MeshConfig(mesh=MeshSettings(name="bench"), services=tuple(services))
+    mesh = MeshSettings(name="bench", metrics=not args.no_metrics)
+    config = MeshConfig(mesh=mesh, services=tuple(services))
     endpoints = {s.name: tuple(Endpoint(e.host, e.port) for e in s.endpoints) for s in services}
     return Snapshot(config, tuple(listeners), endpoints, version=1, origin="bench")
 
@@ -121,6 +122,7 @@ if __name__ == "__main__":
     parser.add_argument("--services", type=int, default=0)
     parser.add_argument("--access-log", default=os.devnull)
     parser.add_argument("--no-access-log", action="store_true")
+    parser.add_argument("--no-metrics", action="store_true", help="mesh.metrics: false")
     options = parser.parse_args()
     with open(options.access_log, "w") as out:
         uvloop.run(main(options, out))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+import localmesh
 from localmesh.ca.authority import CertificateAuthority
 from tests.support.docker import BASE_IMAGE, docker_problem
 from tests.support.services import (
@@ -16,6 +18,24 @@ from tests.support.services import (
     run_postgres,
     run_redis,
 )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test stale compiled modules: an edited .py beside its older mypyc build
+    would be shadowed by it, and the suite would pass on code that no longer exists."""
+    root = Path(localmesh.__file__).parent
+    stale = [
+        str(source.relative_to(root.parent))
+        for ext in root.rglob("*.cpython-*.so")
+        if (source := ext.with_name(ext.name.split(".")[0] + ".py")).exists()
+        and source.stat().st_mtime > ext.stat().st_mtime
+    ]
+    if stale:
+        pytest.exit(
+            f"compiled modules are older than their sources ({', '.join(sorted(stale))}): "
+            "rebuild with `make venv`, or remove them (`make pure`) to test the sources",
+            returncode=4,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import hashlib
 import importlib.metadata
 import io
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -96,7 +97,11 @@ def pinned_requirements(requires: Iterable[str]) -> tuple[str, ...]:
 
 
 def package_wheel() -> tuple[str, bytes]:
-    """The installed localmesh as a reproducible wheel: ``(file name, bytes)``."""
+    """The installed localmesh as a reproducible wheel: ``(file name, bytes)``.
+
+    It carries the mypyc-compiled hot path when the install has one (see setup.py);
+    ``ensure_mesh_image`` drops it for a base image it would not load in.
+    """
     dist = importlib.metadata.distribution("localmesh")
     version = localmesh.__version__
     root = Path(localmesh.__file__).resolve().parent
@@ -114,6 +119,12 @@ def package_wheel() -> tuple[str, bytes]:
         (f"{info}/WHEEL", wheel.encode()),
         (f"{info}/entry_points.txt", entry_points.encode()),
     ]
+    return f"localmesh-{version}-py3-none-any.whl", _zip_wheel(members)
+
+
+def _zip_wheel(members: list[tuple[str, bytes]]) -> bytes:
+    info = next(name.split("/")[0] for name, _ in members if name.endswith(".dist-info/WHEEL"))
+    members = [(name, data) for name, data in members if name != f"{info}/RECORD"]
     record = [f"{name},sha256={_b64_digest(data)},{len(data)}" for name, data in members]
     members.append((f"{info}/RECORD", ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()))
     buf = io.BytesIO()
@@ -123,7 +134,14 @@ def package_wheel() -> tuple[str, bytes]:
             entry.external_attr = 0o644 << 16
             entry.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(entry, data)
-    return f"localmesh-{version}-py3-none-any.whl", buf.getvalue()
+    return buf.getvalue()
+
+
+def without_native(wheel: bytes) -> bytes:
+    """``wheel`` minus its compiled modules: the pure-Python sources beside them remain."""
+    with zipfile.ZipFile(io.BytesIO(wheel)) as zf:
+        members = [(n, zf.read(n)) for n in zf.namelist() if not n.endswith(".so")]
+    return _zip_wheel(members)
 
 
 def _b64_digest(data: bytes) -> str:
@@ -181,11 +199,12 @@ def ensure_mesh_image(
     target = _probe_target(client, recipe.base)
     progress.phase(f"fetching dependency wheels for Python {target.python} {target.platform}")
     deps = _dependency_wheels(recipe.requirements, target)
+    wheel = recipe.wheel if target.loads_native_of_host() else without_native(recipe.wheel)
     with tempfile.TemporaryDirectory(prefix="localmesh-image-") as tmp:
         context = Path(tmp)
         shutil.copytree(deps, context / "deps")
         (context / "Dockerfile").write_bytes(recipe.dockerfile)
-        (context / recipe.wheel_name).write_bytes(recipe.wheel)
+        (context / recipe.wheel_name).write_bytes(wheel)
         progress.phase(f"building {recipe.tag}")
         _build(client, context, recipe, progress)
     _prune_older(client, recipe.tag)
@@ -219,6 +238,17 @@ class Target:
     @property
     def platform(self) -> str:
         return f"manylinux_{self.glibc[0]}_{self.glibc[1]}_{self.machine}"
+
+    def loads_native_of_host(self) -> bool:
+        """Whether extension modules built here load there: same Python and machine, and a
+        glibc at least as new as the one they were linked against."""
+        host_glibc = os.confstr("CS_GNU_LIBC_VERSION") or "glibc 0.0"
+        major, minor = host_glibc.split()[-1].split(".")[:2]
+        return (
+            self.python == f"{sys.version_info[0]}.{sys.version_info[1]}"
+            and self.machine == platform.machine()
+            and self.glibc >= (int(major), int(minor))
+        )
 
     def platforms(self) -> list[str]:
         """Every manylinux tag this glibc runs, spelled out: pip 23 does not expand them."""
@@ -275,8 +305,8 @@ def _dependency_wheels(requirements: tuple[str, ...], target: Target) -> Path:
     (cache / "requirements.txt").write_text("\n".join(requirements) + "\n")
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
     cmd += ["--only-binary=:all:", "--python-version", target.python]
-    for platform in target.platforms():
-        cmd += ["--platform", platform]
+    for tag in target.platforms():
+        cmd += ["--platform", tag]
     cmd += ["-d", str(cache), "-r", str(cache / "requirements.txt")]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -330,6 +330,7 @@ class MeshSettings:
     admin_port: int = 15000
     admin_bind: str = "127.0.0.1"
     access_log: bool = True
+    metrics: bool = True  # Istio request/connection metrics (off: only localmesh_* ones)
     keep_network_isolation: bool = True  # compose networks that did not connect stay denied
     workload_cert_lifetime: float = 24 * 3600.0
     peer_auth: PeerAuthMode = PeerAuthMode.PERMISSIVE

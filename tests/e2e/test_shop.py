@@ -212,6 +212,17 @@ def test_1_up_gets_every_service_ready_and_says_where_the_ingress_is(shop: Shop)
     }
 
 
+def test_1b_the_mesh_container_runs_the_compiled_hot_path(shop: Shop) -> None:
+    probe = "import localmesh.runtime.dataplane.http as m; print(m.__file__)"
+    done = shop.compose_run("exec", "-T", "localmesh", "python3", "-c", probe)
+    assert done.returncode == 0, done.stderr
+    where = done.stdout.strip()
+    if os.environ.get("LOCALMESH_PURE"):
+        assert where.endswith("http.py")
+    else:  # the base image has the host's Python and glibc: the extension ships and loads
+        assert where.endswith(".so"), where
+
+
 def test_2_the_ingress_serves_https_signed_by_the_mesh_ca(shop: Shop) -> None:
     status, body = eventually(lambda: _ok(shop.get("/")), "a 200 through the ingress")
     assert status == 200

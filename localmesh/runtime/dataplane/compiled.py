@@ -196,6 +196,7 @@ class CompiledSnapshot:
         self.config = config
         self.trust_domain = config.mesh.trust_domain
         self.access_log = config.mesh.access_log
+        self.metrics = config.mesh.metrics
         self._rng = rng or random.Random()
         self._limiters = limiters
         self._now = time.monotonic()

@@ -377,9 +377,10 @@ class HttpDownstream(asyncio.Protocol):
     def _log_refusal(self, status: int, reason: str) -> None:
         view = self.ctx.view
         caller = self.caller or view.caller_for(self.peer_ip)
-        self.ctx.metrics.http_edge(caller.name, view.service).observe(
-            status, wire.DOWNSTREAM_PROTOCOL_ERROR, 0.0, self._hbytes, 0
-        )
+        if view.compiled.metrics:
+            self.ctx.metrics.http_edge(caller.name, view.service).observe(
+                status, wire.DOWNSTREAM_PROTOCOL_ERROR, 0.0, self._hbytes, 0
+            )
         if view.compiled.access_log:
             self.ctx.access_log.log(
                 {
@@ -1227,9 +1228,13 @@ class Exchange:
         ctx = down.ctx
         target = self.target
         destination = target.service if target is not None else self.view.service
-        edge = down._edges.get(destination) or down.edge(destination)
-        edge.observe(self.status, self.flags, now - self.started, self.req_bytes, self.resp_bytes)
-        if self.view.compiled.access_log:
+        compiled = self.view.compiled
+        if compiled.metrics:
+            edge = down._edges.get(destination) or down.edge(destination)
+            edge.observe(
+                self.status, self.flags, now - self.started, self.req_bytes, self.resp_bytes
+            )
+        if compiled.access_log:
             caller = down.caller
             route = self.route
             ctx.access_log.http(

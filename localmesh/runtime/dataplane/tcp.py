@@ -92,8 +92,9 @@ class TcpDownstream(asyncio.Protocol):
         self.wait_since = ctx.clock.ticks
         view = self.view
         caller = self.caller = view.caller_for(self.peer_ip)
-        self.edge = ctx.metrics.tcp_edge(caller.name, view.service)
-        self.edge.opened()
+        if view.compiled.metrics:
+            self.edge = edge = ctx.metrics.tcp_edge(caller.name, view.service)
+            edge.opened()
         target = view.target
         if target is None:
             self._refuse(wire.NO_ROUTE)

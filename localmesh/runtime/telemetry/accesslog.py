@@ -1,9 +1,12 @@
 """The JSON access log: one line per request or connection, written off the hot path.
 
 ``log()`` only appends the record to a list; ``run()`` (a task the runtime owns) serialises
-and writes pending records every ``flush_interval``, so request latency never waits on
-JSON encoding or a slow disk. A ring buffer of recent records serves ``localmesh logs``
-and the admin API without reading files.
+and writes pending records every ``flush_interval``, so a request never waits for its own
+line. Under load a flush also happens every ``batch_limit`` records: formatting 0.1 s of
+traffic at once (thousands of lines) stalled every request that arrived meanwhile, which
+was most of the proxy's p99; a few hundred lines at a time keep the stall well under 1 ms.
+A ring buffer of recent records serves ``localmesh logs`` and the admin API without
+reading files.
 
 HTTP exchanges, one per request, go through ``http()`` as a plain tuple (``HttpRecord``):
 building a dict, decoding bytes and formatting the time per request cost more than the
@@ -55,10 +58,12 @@ class AccessLog:
         enabled: bool = True,
         ring_size: int = 2000,
         flush_interval: float = 0.1,
+        batch_limit: int = 256,
     ) -> None:
         self.sink = sink
         self.enabled = enabled
         self.flush_interval = flush_interval
+        self.batch_limit = batch_limit
         self._pending: list[Record | HttpRecord] = []
         self._ring: deque[Record | HttpRecord] = deque(maxlen=ring_size)
         self._listeners: list[Callable[[Record], None]] = []
@@ -72,11 +77,15 @@ class AccessLog:
     def log(self, record: Record) -> None:
         if self.enabled:
             self._pending.append(record)
+            if len(self._pending) >= self.batch_limit:
+                self.flush()
 
     def http(self, record: HttpRecord) -> None:
         """One HTTP exchange (see ``HttpRecord``); it becomes a record when flushed."""
         if self.enabled:
             self._pending.append(record)
+            if len(self._pending) >= self.batch_limit:
+                self.flush()
 
     def wall_time(self, loop_time: float) -> str:
         """ISO 8601 UTC with milliseconds for a loop time; the date part is formatted once

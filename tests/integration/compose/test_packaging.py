@@ -1,12 +1,14 @@
-"""A built wheel carries the compose templates that ``generate`` and the image build read.
+"""A wheel built from a clean tree carries the compose templates that ``generate`` and
+the image build read, and the mypyc-compiled hot path (setup.py).
 
 The templates live in top-level ``compose-templates/``; ``localmesh/templates`` links to
 it and setuptools copies the files through the link. Building needs the build backend
-from the package index, as installing the project does.
+(setuptools, mypy) from the package index, as installing the project does.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -27,17 +29,17 @@ def test_the_templates_are_found_in_a_checkout() -> None:
 
 
 @pytest.mark.slow
-def test_a_built_wheel_carries_the_templates(tmp_path: Path) -> None:
+def test_a_built_wheel_carries_the_templates_and_the_compiled_hot_path(tmp_path: Path) -> None:
     source = tmp_path / "src"  # a copy as git would check it out: the link stays a link
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(REPO / name, source / name)
     for name in ("localmesh", "compose-templates"):
         shutil.copytree(
             REPO / name,
             source / name,
             symlinks=True,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"),
         )
     assert (source / "localmesh" / "templates").is_symlink()
     done = subprocess.run(
@@ -56,3 +58,7 @@ def test_a_built_wheel_carries_the_templates(tmp_path: Path) -> None:
             member = f"localmesh/templates/{name}"
             assert member in names
             assert zf.read(member) == (REPO / "compose-templates" / name).read_bytes()
+    if not os.environ.get("LOCALMESH_PURE"):
+        assert "localmesh/_speedups__mypyc" in " ".join(names)
+        assert any(n.startswith("localmesh/runtime/dataplane/http.cpython-") for n in names)
+        assert "localmesh/runtime/dataplane/http.py" in names  # the source ships beside it

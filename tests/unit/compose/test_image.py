@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import os
+import platform
+import sys
 import zipfile
 
 import pytest
@@ -71,3 +74,29 @@ def test_target_spells_out_every_manylinux_tag_it_runs() -> None:
         "manylinux2010_aarch64",
         "manylinux1_aarch64",
     ]
+
+
+def test_wheel_carries_the_compiled_hot_path_and_drops_it_for_another_python() -> None:
+    _, wheel = image.package_wheel()
+    with zipfile.ZipFile(io.BytesIO(wheel)) as zf:
+        native = [n for n in zf.namelist() if n.endswith(".so")]
+    if not os.environ.get("LOCALMESH_PURE"):
+        assert "localmesh/_speedups__mypyc" in " ".join(native)
+    pure = image.without_native(wheel)
+    with zipfile.ZipFile(io.BytesIO(pure)) as zf:
+        names = zf.namelist()
+        record = zf.read(f"localmesh-{localmesh.__version__}.dist-info/RECORD").decode()
+    assert not [n for n in names if n.endswith(".so")]
+    assert "localmesh/runtime/dataplane/http.py" in names  # the sources run instead
+    assert ".so," not in record
+
+
+def test_native_modules_go_only_where_they_load() -> None:
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    machine = platform.machine()
+    glibc = tuple(int(x) for x in os.confstr("CS_GNU_LIBC_VERSION").split()[-1].split(".")[:2])  # type: ignore[union-attr]
+    assert image.Target(here, machine, (glibc[0], glibc[1])).loads_native_of_host()
+    assert image.Target(here, machine, (glibc[0], glibc[1] + 1)).loads_native_of_host()
+    assert not image.Target(here, machine, (glibc[0], glibc[1] - 1)).loads_native_of_host()
+    assert not image.Target("3.99", machine, (glibc[0], glibc[1])).loads_native_of_host()
+    assert not image.Target(here, "riscv64", (glibc[0], glibc[1])).loads_native_of_host()

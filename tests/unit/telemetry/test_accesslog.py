@@ -78,3 +78,17 @@ def test_disabled_log_keeps_nothing() -> None:
     log = AccessLog(io.StringIO(), enabled=False)
     log.http(_exchange())
     assert log.recent() == []
+
+
+def test_a_full_batch_is_written_at_once_without_waiting_for_the_timer() -> None:
+    sink = io.StringIO()
+    log = AccessLog(sink, batch_limit=3)
+    log.http(_exchange())
+    log.log({"protocol": "tcp", "flags": "-"})
+    assert sink.getvalue() == ""  # below the limit: the flush task's job
+    log.http(_exchange(status=503))
+    assert len(sink.getvalue().splitlines()) == 3
+    log.http(_exchange())
+    assert len(sink.getvalue().splitlines()) == 3
+    log.flush()
+    assert [r.get("status") for r in log.recent()] == [200, None, 503, 200]

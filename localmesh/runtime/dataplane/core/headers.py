@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from binascii import hexlify
 from collections.abc import Sequence
+from typing import ClassVar
 
 from localmesh.config.model import HeaderOps
 
@@ -72,7 +73,7 @@ class TraceIds:
 
     __slots__ = ("_batch", "_random_bytes")
 
-    BATCH = 64
+    BATCH: ClassVar[int] = 64
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._random_bytes = (rng or random.Random()).randbytes
@@ -107,8 +108,8 @@ class TraceIds:
             ]  # fmt: skip
         block = batch.pop()
         if request_id is None:
-            return block[_RID], block[_TRACEPARENT], block
-        return request_id, block[_TRACEPARENT], block[_RID_LINE_END:]
+            return block[_RID_START:_RID_END], block[_TP_START:_TP_END], block
+        return request_id, block[_TP_START:_TP_END], block[_RID_LINE_END:]
 
     def ids(
         self,
@@ -168,6 +169,7 @@ class TraceIds:
 
 # The lines ``TraceIds.fresh`` generates start with the request id, so a request that
 # brought its own id takes the rest; fixed lengths, so fixed slices.
-_RID = slice(14, 50)  # the UUID after "x-request-id: "
+# (Bounds, not slice objects: compiled code slices bytes by integers only.)
+_RID_START, _RID_END = 14, 50  # the UUID after "x-request-id: "
 _RID_LINE_END = 52
-_TRACEPARENT = slice(65, 120)  # "00-<32>-<16>-01" after "traceparent: "
+_TP_START, _TP_END = 65, 120  # "00-<32>-<16>-01" after "traceparent: "
