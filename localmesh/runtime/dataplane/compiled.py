@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Final, Protocol
 
 from localmesh.config.model import (
     Destination,
@@ -119,7 +119,7 @@ class _NoRoutes:
         return None
 
 
-NO_ROUTES = _NoRoutes()
+NO_ROUTES: Final = _NoRoutes()
 
 
 class HostRouter:

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from localmesh.runtime.dataplane.compiled import ListenerView
 from localmesh.runtime.dataplane.core.headers import TraceIds
@@ -118,4 +118,4 @@ class ListenerContext:
         return self._second_text + _MILLIS[int((wall - second) * 1000.0)]
 
 
-_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -49,29 +49,29 @@ from localmesh.runtime.dataplane.upstream import (
 )
 from localmesh.runtime.telemetry import HttpEdge
 
-REPLAY_LIMIT = 64 * 1024  # request bodies up to this size can be retried and mirrored
-HIGH_WATER = 256 * 1024  # request bytes buffered while connecting before we stop reading
+REPLAY_LIMIT: Final = 64 * 1024  # request bodies up to this size can be retried and mirrored
+HIGH_WATER: Final = 256 * 1024  # request bytes buffered while connecting before we stop reading
 #: Route timeouts at least this long are enforced by the sweeper (within one tick, at most
 #: 0.5 s late) instead of a timer per request; shorter ones get a precise timer.
-COARSE_TIMEOUT = 5.0
+COARSE_TIMEOUT: Final = 5.0
 
 # Why downstream reading is paused (a bit mask: resume only when all are cleared).
-PAUSE_PIPELINE = 1  # a later request arrived while one is in flight
-PAUSE_UPSTREAM = 2  # the upstream's write buffer is full, or we are still connecting
-PAUSE_DONE = 4  # the connection will close after the current response
+PAUSE_PIPELINE: Final = 1  # a later request arrived while one is in flight
+PAUSE_UPSTREAM: Final = 2  # the upstream's write buffer is full, or we are still connecting
+PAUSE_DONE: Final = 4  # the connection will close after the current response
 
-CRLF = b"\r\n"
-SEP = b": "
-HTTP11 = b" HTTP/1.1\r\n"
-CHUNK_END = b"0\r\n\r\n"
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CRLF: Final = b"\r\n"
+SEP: Final = b": "
+HTTP11: Final = b" HTTP/1.1\r\n"
+CHUNK_END: Final = b"0\r\n\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # Request headers never copied upstream as they came: hop-by-hop, and those the mesh
 # rewrites (forwarding) or replaces (an invalid traceparent; a valid one is re-added).
-_DROPPED = HOP_BY_HOP | {b"expect", b"traceparent", b"x-forwarded-for", b"x-forwarded-proto"}
-_DROPPED_SANITIZED = _DROPPED | {b"x-forwarded-client-cert"}  # a listener that verifies
+_DROPPED: Final = HOP_BY_HOP | {b"expect", b"traceparent", b"x-forwarded-for", b"x-forwarded-proto"}
+_DROPPED_SANITIZED: Final = _DROPPED | {b"x-forwarded-client-cert"}  # a listener that verifies
 # Request headers the exchange reads on the way; the rest are copied without a look.
-_SPECIAL = _DROPPED_SANITIZED | {
+_SPECIAL: Final = _DROPPED_SANITIZED | {
     b"content-length",
     b"x-request-id",
     b"x-b3-traceid",
@@ -83,7 +83,7 @@ _SPECIAL = _DROPPED_SANITIZED | {
 
 #: A request target that is not a plain path: split_target looks at it (query, fragment,
 #: absolute form, anything normalisation would change).
-_NOT_PLAIN = re.compile(rb"[?#%]|/[/.]").search
+_NOT_PLAIN: Final = re.compile(rb"[?#%]|/[/.]").search
 
 
 class _Refuse(Exception):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import cast
+from typing import Final, cast
 
 from localmesh.runtime.dataplane.compiled import ListenerView
 from localmesh.runtime.dataplane.context import ListenerContext
@@ -28,8 +28,8 @@ from localmesh.runtime.dataplane.tasks import spawn
 from localmesh.runtime.dataplane.upstream import UpstreamHost
 from localmesh.runtime.telemetry import TcpEdge
 
-TCP_IDLE_TIMEOUT = 3600.0
-PENDING_LIMIT = 256 * 1024  # bytes buffered while connecting before we stop reading
+TCP_IDLE_TIMEOUT: Final = 3600.0
+PENDING_LIMIT: Final = 256 * 1024  # bytes buffered while connecting before we stop reading
 
 
 class TcpDownstream(asyncio.Protocol):

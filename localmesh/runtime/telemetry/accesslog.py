@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _quote
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 Record = dict[str, Any]
 
@@ -38,16 +38,16 @@ HttpRecord = tuple[
 # call, which measured about twice the cost per record (11.6 vs 6.4 µs).
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
-_QUOTED_MAX = 4096
-_END = "}\n"
+_QUOTED_MAX: Final = 4096
+_END: Final = "}\n"
 
 
 def _retries(retries: int) -> str:
     return f',"retries":{retries}}}\n'
 
 
-_MICROS = tuple(f"{us:03d}" for us in range(1000))
-_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+_MICROS: Final = tuple(f"{us:03d}" for us in range(1000))
+_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 class AccessLog:
@@ -198,7 +198,8 @@ class AccessLog:
                 )
             names, flags_q, upstream_q = fixed
             rid_q = _quote(request_id.decode("latin-1")) if request_id else "null"
-            tp_q = _quote(traceparent.decode("latin-1")) if traceparent else "null"
+            # the mesh only sends traceparents it made or validated: hex and dashes
+            tp_q = f'"{traceparent.decode("ascii")}"' if traceparent else "null"
             out.append(
                 f'{{"time":"{second_text}{_MILLIS[int((wall - second) * 1000.0)]}",{names},'
                 f'"path":{_quote(target.decode("latin-1"))},"status":{status},"flags":{flags_q},'

@@ -18,11 +18,12 @@ import hashlib
 import random
 from bisect import bisect_left
 from collections.abc import Sequence
+from typing import Final
 
 from localmesh.config.model import HashOn, LbPolicy, LoadBalancer
 from localmesh.runtime.dataplane.core.cluster import ClusterState, EndpointState, subset_members
 
-RING_POINTS = 100
+RING_POINTS: Final = 100
 
 
 def _hash64(data: bytes) -> int:

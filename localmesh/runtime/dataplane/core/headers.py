@@ -12,16 +12,17 @@ one trace. A missing ``x-request-id`` is generated (UUID-shaped, like Envoy's).
 from __future__ import annotations
 
 import random
+import re
 from binascii import hexlify
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from localmesh.config.model import HeaderOps
 
 Header = tuple[bytes, bytes]
 
 # RFC 9110 7.6.1 connection-specific fields, plus the non-standard ones proxies strip.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -96,16 +97,7 @@ class TraceIds:
         batch = self._batch
         if not batch:
             hexed = hexlify(self._random_bytes(24 * self.BATCH))
-            draws = [hexed[i : i + 48] for i in range(0, len(hexed), 48)]
-            batch = self._batch = [
-                b"".join((
-                    b"x-request-id: ", h[:8], b"-", h[8:12], b"-4", h[13:16], b"-a", h[17:20],
-                    b"-", h[20:32], b"\r\ntraceparent: 00-", h[:32], b"-", h[32:],
-                    b"-01\r\nx-b3-traceid: ", h[:32], b"\r\nx-b3-spanid: ", h[32:],
-                    b"\r\nx-b3-sampled: 1\r\n",
-                ))
-                for h in draws
-            ]  # fmt: skip
+            batch = self._batch = [_id_lines(hexed[i : i + 48]) for i in range(0, len(hexed), 48)]
         block = batch.pop()
         if request_id is None:
             return block[_RID_START:_RID_END], block[_TP_START:_TP_END], block
@@ -127,49 +119,70 @@ class TraceIds:
         incoming ``traceparent`` is replaced: the returned value then differs from it and
         the caller drops the old header.
         """
+        if traceparent is not None and not _valid_traceparent(traceparent):
+            traceparent = None  # W3C: restart the trace
+        if b3_trace is not None and _B3_TRACE(b3_trace) is None:
+            b3_trace = None
+        if b3_span is not None and _B3_SPAN(b3_span) is None:
+            b3_span = None
         if traceparent is None and b3_trace is None:
             return self.fresh(request_id)
         extra: list[Header] = []
         drawn = b""
         if traceparent is not None:
-            parts = traceparent.split(b"-")
-            if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
-                if b3_trace is None:
-                    sampled = b"1" if parts[3][-1:] in b"13579bdf" else b"0"
-                    extra = [
-                        (b"x-b3-traceid", parts[1]),
-                        (b"x-b3-spanid", parts[2]),
-                        (b"x-b3-sampled", sampled),
-                    ]
-            else:
-                traceparent = None
-        if traceparent is None:
-            drawn = self._draw()
-            if b3_trace is not None and len(b3_trace) in (16, 32):
-                span = b3_span if b3_span is not None and len(b3_span) == 16 else drawn[32:]
-                if b3_span is None:
-                    extra.append((b"x-b3-spanid", span))
-                flag = b"00" if b3_sampled == b"0" else b"01"
-                traceparent = b"00-" + b3_trace.rjust(32, b"0") + b"-" + span + b"-" + flag
-                extra.insert(0, (b"traceparent", traceparent))
-            else:
-                trace, span = drawn[:32], drawn[32:]
-                traceparent = b"00-" + trace + b"-" + span + b"-01"
+            if b3_trace is None:
+                sampled = b"1" if traceparent[-1:] in b"13579bdf" else b"0"
                 extra = [
-                    (b"traceparent", traceparent),
-                    (b"x-b3-traceid", trace),
-                    (b"x-b3-spanid", span),
-                    (b"x-b3-sampled", b"1"),
+                    (b"x-b3-traceid", traceparent[3:35]),
+                    (b"x-b3-spanid", traceparent[36:52]),
+                    (b"x-b3-sampled", sampled),
                 ]
+        else:  # B3 alone: the W3C header is derived from it
+            assert b3_trace is not None
+            drawn = self._draw()
+            span = b3_span if b3_span is not None else drawn[32:]
+            if b3_span is None:
+                extra.append((b"x-b3-spanid", span))
+            flag = b"00" if b3_sampled == b"0" else b"01"
+            traceparent = b"00-" + b3_trace.rjust(32, b"0") + b"-" + span + b"-" + flag
+            extra.insert(0, (b"traceparent", traceparent))
         if request_id is None:
             request_id = self._uuid(drawn or self._draw())
             extra.append((b"x-request-id", request_id))
         return request_id, traceparent, b"".join([k + b": " + v + b"\r\n" for k, v in extra])
 
 
+# Incoming trace context is used only when well formed, so every traceparent the mesh sends
+# (and logs) is lower-case hex and dashes.
+_TRACEPARENT: Final = re.compile(
+    rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}"
+).fullmatch
+_B3_TRACE: Final = re.compile(rb"[0-9a-f]{16}|[0-9a-f]{32}").fullmatch
+_B3_SPAN: Final = re.compile(rb"[0-9a-f]{16}").fullmatch
+_ZEROS: Final = b"0" * 32
+
+
+def _valid_traceparent(value: bytes) -> bool:
+    """W3C trace context: version ff, an all-zero trace id or parent id are invalid."""
+    m = _TRACEPARENT(value)
+    return (
+        m is not None and m.group(1) != b"ff" and m.group(2) != _ZEROS and m.group(3) != _ZEROS[:16]
+    )
+
+
+def _id_lines(h: bytes) -> bytes:
+    """The id header lines of one request from 48 random hex digits."""
+    trace, span = h[:32], h[32:]
+    return b"".join((
+        b"x-request-id: ", h[:8], b"-", h[8:12], b"-4", h[13:16], b"-a", h[17:20], b"-", h[20:32],
+        b"\r\ntraceparent: 00-", trace, b"-", span,
+        b"-01\r\nx-b3-traceid: ", trace, b"\r\nx-b3-spanid: ", span, b"\r\nx-b3-sampled: 1\r\n",
+    ))  # fmt: skip
+
+
 # The lines ``TraceIds.fresh`` generates start with the request id, so a request that
 # brought its own id takes the rest; fixed lengths, so fixed slices.
 # (Bounds, not slice objects: compiled code slices bytes by integers only.)
 _RID_START, _RID_END = 14, 50  # the UUID after "x-request-id: "
-_RID_LINE_END = 52
+_RID_LINE_END: Final = 52
 _TP_START, _TP_END = 65, 120  # "00-<32>-<16>-01" after "traceparent: "

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from localmesh.config.model import AuthorizationPolicy, PolicyAction
 from localmesh.runtime.dataplane.core.routing import BytesMatch
 
-UNKNOWN = "unknown"
-_MEMO_LIMIT = 4096
+UNKNOWN: Final = "unknown"
+_MEMO_LIMIT: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ class Caller:
         return cls(name, f"spiffe://{trust_domain}/svc/{name}")
 
 
-UNKNOWN_CALLER = Caller(UNKNOWN)
+UNKNOWN_CALLER: Final = Caller(UNKNOWN)
 
 
 class _SourceMatch:

@@ -7,9 +7,11 @@ Time is passed in, so tests drive the clock.
 
 from __future__ import annotations
 
+from typing import Final
+
 from localmesh.config.model import RateLimit
 
-_MAX_SOURCES = 10_000
+_MAX_SOURCES: Final = 10_000
 
 
 class TokenBucket:

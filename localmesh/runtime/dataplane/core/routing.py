@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from localmesh.config.model import (
@@ -38,7 +38,7 @@ T = TypeVar("T")
 Headers = Sequence[tuple[bytes, bytes]]  # (lower-cased name, value), in arrival order
 
 _EXACT, _PREFIX, _REGEX = 0, 1, 2
-_KINDS = {MatchKind.EXACT: _EXACT, MatchKind.PREFIX: _PREFIX, MatchKind.REGEX: _REGEX}
+_KINDS: Final = {MatchKind.EXACT: _EXACT, MatchKind.PREFIX: _PREFIX, MatchKind.REGEX: _REGEX}
 
 
 class BytesMatch:

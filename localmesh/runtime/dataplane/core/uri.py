@@ -10,13 +10,16 @@ slash, no percent sign) is returned untouched without copying.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 
 class BadTarget(ValueError):
     """The downstream sent a request target we cannot route (answered with 400)."""
 
 
-_UNRESERVED_ESCAPE = re.compile(rb"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
+_UNRESERVED_ESCAPE: Final = re.compile(
+    rb"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])"
+)
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:

@@ -8,24 +8,25 @@ a developer looking at a 503 knows whether the app or the mesh produced it.
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 # Envoy response flags.
-NO_FLAGS = "-"
-UPSTREAM_CONNECT_FAILURE = "UF"
-NO_HEALTHY_UPSTREAM = "UH"
-UPSTREAM_OVERFLOW = "UO"
-UPSTREAM_RETRY_LIMIT = "URX"
-UPSTREAM_TIMEOUT = "UT"
-UPSTREAM_TERMINATION = "UC"
-UPSTREAM_RESET = "UR"
-DOWNSTREAM_TERMINATION = "DC"
-FAULT_ABORT = "FI"
-FAULT_DELAY = "DI"
-RATE_LIMITED = "RL"
-DENIED = "UAEX"
-NO_ROUTE = "NR"
-DOWNSTREAM_PROTOCOL_ERROR = "DPE"
-STREAM_IDLE_TIMEOUT = "SI"
+NO_FLAGS: Final = "-"
+UPSTREAM_CONNECT_FAILURE: Final = "UF"
+NO_HEALTHY_UPSTREAM: Final = "UH"
+UPSTREAM_OVERFLOW: Final = "UO"
+UPSTREAM_RETRY_LIMIT: Final = "URX"
+UPSTREAM_TIMEOUT: Final = "UT"
+UPSTREAM_TERMINATION: Final = "UC"
+UPSTREAM_RESET: Final = "UR"
+DOWNSTREAM_TERMINATION: Final = "DC"
+FAULT_ABORT: Final = "FI"
+FAULT_DELAY: Final = "DI"
+RATE_LIMITED: Final = "RL"
+DENIED: Final = "UAEX"
+NO_ROUTE: Final = "NR"
+DOWNSTREAM_PROTOCOL_ERROR: Final = "DPE"
+STREAM_IDLE_TIMEOUT: Final = "SI"
 
 
 def join_flags(*flags: str) -> str:
@@ -42,7 +43,9 @@ def status_line(status: int) -> bytes:
 
 
 #: The status lines of every known status (the hot path reads it without a call).
-STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode()) for s in HTTPStatus}
+STATUS_LINES: Final = {
+    int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode()) for s in HTTPStatus
+}
 
 
 def local_response(

@@ -121,6 +121,31 @@ def test_malformed_traceparent_is_replaced() -> None:
     assert lines(extra)[b"traceparent"] == tp
 
 
+@pytest.mark.parametrize(
+    "incoming",
+    [
+        b"00-" + b"A" * 32 + b"-" + b"b" * 16 + b"-01",  # upper case
+        b'00-"' + b"a" * 31 + b"-" + b"b" * 16 + b"-01",  # right length, not hex
+        b"ff-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01",  # version ff
+        b"00-" + b"0" * 32 + b"-" + b"b" * 16 + b"-01",  # all-zero trace id
+        b"00-" + b"a" * 32 + b"-" + b"0" * 16 + b"-01",  # all-zero parent id
+    ],
+)
+def test_invalid_traceparent_restarts_the_trace(incoming: bytes) -> None:
+    _, tp, extra = TraceIds().ids(b"r", incoming, None, None, None)
+    assert tp != incoming
+    assert re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01", tp)
+    assert lines(extra)[b"traceparent"] == tp
+
+
+def test_invalid_b3_is_ignored() -> None:
+    _, tp, extra = TraceIds().ids(b"r", None, b"x" * 32, None, None)
+    assert lines(extra)[b"x-b3-traceid"] == tp[3:35] != b"x" * 32
+    _, tp, extra = TraceIds().ids(b"r", None, b"c" * 32, b"not-a-span-id!!!", b"1")
+    assert tp[3:35] == b"c" * 32
+    assert lines(extra)[b"x-b3-spanid"] == tp[36:52]
+
+
 def test_connection_tokens() -> None:
     assert connection_tokens(b"keep-alive, X-Foo ,") == {b"keep-alive", b"x-foo"}
 
