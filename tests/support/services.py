@@ -276,6 +276,17 @@ def _echo_app(backend: HttpBackend) -> web.Application:
         await resp.write_eof()
         return resp
 
+    async def stall(request: web.Request) -> web.StreamResponse:
+        """Headers and a first chunk, then nothing for ``ms``: a response that stalls."""
+        await count(request)
+        resp = web.StreamResponse(headers={"x-backend": backend.name})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(b"first\n")
+        await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+        await resp.write_eof()
+        return resp
+
     async def ws(request: web.Request) -> web.WebSocketResponse:
         await count(request)
         sock = web.WebSocketResponse()
@@ -297,6 +308,7 @@ def _echo_app(backend: HttpBackend) -> web.Application:
     app.router.add_get("/delay/{ms}", delay)
     app.router.add_get("/bytes/{n}", fixed)
     app.router.add_get("/stream/{n}", stream)
+    app.router.add_get("/stall/{ms}", stall)
     app.router.add_get("/ws", ws)
     app.router.add_route("*", "/{tail:.*}", anything)
     return app

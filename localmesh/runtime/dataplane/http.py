@@ -958,10 +958,14 @@ class Exchange:
         )
 
     def deadline_passed(self) -> None:
-        """The route timeout ran out before a response head: 504."""
+        """The route timeout ran out: 504 before a response head; after it (a body that
+        stalls or streams on), a reset, as Envoy's route timeout covers the whole response."""
         self._deadline_timer = None
         self.deadline = 0.0
-        if self.done or self.response_started:
+        if self.done:
+            return
+        if self.response_started:
+            self.abort_response(wire.UPSTREAM_TIMEOUT)
             return
         self._drop_upstream()
         self._end_attempt()
@@ -983,15 +987,15 @@ class Exchange:
                 return
         elif host is not None and (host.consecutive_5xx or host.consecutive_gateway):
             host.consecutive_5xx = host.consecutive_gateway = 0  # outlier streak broken
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        self.deadline = 0.0
         self.status = status
         self.response_started = True
         route = self.route
         ops = route.response_ops if route is not None else None
-        if status == 101 or self.upgrade:
+        if status == 101 or self.upgrade:  # a tunnel: the route timeout ends here
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+                self._deadline_timer = None
+            self.deadline = 0.0
             self.out.append(self._upgrade_head(status, ops.apply(headers) if ops else headers))
             return
         if ops is not None:  # what the route sets or adds is filtered like the rest

@@ -149,6 +149,38 @@ async def test_route_timeout(http_backend: HttpBackend) -> None:
     assert mesh.records()[0]["flags"] == "UT"
 
 
+async def test_route_timeout_covers_the_response_body(http_backend: HttpBackend) -> None:
+    """Envoy's semantics: a body still streaming (here: stalled) when it runs out is reset."""
+    api = service("api", addr(http_backend), timeout=0.3, retries=None)
+    async with running(snapshot(api)) as mesh:
+        reader, writer = await asyncio.open_connection(*mesh.address("web>api"))
+        started = time.monotonic()
+        writer.write(b"GET /stall/5000 HTTP/1.1\r\nHost: api\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert await reader.readuntil(b"first\n")
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+            async with asyncio.timeout(3.0):
+                await reader.readuntil(b"0\r\n\r\n")  # the last chunk never comes
+        elapsed = time.monotonic() - started
+        writer.close()
+        await eventually(mesh.records)
+    assert 0.25 < elapsed < 2.0
+    [record] = mesh.records()
+    assert (record["status"], record["flags"]) == (200, "UT")
+
+
+async def test_a_stream_inside_the_route_timeout_completes(http_backend: HttpBackend) -> None:
+    api = service("api", addr(http_backend), timeout=2.0, retries=None)
+    async with (
+        running(snapshot(api)) as mesh,
+        aiohttp.ClientSession() as s,
+        s.get(mesh.url("web>api", "/stall/300")) as r,
+    ):
+        assert await r.read() == b"first\n"
+    assert mesh.records()[0]["flags"] == "-"
+
+
 async def test_per_try_timeout_is_retried(http_backend: HttpBackend) -> None:
     retry = RetryPolicy(attempts=1, per_try_timeout=0.1, retry_on=frozenset({"reset"}), **FAST)
     api = service("api", addr(http_backend), retries=retry)
