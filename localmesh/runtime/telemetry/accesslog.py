@@ -73,6 +73,7 @@ class AccessLog:
         self._second_text = ""
         # quoted (source, destination, route, method, flags, upstream) fields, see _lines
         self._quoted: dict[tuple[str, str, str | None, bytes, str, str], tuple[str, str, str]] = {}
+        self._paths: dict[bytes, str] = {}  # quoted request targets: most traffic repeats a few
 
     def log(self, record: Record) -> None:
         if self.enabled:
@@ -173,6 +174,9 @@ class AccessLog:
         known = self._quoted
         if len(known) > _QUOTED_MAX:
             known.clear()
+        paths = self._paths
+        if len(paths) > _QUOTED_MAX:
+            paths.clear()
         for item in batch:
             if type(item) is not tuple:
                 out.append(_encode(item) + "\n")
@@ -197,12 +201,15 @@ class AccessLog:
                     _quote(upstream) if upstream else "null",
                 )
             names, flags_q, upstream_q = fixed
+            path_q = paths.get(target)
+            if path_q is None:
+                path_q = paths[target] = _quote(target.decode("latin-1"))
             rid_q = _quote(request_id.decode("latin-1")) if request_id else "null"
             # the mesh only sends traceparents it made or validated: hex and dashes
             tp_q = f'"{traceparent.decode("ascii")}"' if traceparent else "null"
             out.append(
                 f'{{"time":"{second_text}{_MILLIS[int((wall - second) * 1000.0)]}",{names},'
-                f'"path":{_quote(target.decode("latin-1"))},"status":{status},"flags":{flags_q},'
+                f'"path":{path_q},"status":{status},"flags":{flags_q},'
                 f'"request_bytes":{request_bytes},"response_bytes":{response_bytes},'
                 f'"duration_ms":{micros // 1000}.{_MICROS[micros % 1000]},'
                 f'"upstream":{upstream_q},"request_id":{rid_q},"traceparent":{tp_q}'
