@@ -291,6 +291,8 @@ class TcpUpstream(asyncio.Protocol):
         target = self.down.view.target
         if target is not None:
             target.cluster.state.connections -= 1
+            if exc is not None:  # reset mid-relay: discovery may know a newer address
+                target.cluster.upstream_failed()
         self.down.upstream_lost(exc)
 
     def pause_writing(self) -> None:

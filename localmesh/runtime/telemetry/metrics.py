@@ -28,9 +28,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.registry import Collector
 
 from localmesh import __version__
+from localmesh.runtime.telemetry.export import MeshCollector
 
 # Istio's default bucket boundaries (proxy stats config), in milliseconds and bytes.
 DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (
@@ -240,7 +240,7 @@ class MeshMetrics:
         self._rate_limited = _Counters()
         self._reloads = _Counters()
         self.config_version = 0
-        self.registry.register(_Collector(self))
+        self.registry.register(MeshCollector(self.collect))
 
     # -- resolved once per snapshot by the data plane -------------------------------------
 
@@ -363,11 +363,3 @@ class MeshMetrics:
         version = GaugeMetricFamily("localmesh_config_version", "Version of the active snapshot")
         version.add_metric([], self.config_version)
         yield version
-
-
-class _Collector(Collector):
-    def __init__(self, metrics: MeshMetrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        return self._metrics.collect()

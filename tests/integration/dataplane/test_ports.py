@@ -263,3 +263,22 @@ async def test_a_reset_under_a_request_is_reported() -> None:
             assert r.status == 502
             assert r.headers["x-localmesh-reason"] == "upstream-reset"
         assert reports == ["api"]
+
+
+async def test_a_tcp_relay_reset_by_the_upstream_is_reported() -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"partial answer")
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # an RST in the middle of the relay
+
+    async with tcp_server(reset) as port:
+        snap = snapshot(service("db", ("127.0.0.1", port), protocol=Protocol.TCP, port=5432))
+        async with reporting(snap) as (plane, reports):
+            reader, writer = await asyncio.open_connection(*plane.addresses()["web>db"])
+            writer.write(b"query\n")
+            assert await asyncio.wait_for(reader.read(), 5) == b"partial answer"
+            writer.close()
+            await eventually(lambda: reports == ["db"])
