@@ -312,10 +312,12 @@ def _follow(result: lifecycle.UpResult) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         _print_up(result)
-        with Live(_status_table(result.containers), console=console, refresh_per_second=1) as live:
+        # No refresh thread (auto_refresh): a Ctrl-C that lands while it holds the console
+        # lock would leave Live's exit joining it forever, and the project never stopped.
+        with Live(_status_table(result.containers), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(2)
-                live.update(_status_table(result.runner.ps()))
+                live.update(_status_table(result.runner.ps()), refresh=True)
     except KeyboardInterrupt:
         console.print("stopping (Ctrl-C again to leave it running)...")
         result.runner.check("stop")
