@@ -366,9 +366,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                         extra.setdefault("metrics_off", []).append(
                             wrk(mesh_ports["http"], d, other_cpu)
                         )
-                    with mesh(
-                        procs, proxy_cpu, *mesh_args[:2], "--no-access-log", "--no-metrics"
-                    ):
+                    with mesh(procs, proxy_cpu, *mesh_args[:2], "--no-access-log", "--no-metrics"):
                         extra.setdefault("telemetry_off", []).append(
                             wrk(mesh_ports["http"], d, other_cpu)
                         )

@@ -35,13 +35,16 @@ def test_routes_without_a_catch_all_404_the_rest() -> None:
             routes:
               - {name: items, match: [{path: {prefix: /items}}], timeout: 1s}
     """) == [("no-default-route", 5)]
-    assert codes("""
+    assert (
+        codes("""
         services:
           api:
             routes:
               - {name: items, match: [{path: {prefix: /items}}], timeout: 1s}
               - {name: default}
-    """) == []
+    """)
+        == []
+    )
 
 
 def test_retry_that_the_timeout_prevents() -> None:
