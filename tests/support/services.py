@@ -242,6 +242,7 @@ def _echo_app(backend: HttpBackend) -> web.Application:
                 "path": request.path,
                 "query": request.query_string,
                 "headers": {k.lower(): v for k, v in request.headers.items()},
+                "header_list": [[k.lower(), v] for k, v in request.headers.items()],
                 "body_length": len(body),
             },
             headers={"x-backend": backend.name},

@@ -81,6 +81,8 @@ _SPECIAL: Final = _DROPPED_SANITIZED | {
 }
 
 
+_B3: Final = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled")
+
 #: A request target that is not a plain path: split_target looks at it (query, fragment,
 #: absolute form, anything normalisation would change).
 _NOT_PLAIN: Final = re.compile(rb"[?#%]|/[/.]").search
@@ -658,6 +660,11 @@ class Exchange:
             rid, traceparent, generated = ids.ids(rid, tp, b3t, b3s, b3f)
             if tp is not None and traceparent == tp:
                 out = [*out, (b"traceparent", tp)]
+            if b3t is not None or b3s is not None or b3f is not None:
+                # B3 headers the mesh had to make (the incoming ones were malformed) replace them
+                made = [name for name in _B3 if b"\n" + name + b": " in b"\n" + generated]
+                if made:
+                    out = [h for h in out if h[0] not in made]
         self.request_id = rid
         self.traceparent = traceparent
         line = self.method + b" " + (path + b"?" + query if query else path) + HTTP11

@@ -65,6 +65,18 @@ async def test_incoming_ids_propagate(http_backend: HttpBackend) -> None:
     assert seen["x-b3-traceid"] == "a" * 32
 
 
+async def test_malformed_incoming_b3_is_replaced_not_duplicated(http_backend: HttpBackend) -> None:
+    async with running(api(http_backend)) as mesh, aiohttp.ClientSession() as s:
+        headers = {"x-b3-traceid": 'not"hex', "x-b3-spanid": "zz", "x-b3-sampled": "1"}
+        async with s.get(mesh.url("web>api", "/echo"), headers=headers) as r:
+            pairs = (await r.json())["header_list"]
+    names = [name for name, _ in pairs]
+    for name in ("x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "traceparent"):
+        assert names.count(name) == 1, pairs
+    seen = dict(pairs)
+    assert seen["x-b3-traceid"] == seen["traceparent"][3:35] != 'not"hex'
+
+
 async def test_bodies_stream_both_ways(http_backend: HttpBackend) -> None:
     big = 8 * 1024 * 1024
 
