@@ -185,9 +185,16 @@ def test_foreground_up_follows_until_ctrl_c_then_stops_the_project(
         tmp_path / "p", name, docker_engine, mesh=f"mesh:\n  name: {name}\n  admin_port: {admin}\n"
     )
     env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [*LOCALMESH, "up"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    # Ctrl-C as a terminal delivers it: a suite started in the background by a
+    # non-interactive shell ignores SIGINT, `up` would inherit that (an ignored signal stays
+    # ignored across exec, a handled one is reset), and the signal below would never arrive.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [*LOCALMESH, "up"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert proc.stdout is not None
         seen = b""
