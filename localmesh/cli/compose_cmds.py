@@ -312,12 +312,10 @@ def _follow(result: lifecycle.UpResult) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         _print_up(result)
-        # No refresh thread (auto_refresh): a Ctrl-C that lands while it holds the console
-        # lock would leave Live's exit joining it forever, and the project never stopped.
-        with Live(_status_table(result.containers), console=console, auto_refresh=False) as live:
+        with Live(_status_table(result.containers), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(2)
-                live.update(_status_table(result.runner.ps()), refresh=True)
+                live.update(_status_table(result.runner.ps()))
     except KeyboardInterrupt:
         console.print("stopping (Ctrl-C again to leave it running)...")
         result.runner.check("stop")
