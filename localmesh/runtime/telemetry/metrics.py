@@ -16,7 +16,6 @@ costs nothing on the hot path (it happens at scrape time).
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
@@ -38,7 +37,6 @@ DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (
     300000, 600000, 1800000, 3600000,
 )  # fmt: skip
 SIZE_BUCKETS: Final[tuple[float, ...]] = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000)
-_SIZE_BOUNDS: Final[tuple[int, ...]] = tuple(int(b) for b in SIZE_BUCKETS)
 
 UNKNOWN: Final = "unknown"
 
@@ -83,7 +81,7 @@ class _Histogram:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        self.counts[_bucket(self.bounds, value)] += 1
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
@@ -143,32 +141,23 @@ class HttpEdge:
         # _Histogram.observe, inlined: this runs once per request
         ms = duration_s * 1000.0
         hist = cell.duration
-        hist.counts[_duration_bucket(ms)] += 1
+        hist.counts[_bucket(DURATION_BUCKETS_MS, ms)] += 1
         hist.total += ms
         hist = cell.request_bytes
-        hist.counts[_size_bucket(request_bytes)] += 1
+        hist.counts[_bucket(SIZE_BUCKETS, request_bytes)] += 1
         hist.total += request_bytes
         hist = cell.response_bytes
-        hist.counts[_size_bucket(response_bytes)] += 1
+        hist.counts[_bucket(SIZE_BUCKETS, response_bytes)] += 1
         hist.total += response_bytes
 
 
-# bisect_left over the bucket bounds, as loops compiled code runs on unboxed numbers instead
+# bisect_left over the bucket bounds, as a loop compiled code runs on unboxed floats instead
 # of bisect's generic comparisons; typical values stop in a few steps. (With the reused cell,
 # observe() went from 4.9k to under 1.4k instructions.)
-def _duration_bucket(ms: float) -> int:
+def _bucket(bounds: tuple[float, ...], value: float) -> int:
     i = 0
-    for bound in DURATION_BUCKETS_MS:
-        if ms <= bound:
-            return i
-        i += 1
-    return i
-
-
-def _size_bucket(size: int) -> int:
-    i = 0
-    for bound in _SIZE_BOUNDS:
-        if size <= bound:
+    for bound in bounds:
+        if value <= bound:
             return i
         i += 1
     return i
