@@ -28,9 +28,9 @@ def test_the_templates_are_found_in_a_checkout() -> None:
     assert {"Dockerfile", "mesh-service.yaml"} <= set(TEMPLATES)
 
 
-@pytest.mark.slow
-def test_a_built_wheel_carries_the_templates_and_the_compiled_hot_path(tmp_path: Path) -> None:
-    source = tmp_path / "src"  # a copy as git would check it out: the link stays a link
+def build_wheel(tmp_path: Path, env: dict[str, str] | None = None) -> set[str]:
+    """Build a wheel from a copy of the tree as git would check it out; its member names."""
+    source = tmp_path / "src"  # the templates link stays a link
     source.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(REPO / name, source / name)
@@ -49,16 +49,28 @@ def test_a_built_wheel_carries_the_templates_and_the_compiled_hot_path(tmp_path:
         text=True,
         check=False,
         timeout=300,
+        env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, done.stderr
     [wheel] = (tmp_path / "dist").glob("localmesh-*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        names = set(zf.namelist())
         for name in TEMPLATES:
             member = f"localmesh/templates/{name}"
-            assert member in names
             assert zf.read(member) == (REPO / "compose-templates" / name).read_bytes()
+        return set(zf.namelist())
+
+
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_templates_and_the_compiled_hot_path(tmp_path: Path) -> None:
+    names = build_wheel(tmp_path)
     if not os.environ.get("LOCALMESH_PURE"):
         assert "localmesh/_speedups__mypyc" in " ".join(names)
         assert any(n.startswith("localmesh/runtime/dataplane/http.cpython-") for n in names)
-        assert "localmesh/runtime/dataplane/http.py" in names  # the source ships beside it
+    assert "localmesh/runtime/dataplane/http.py" in names  # the source ships beside it
+
+
+@pytest.mark.slow
+def test_without_a_c_compiler_the_sources_install(tmp_path: Path) -> None:
+    names = build_wheel(tmp_path, env={"CC": "/bin/false"})
+    assert not [n for n in names if n.endswith(".so")]
+    assert "localmesh/runtime/dataplane/http.py" in names
