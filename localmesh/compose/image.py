@@ -242,13 +242,18 @@ class Target:
     def loads_native_of_host(self) -> bool:
         """Whether extension modules built here load there: same Python and machine, and a
         glibc at least as new as the one they were linked against."""
-        host_glibc = os.confstr("CS_GNU_LIBC_VERSION") or "glibc 0.0"
-        major, minor = host_glibc.split()[-1].split(".")[:2]
-        return (
-            self.python == f"{sys.version_info[0]}.{sys.version_info[1]}"
-            and self.machine == platform.machine()
-            and self.glibc >= (int(major), int(minor))
-        )
+        if sys.platform != "linux":  # a Mac's (Docker Desktop) are Mach-O: never
+            return False
+        if self.python != f"{sys.version_info[0]}.{sys.version_info[1]}":
+            return False
+        if self.machine != platform.machine():
+            return False
+        try:
+            libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+        except ValueError:  # not glibc (musl)
+            return False
+        found = re.fullmatch(r"glibc (\d+)\.(\d+).*", libc)
+        return found is not None and self.glibc >= (int(found[1]), int(found[2]))
 
     def platforms(self) -> list[str]:
         """Every manylinux tag this glibc runs, spelled out: pip 23 does not expand them."""
