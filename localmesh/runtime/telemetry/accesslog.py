@@ -76,16 +76,17 @@ class AccessLog:
         self._paths: dict[bytes, str] = {}  # quoted request targets: most traffic repeats a few
 
     def log(self, record: Record) -> None:
-        if self.enabled:
-            self._pending.append(record)
-            if len(self._pending) >= self.batch_limit:
-                self.flush()
+        self._add(record)
 
     def http(self, record: HttpRecord) -> None:
         """One HTTP exchange (see ``HttpRecord``); it becomes a record when flushed."""
+        self._add(record)
+
+    def _add(self, item: Record | HttpRecord) -> None:
         if self.enabled:
-            self._pending.append(record)
-            if len(self._pending) >= self.batch_limit:
+            pending = self._pending
+            pending.append(item)
+            if len(pending) >= self.batch_limit:
                 self.flush()
 
     def wall_time(self, loop_time: float) -> str:
