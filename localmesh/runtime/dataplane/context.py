@@ -71,6 +71,7 @@ class ListenerContext:
         "access_log",
         "clock",
         "connections",
+        "gateway",
         "identify",
         "ids",
         "loop",
@@ -91,6 +92,7 @@ class ListenerContext:
         *,
         scheme: bytes = b"http",
         identify: IdentifyHook | None = None,
+        gateway: bool = False,
     ) -> None:
         self.name = name
         self.view = view
@@ -99,6 +101,7 @@ class ListenerContext:
         self.clock = clock
         self.scheme = scheme
         self.identify = identify
+        self.gateway = gateway  # an edge listener: originates as the mesh, not as its callers
         self.loop = asyncio.get_running_loop()
         self.rng = random.Random()
         self.ids = TraceIds(self.rng)

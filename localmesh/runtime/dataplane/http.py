@@ -124,6 +124,7 @@ class HttpDownstream(asyncio.Protocol):
         "tunnel",
         "upgraded",
         "wait_since",
+        "workload",
         "write_paused",
     )
 
@@ -142,6 +143,8 @@ class HttpDownstream(asyncio.Protocol):
         self._view: ListenerView | None = None
         self._edges: dict[str, HttpEdge] = {}
         self.caller: Caller | None = None
+        # whose workload identity mutual TLS origination presents ("": the mesh's own)
+        self.workload = ""
         self.identity: DownstreamIdentity | None = None
         self.peer_ip = "unknown"
         self.forwarded = b""  # the x-forwarded-for/-proto lines most requests get
@@ -299,7 +302,9 @@ class HttpDownstream(asyncio.Protocol):
         """First request under a new snapshot: re-resolve the caller and metric edges."""
         self._view = view
         ident = self.identity
-        self.caller = ident.caller if ident is not None else view.caller_for(self.peer_ip)
+        self.caller = caller = ident.caller if ident is not None else view.caller_for(self.peer_ip)
+        # a sidecar speaks as the workload it serves, a gateway (or for a stranger) as itself
+        self.workload = caller.name if caller.principal and not self.ctx.gateway else ""
         self._edges = {}
         self._max_hbytes = view.limits.max_request_headers_bytes
 

@@ -74,6 +74,7 @@ class Listener:
             clock,
             scheme=b"https" if ssl_context is not None else b"http",
             identify=identify,
+            gateway=external,
         )
         # intercept: one context per (service, port) dialled
         self._targets: dict[tuple[str, int], ListenerContext] = {}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import time
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from localmesh.config.model import Protocol as Proto
-from localmesh.config.model import Service
+from localmesh.config.model import Service, TLSMode
 from localmesh.errors import RuntimeStartError
 from localmesh.runtime.dataplane.compiled import CompiledSnapshot, LimiterStore, RouteSource
 from localmesh.runtime.dataplane.context import Clock, IdentifyHook, ListenerContext
@@ -53,8 +54,10 @@ MAX_TICK = 0.5
 POOL_SWEEP_EVERY = 1.0  # seconds between idle upstream connection sweeps
 FAILURE_REPORT_INTERVAL = 1.0  # seconds between two upstream failure reports of a service
 
-#: Gives a cluster TLS origination (or None: plain TCP); see ``ingress/origination.py``.
-UpstreamTLSProvider = Callable[[Service], UpstreamTLS | None]
+#: TLS origination to a service (None: plain TCP) for a caller workload ("": the mesh's own
+#: identity; it matters under mutual TLS only); see ``ingress/origination.py``. Raises
+#: ``OSError`` when that caller's identity cannot be had, which fails the connect.
+UpstreamTLSProvider = Callable[[Service, str], UpstreamTLS | None]
 #: Told the name of a service one of whose upstreams failed (rate-limited).
 UpstreamFailureHook = Callable[[str], None]
 
@@ -231,11 +234,19 @@ class DataPlane:
 
     def _new_cluster(self, service: Service, port: int) -> ClusterRuntime:
         cluster = ClusterRuntime(service, port)
-        cluster.tls = self._upstream_tls(service) if self._upstream_tls is not None else None
+        self._originate(cluster, service)
         cluster.on_failure = self._upstream_failed
         if self._compiled is not None and not self._lock.locked():
             self._health.add(cluster)  # made on first use (an intercepted port): check it now
         return cluster
+
+    def _originate(self, cluster: ClusterRuntime, service: Service) -> None:
+        provider = self._upstream_tls
+        if provider is None:
+            return
+        cluster.tls = provider(service, "")
+        mutual = service.tls.mode is TLSMode.MUTUAL
+        cluster.tls_as = functools.partial(provider, service) if mutual else None
 
     def _upstream_failed(self, cluster: ClusterRuntime) -> None:
         hook = self._on_upstream_failure
@@ -297,7 +308,7 @@ class DataPlane:
         for cluster in clusters:
             svc = compiled.services[cluster.name]
             cluster.update(svc, snapshot.endpoints.get(svc.name, ()))
-            cluster.tls = self._upstream_tls(svc) if self._upstream_tls is not None else None
+            self._originate(cluster, svc)
         current = set(clusters)
         removed_clusters = [c for c in previous if c not in current]
         self._compiled = compiled

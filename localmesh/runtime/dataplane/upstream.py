@@ -13,6 +13,12 @@ a reload. It owns:
   reset mid-request is reported to ``on_failure`` (the data plane rate-limits it and tells
   discovery to look again).
 
+Under mutual TLS (``tls_as`` set) a connection presents one caller's workload identity, so
+it may only ever carry that caller's requests: each endpoint keeps one idle list per caller
+workload (``UpstreamHost.pool``), a freed connection goes to a queued request of the same
+caller only, and a request queued at the connection limit closes an idle connection (maybe
+another caller's) to make room. Everywhere else every request shares the one list.
+
 An ``UpstreamConnection`` parses responses with llhttp (httptools) and hands one response
 head, its body chunks and its end to its current owner (an HTTP exchange). Writes to the
 downstream are flushed once per read (``after_data``), so a small response costs one write.
@@ -81,11 +87,24 @@ _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 class UpstreamHost(EndpointState):
     """An endpoint plus its idle keep-alive connections."""
 
-    __slots__ = ("idle",)
+    __slots__ = ("idle", "idle_as")
 
     def __init__(self, host: str, port: int, labels: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(host, port, labels)
-        self.idle: list[UpstreamConnection] = []
+        self.idle: list[UpstreamConnection] = []  # connections any request may use
+        self.idle_as: dict[str, list[UpstreamConnection]] = {}  # mutual TLS: per caller
+
+    def pool(self, workload: str) -> list[UpstreamConnection]:
+        """The idle list of connections presenting ``workload`` ("": the shared list)."""
+        if not workload:
+            return self.idle
+        pool = self.idle_as.get(workload)
+        if pool is None:
+            pool = self.idle_as[workload] = []
+        return pool
+
+    def pools(self) -> list[list[UpstreamConnection]]:
+        return [self.idle, *self.idle_as.values()]
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -103,15 +122,19 @@ class UpstreamConnection(asyncio.Protocol):
         "keep_alive",
         "owner",
         "parser",
+        "pool",
         "reading_paused",
         "served",
         "transport",
         "tunnel",
+        "workload",
     )
 
-    def __init__(self, cluster: ClusterRuntime, host: UpstreamHost) -> None:
+    def __init__(self, cluster: ClusterRuntime, host: UpstreamHost, workload: str = "") -> None:
         self.cluster = cluster
         self.host = host
+        self.workload = workload  # whose identity it presents (mutual TLS), else ""
+        self.pool = host.pool(workload)  # the idle list it returns to
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.owner: UpstreamOwner | None = None
@@ -308,6 +331,8 @@ class ClusterRuntime:
             port_health_check(service, self.port),
         )
         self.tls: UpstreamTLS | None = None
+        # mutual TLS: the origination presenting a caller's workload identity ("": the mesh's)
+        self.tls_as: Callable[[str], UpstreamTLS | None] | None = None
         self._waiters: deque[Waiter] = deque()
         self.on_failure: Callable[[ClusterRuntime], None] | None = None
 
@@ -347,7 +372,7 @@ class ClusterRuntime:
         """Give ``waiter`` a connection now, or when one frees up; or refuse it (overflow)."""
         host = waiter.host
         assert host is not None
-        idle = host.idle
+        idle = host.idle if self.tls_as is None else host.pool(waiter.down.workload)
         while idle:
             conn = idle.pop()
             transport = conn.transport
@@ -361,6 +386,8 @@ class ClusterRuntime:
             state.pending += 1
             waiter.waiting = True
             self._waiters.append(waiter)
+            if self.tls_as is not None:
+                self._close_one_idle()  # it may be another caller's: it frees a slot
         else:
             waiter.on_connect_failure(Outcome.CONNECT_FAILURE, "overflow")
 
@@ -381,6 +408,22 @@ class ClusterRuntime:
                 return waiter
         return None
 
+    def _close_one_idle(self) -> None:
+        for host in self.hosts:
+            for idle in host.pools():
+                for conn in idle:
+                    if conn.transport is not None and not conn.transport.is_closing():
+                        conn.close()  # connection_closed then opens one for the queue
+                        return
+
+    def _next_waiter_as(self, workload: str) -> Waiter | None:
+        """The first queued request of ``workload``'s caller (mutual TLS)."""
+        for waiter in self._waiters:
+            if waiter.waiting and waiter.down.workload == workload:
+                self.forget(waiter)
+                return waiter
+        return None
+
     def release(self, conn: UpstreamConnection, now: float) -> None:
         """A request finished cleanly on ``conn``: reuse it, park it, or close it."""
         limit = self.state.pool.max_requests_per_connection
@@ -395,16 +438,22 @@ class ClusterRuntime:
         if conn.reading_paused:  # a response that ended under backpressure left it paused
             conn.resume_reading()
         if self._waiters:
-            waiter = self._next_waiter()
+            if self.tls_as is None:
+                waiter = self._next_waiter()
+            else:
+                waiter = self._next_waiter_as(conn.workload)
+                if waiter is None and any(w.waiting for w in self._waiters):
+                    conn.close()  # only other callers wait: its slot serves them better
+                    return
             if waiter is not None:
                 waiter.on_connection(conn)
                 return
         conn.idle_since = now
-        conn.host.idle.append(conn)
+        conn.pool.append(conn)
 
     def connection_closed(self, conn: UpstreamConnection) -> None:
         self.state.connections -= 1
-        idle = conn.host.idle
+        idle = conn.pool
         if conn in idle:
             idle.remove(conn)
         if self._waiters and self.state.can_connect():
@@ -421,7 +470,11 @@ class ClusterRuntime:
         assert host is not None
         loop = asyncio.get_running_loop()
         tls = self.tls
+        workload = ""
         try:
+            if self.tls_as is not None:
+                workload = waiter.down.workload
+                tls = self.tls_as(workload)
             async with asyncio.timeout(self.state.pool.connect_timeout):
                 if tls is None:
                     _, proto = await loop.create_connection(
@@ -429,7 +482,7 @@ class ClusterRuntime:
                     )
                 else:
                     transport, proto = await loop.create_connection(
-                        lambda: UpstreamConnection(self, host),
+                        lambda: UpstreamConnection(self, host, workload),
                         host.host,
                         host.port,
                         ssl=tls.context,
@@ -469,13 +522,15 @@ class ClusterRuntime:
         """Close connections idle for longer than the pool's ``idle_timeout``."""
         limit = now - self.state.pool.idle_timeout
         for host in self.hosts:
-            if host.idle and host.idle[0].idle_since < limit:
-                for conn in [c for c in host.idle if c.idle_since < limit]:
-                    conn.close()
+            for idle in host.pools():
+                if idle and idle[0].idle_since < limit:
+                    for conn in [c for c in idle if c.idle_since < limit]:
+                        conn.close()
 
     def _close_idle(self, host: UpstreamHost) -> None:
-        for conn in list(host.idle):
-            conn.close()
+        for idle in host.pools():
+            for conn in list(idle):
+                conn.close()
 
     def close(self) -> None:
         for host in self.hosts:

@@ -217,17 +217,27 @@ class IngressGateway:
     # -- TLS origination --------------------------------------------------------------------
 
     def _prepare_origination(self, services: tuple[Service, ...]) -> None:
-        """Build every TLS context the snapshot needs now, so the data plane's commit (which
-        asks ``_upstream_tls``) cannot fail half-way."""
+        """Build every TLS context the snapshot needs now (under mutual TLS one per caller
+        that may call: any service, or the mesh itself), so the data plane's commit and its
+        connects cannot fail for want of an identity."""
+        callers = ("", *(s.name for s in services))
         for service in services:
-            if service.tls.mode is not TLSMode.DISABLE:
-                try:
-                    self._upstream_tls(service)
-                except LocalmeshError as exc:
-                    raise RuntimeStartError(exc.message, exc.hint) from exc
+            if service.tls.mode is TLSMode.DISABLE:
+                continue
+            try:
+                for caller in callers if service.tls.mode is TLSMode.MUTUAL else ("",):
+                    self._origination_for(service, caller)
+            except LocalmeshError as exc:
+                raise RuntimeStartError(exc.message, exc.hint) from exc
 
-    def _upstream_tls(self, service: Service) -> UpstreamTLS | None:
+    def _upstream_tls(self, service: Service, caller: str) -> UpstreamTLS | None:
         """The data plane's ``upstream_tls`` provider (contexts are cached per settings)."""
+        try:
+            return self._origination_for(service, caller)
+        except LocalmeshError as exc:  # a caller this snapshot did not know (see above)
+            raise OSError(exc.message) from exc
+
+    def _origination_for(self, service: Service, caller: str) -> UpstreamTLS | None:
         if service.tls.mode is TLSMode.DISABLE:
             return None
         if self._origination is None or self._origination_domain != self._trust_domain:
@@ -238,7 +248,7 @@ class IngressGateway:
                 lifetime = self._workload_lifetime
                 identities = WorkloadIdentities(ca, self._trust_domain, self.rotator, lifetime).get
             self._origination = UpstreamTLSContexts(ca.root_pem, self._trust_domain, identities)
-        origin = self._origination.get(service, caller=None)
+        origin = self._origination.get(service, caller=caller or None)
         assert origin is not None
         return UpstreamTLS(origin.context, origin.server_hostname, origin.check_peer)
 

@@ -521,6 +521,7 @@ async def tls_workload(ca: CertificateAuthority, service: str) -> AsyncIterator[
 
     async def whoami(request: web.Request) -> web.Response:
         assert request.transport is not None
+        await asyncio.sleep(float(request.query.get("delay", "0")))
         tls: ssl.SSLObject = request.transport.get_extra_info("ssl_object")
         ident = client_identity(tls.getpeercert() or {}, tls.getpeercert(True) or b"")
         return web.Response(text=ident.principal if ident else "-")
@@ -541,18 +542,24 @@ async def tls_workload(ca: CertificateAuthority, service: str) -> AsyncIterator[
         await runner.cleanup()
 
 
-async def test_mutual_tls_origination_presents_the_gateway_identity(
+async def test_mutual_tls_origination_presents_each_callers_identity(
     local_ca: CertificateAuthority,
 ) -> None:
+    """A sidecar listener speaks as the workload calling it (known by source IP here: web's
+    endpoints live on 127.0.0.2, worker's on 127.0.0.3), the gateway and unknown callers as
+    the mesh's ``ingress``; pooled connections never carry another caller's requests."""
     async with tls_workload(local_ca, "vault") as port:
         text = f"""
 mesh: {{trust_domain: {TD}}}
 services:
+  web: {{ports: [8080], endpoints: ["127.0.0.2:8080"]}}
+  worker: {{ports: [8081], endpoints: ["127.0.0.3:8081"]}}
   vault:
     ports: [8200]
     endpoints: ["127.0.0.1:{port}"]
     tls: mutual
     retries: false
+    connection_pool: {{max_connections: 1}}
   imposter:  # the same server, which is not this service: its identity check fails
     ports: [8201]
     endpoints: ["127.0.0.1:{port}"]
@@ -570,7 +577,27 @@ ingress:
 """
         gateway = IngressGateway(MeshMetrics("edge", TD), AccessLog(None), ca=lambda: local_ca)
         await gateway.apply(compile_mesh(text))
+        sessions = {
+            ip: aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(ip, 0)))
+            for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.1")
+        }
         try:
+            vault = f"http://127.0.0.1:{gateway.addresses()['vault:8200'][1]}/"
+            expected = {"127.0.0.2": "web", "127.0.0.3": "worker", "127.0.0.1": "ingress"}
+
+            async def whoami(ip: str, delay: float = 0.0) -> str:
+                async with sessions[ip].get(vault, params={"delay": str(delay)}) as r:
+                    assert r.status == 200, await r.text()
+                    return await r.text()
+
+            for _ in range(3):  # keep-alive: each caller's pooled connection stays its own
+                for ip, name in expected.items():
+                    assert await whoami(ip) == f"spiffe://{TD}/svc/{name}"
+            # one connection allowed: a request queued behind another caller's gets a
+            # connection of its own identity, not the freed one
+            got = await asyncio.gather(whoami("127.0.0.2", 0.2), whoami("127.0.0.3"))
+            assert got == [f"spiffe://{TD}/svc/web", f"spiffe://{TD}/svc/worker"]
+
             port_https = gateway.addresses()[HTTPS_LISTENER][1]
             ctx = client_context(local_ca)
             async with session() as s:
@@ -581,6 +608,8 @@ ingress:
                     assert r.status == 503
                     assert "expected spiffe://edge.test/svc/imposter" in await r.text()
         finally:
+            for s in sessions.values():
+                await s.close()
             await gateway.close(drain_timeout=1.0)
 
 
