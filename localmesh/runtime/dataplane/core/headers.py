@@ -68,13 +68,13 @@ class TraceIds:
 
     One PRNG draw of 192 bits per request feeds every id that has to be made (trace id,
     span id, request id). For requests without trace context (most) the draws and the
-    header lines are made ``BATCH`` at a time, so a request takes a ready block and two
-    slices of it: no PRNG call, no hexlify, no formatting of its own.
+    header lines are made ``BATCH`` at a time (see ``_id_blocks``), so a request takes a
+    ready block and two slices of it: no PRNG call, no hexlify, no formatting of its own.
     """
 
     __slots__ = ("_batch", "_random_bytes")
 
-    BATCH: ClassVar[int] = 64
+    BATCH: ClassVar[int] = 256
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._random_bytes = (rng or random.Random()).randbytes
@@ -96,8 +96,7 @@ class TraceIds:
         """``ids()`` for a request that carries no trace context (W3C or B3)."""
         batch = self._batch
         if not batch:
-            hexed = hexlify(self._random_bytes(24 * self.BATCH))
-            batch = self._batch = [_id_lines(hexed[i : i + 48]) for i in range(0, len(hexed), 48)]
+            batch = self._batch = _id_blocks(hexlify(self._random_bytes(24 * self.BATCH)))
         block = batch.pop()
         if request_id is None:
             return block[_RID_START:_RID_END], block[_TP_START:_TP_END], block
@@ -178,6 +177,30 @@ def _id_lines(h: bytes) -> bytes:
         b"\r\ntraceparent: 00-", trace, b"-", span,
         b"-01\r\nx-b3-traceid: ", trace, b"\r\nx-b3-spanid: ", span, b"\r\nx-b3-sampled: 1\r\n",
     ))  # fmt: skip
+
+
+# ``_id_lines`` of every 48 digits of ``hexed``, made column by column rather than line by
+# line: all blocks share one layout, so the template is repeated once and each of its digit
+# positions is filled for every block by one strided copy (C loops over the whole batch
+# instead of 16 slices and a join per request: a fifth of the cost).
+_ID_TEMPLATE: Final = _id_lines(bytes(range(128, 176)))  # digit slots: 128 + digit index
+_ID_LEN: Final = len(_ID_TEMPLATE)
+_ID_SLOTS: Final = tuple(
+    (digit, tuple(pos for pos, byte in enumerate(_ID_TEMPLATE) if byte == 128 + digit))
+    for digit in range(48)
+)
+_ID_BLANK: Final = _id_lines(b"0" * 48)
+
+
+def _id_blocks(hexed: bytes) -> list[bytes]:
+    count = len(hexed) // 48
+    buf = bytearray(_ID_BLANK * count)
+    for digit, positions in _ID_SLOTS:
+        column = hexed[digit::48]
+        for pos in positions:
+            buf[pos::_ID_LEN] = column
+    data = bytes(buf)
+    return [data[i : i + _ID_LEN] for i in range(0, len(data), _ID_LEN)]
 
 
 # The lines ``TraceIds.fresh`` generates start with the request id, so a request that

@@ -7,7 +7,12 @@ import re
 
 import pytest
 
-from localmesh.runtime.dataplane.core.headers import TraceIds, connection_tokens
+from localmesh.runtime.dataplane.core.headers import (
+    TraceIds,
+    _id_blocks,
+    _id_lines,
+    connection_tokens,
+)
 from localmesh.runtime.dataplane.core.uri import BadTarget, normalize_path, split_target
 from localmesh.runtime.dataplane.core.wire import join_flags, local_response
 
@@ -183,3 +188,11 @@ def test_generated_ids_across_batches_are_distinct_and_consistent() -> None:
             assert b"x-request-id" not in names
         seen.add(tp)
     assert len(seen) == 3 * TraceIds.BATCH + 1
+
+
+def test_batched_id_lines_are_the_per_request_ones() -> None:
+    """The column-wise batch builder lays out exactly what ``_id_lines`` makes per request."""
+    hexed = random.Random(5).randbytes(24 * 7).hex().encode()
+    blocks = _id_blocks(hexed)
+    assert blocks == [_id_lines(hexed[i : i + 48]) for i in range(0, len(hexed), 48)]
+    assert len(set(blocks)) == 7
