@@ -9,6 +9,8 @@ Host side (``write_container_certs(ca, out_dir, ...)``, ``out_dir`` usually
     <service>/key.pem       its key                                  (0600, directory 0700)
     ingress/cert.pem        with ingress hosts: one server cert naming every ingress name
     ingress/key.pem         (hosts, localhost/127.0.0.1/::1, extra_cert_hosts)
+    localmesh/{cert,key}.pem  the mesh's own workload identity (``mesh_identity``): what the
+                            gateway presents under mutual TLS origination
 
 Container side: ``trust/`` is mounted read-only at ``/etc/localmesh/trust`` and the
 service's own directory at ``/etc/localmesh/identity``. Directories, not single files, are
@@ -23,7 +25,10 @@ so it gets ``ca.pem``.
 The mesh container gets the whole directory (read-only) but never the CA's keys, so its
 ingress serves the certificate issued here: ``MountedCertificates`` stands in for the CA
 there. That certificate lasts 30 days; ``localmesh up``/``generate`` renews it at 2/3 of
-its life, and a host added to a running mesh needs one of them to be re-run.
+its life, and a host added to a running mesh needs one of them to be re-run. Being every
+service's sidecar, the mesh container also originates mutual TLS as whichever service
+calls, with the identity in that service's directory (``MountedCertificates.workload``);
+those are renewed the same way.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from localmesh.ca import files
 from localmesh.ca.authority import WORKLOAD_LIFETIME, CertificateAuthority, IssuedCert
 from localmesh.ca.names import INGRESS_DEFAULT_NAMES, parse_host, workload_spiffe_id
-from localmesh.ca.rotation import rotation_due
+from localmesh.ca.rotation import RotatingCert, rotation_due
 from localmesh.config.model import Ingress
 from localmesh.errors import CAError
 
@@ -53,6 +58,9 @@ CONTAINER_BUNDLE = f"{CONTAINER_TRUST_DIR}/bundle.pem"
 CONTAINER_CERT = f"{CONTAINER_IDENTITY_DIR}/cert.pem"
 CONTAINER_KEY = f"{CONTAINER_IDENTITY_DIR}/key.pem"
 INGRESS_DIR = "ingress"
+# The mesh's own identity; named like the mesh's compose service, which no user service
+# can be called, so it never meets a service's directory.
+MESH_IDENTITY_DIR = "localmesh"
 
 
 def trust_environment() -> dict[str, str]:
@@ -131,10 +139,12 @@ def write_container_certs(
     services: Iterable[str],
     *,
     ingress_names: Sequence[str] = (),
+    mesh_identity: str | None = None,
     lifetime: float = WORKLOAD_LIFETIME,
     now: dt.datetime | None = None,
 ) -> ContainerCerts:
-    """Write the trust bundle, each service's workload identity and (``ingress_names``, see
+    """Write the trust bundle, each service's workload identity, the mesh's own
+    (``mesh_identity``: its workload name) and (``ingress_names``, see
     ``ingress_cert_names``) the ingress certificate under ``out_dir``.
 
     An existing cert is kept while it is signed by the current intermediate, names the same
@@ -149,14 +159,18 @@ def write_container_certs(
     system = system_roots_pem()
     _write_if_changed(trust_dir / "bundle.pem", system.rstrip(b"\n") + b"\n" + root)
     written: dict[str, ServiceCerts] = {}
-    for service in services:
-        entry = ServiceCerts(service, workload_spiffe_id(trust_domain, service), out_dir / service)
+    identities = [(s, out_dir / s) for s in services]
+    if mesh_identity is not None:
+        identities.append((mesh_identity, out_dir / MESH_IDENTITY_DIR))
+    for service, directory in identities:
+        entry = ServiceCerts(service, workload_spiffe_id(trust_domain, service), directory)
         if not _still_good(ca, entry, now):
             files.ensure_private_dir(entry.directory)
             ca.issue_workload(trust_domain, service, lifetime=lifetime, now=now).write(
                 entry.cert, entry.key
             )
-        written[service] = entry
+        if directory.name != MESH_IDENTITY_DIR:
+            written[service] = entry
     ingress_dir = None
     if ingress_names:
         ingress_dir = out_dir / INGRESS_DIR
@@ -234,19 +248,44 @@ class MountedCertificates:
         return (self.directory / "trust" / "ca.pem").read_bytes()
 
     def issue_server(self, hosts: Iterable[str]) -> IssuedCert:
-        where = self.directory / INGRESS_DIR
         hint = "run `localmesh up` again: it issues the ingress certificate on the host"
-        try:
-            chain = x509.load_pem_x509_certificates((where / "cert.pem").read_bytes())
-            key = serialization.load_pem_private_key((where / "key.pem").read_bytes(), None)
-        except (OSError, ValueError) as exc:
-            raise CAError(f"no usable ingress certificate in {where}: {exc}", hint) from exc
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise CAError(f"the ingress key in {where} is not an ECDSA key", hint)
+        issued = _load_issued(self.directory / INGRESS_DIR, "ingress certificate", hint)
+        chain = (issued.cert, *issued.chain)
         missing = [h for h in hosts if parse_host(h).value not in _server_names(chain[0])]
         if missing:
             raise CAError(
                 f"the ingress certificate issued on the host does not name {', '.join(missing)}",
                 hint,
             )
-        return IssuedCert(chain[0], key, tuple(chain[1:]))
+        return issued
+
+    def workload(self, directory: str, spiffe_id: str) -> RotatingCert:
+        """The workload identity the host issued into ``directory`` (a service's name, or
+        ``MESH_IDENTITY_DIR``). At 2/3 of its life it is read again: the host renews it on
+        ``localmesh up``/``generate``; until then each attempt fails with that hint and the
+        rotator retries."""
+        where = self.directory / directory
+        hint = "run `localmesh up` again: it issues workload identities on the host"
+        loaded: list[int] = []
+
+        def load() -> IssuedCert:
+            issued = _load_issued(where, f"workload identity {spiffe_id}", hint)
+            if spiffe_id not in issued.uris:
+                raise CAError(f"the certificate in {where} is not {spiffe_id}", hint)
+            if loaded and issued.serial == loaded[-1]:
+                raise CAError(f"the workload identity in {where} is not renewed yet", hint)
+            loaded.append(issued.serial)
+            return issued
+
+        return RotatingCert(spiffe_id, load)
+
+
+def _load_issued(where: Path, what: str, hint: str) -> IssuedCert:
+    try:
+        chain = x509.load_pem_x509_certificates((where / "cert.pem").read_bytes())
+        key = serialization.load_pem_private_key((where / "key.pem").read_bytes(), None)
+    except (OSError, ValueError) as exc:
+        raise CAError(f"no usable {what} in {where}: {exc}", hint) from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CAError(f"the key of the {what} in {where} is not an ECDSA key", hint)
+    return IssuedCert(chain[0], key, tuple(chain[1:]))

@@ -134,3 +134,8 @@ def _check_trust_domain(trust_domain: str) -> None:
             f"{trust_domain!r} is not a valid SPIFFE trust domain",
             hint="lower-case letters, digits, '-' and dots, e.g. localmesh or shop.local",
         )
+
+
+#: The workload name the mesh presents when it calls as itself (the ingress gateway, or for
+#: callers it cannot name): spiffe://<td>/svc/ingress.
+INGRESS_IDENTITY = "ingress"

@@ -32,6 +32,7 @@ import yaml
 from localmesh.ca import files
 from localmesh.ca.authority import CertificateAuthority
 from localmesh.ca.containers import ingress_cert_names, write_container_certs
+from localmesh.ca.names import INGRESS_IDENTITY
 from localmesh.compose import emit, engine, image
 from localmesh.compose.addresses import parse_subnet
 from localmesh.compose.plan import MeshPlan, stable_json
@@ -120,6 +121,7 @@ def generate(
         mesh.mesh.trust_domain,
         [c.service for c in plan.clients],
         ingress_names=ingress_cert_names(mesh.ingress),  # the mesh container cannot issue
+        mesh_identity=INGRESS_IDENTITY,  # what it presents under mutual TLS as itself
     )
     base = image.base_image(options.base_image)
     tag = image_tag or image.mesh_image_tag(base)

@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from localmesh.ca.authority import CertificateAuthority
-from localmesh.ca.containers import MountedCertificates
-from localmesh.ca.rotation import Rotator, WorkloadIdentities, WorkloadIdentity
+from localmesh.ca.containers import MESH_IDENTITY_DIR, MountedCertificates
+from localmesh.ca.names import INGRESS_IDENTITY, workload_spiffe_id
+from localmesh.ca.rotation import RotatingCert, Rotator, WorkloadIdentities
 from localmesh.compose.rewrite import CONTAINER_CERTS
 from localmesh.config.model import ClientCerts, Ingress, Service, TLSMode
-from localmesh.errors import CAError, LocalmeshError, RuntimeStartError
+from localmesh.errors import LocalmeshError, RuntimeStartError
 from localmesh.runtime.dataplane import (
     Caller,
     DataPlane,
@@ -75,14 +76,6 @@ def default_ca() -> CertificateSource:
     if (mounted / "trust").is_dir():
         return MountedCertificates(mounted)
     return CertificateAuthority.init()[0]
-
-
-def _no_identity(name: str) -> WorkloadIdentity:
-    raise CAError(
-        f"mutual TLS origination needs a workload identity for {name}, and only the local CA"
-        " can issue one: it is not available inside the mesh container",
-        hint="use tls: simple for this service, or run the mesh in host mode",
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,18 +210,15 @@ class IngressGateway:
     # -- TLS origination --------------------------------------------------------------------
 
     def _prepare_origination(self, services: tuple[Service, ...]) -> None:
-        """Build every TLS context the snapshot needs now (under mutual TLS one per caller
-        that may call: any service, or the mesh itself), so the data plane's commit and its
-        connects cannot fail for want of an identity."""
-        callers = ("", *(s.name for s in services))
+        """Build the TLS contexts the data plane's commit asks for now, so it cannot fail
+        half-way. Under mutual TLS those present the mesh's own identity; a calling
+        service's context is made at its first connect (a failure fails that connect)."""
         for service in services:
-            if service.tls.mode is TLSMode.DISABLE:
-                continue
-            try:
-                for caller in callers if service.tls.mode is TLSMode.MUTUAL else ("",):
-                    self._origination_for(service, caller)
-            except LocalmeshError as exc:
-                raise RuntimeStartError(exc.message, exc.hint) from exc
+            if service.tls.mode is not TLSMode.DISABLE:
+                try:
+                    self._origination_for(service, "")
+                except LocalmeshError as exc:
+                    raise RuntimeStartError(exc.message, exc.hint) from exc
 
     def _upstream_tls(self, service: Service, caller: str) -> UpstreamTLS | None:
         """The data plane's ``upstream_tls`` provider (contexts are cached per settings)."""
@@ -243,14 +233,33 @@ class IngressGateway:
         if self._origination is None or self._origination_domain != self._trust_domain:
             self._origination_domain = self._trust_domain
             ca = self._certificate_authority()
-            identities: Callable[[str], WorkloadIdentity] = _no_identity
+            identities: Callable[[str], RotatingCert]
             if isinstance(ca, CertificateAuthority):
                 lifetime = self._workload_lifetime
                 identities = WorkloadIdentities(ca, self._trust_domain, self.rotator, lifetime).get
+            else:
+                identities = self._mounted_identities(ca, self._trust_domain)
             self._origination = UpstreamTLSContexts(ca.root_pem, self._trust_domain, identities)
         origin = self._origination.get(service, caller=caller or None)
         assert origin is not None
         return UpstreamTLS(origin.context, origin.server_hostname, origin.check_peer)
+
+    def _mounted_identities(
+        self, certs: MountedCertificates, trust_domain: str
+    ) -> Callable[[str], RotatingCert]:
+        """In the mesh container: workload identities the host issued (see ``ca.containers``),
+        loaded on first use and re-read by the rotator when due."""
+        loaded: dict[str, RotatingCert] = {}
+
+        def get(name: str) -> RotatingCert:
+            identity = loaded.get(name)
+            if identity is None:
+                where = MESH_IDENTITY_DIR if name == INGRESS_IDENTITY else name
+                identity = certs.workload(where, workload_spiffe_id(trust_domain, name))
+                loaded[name] = self.rotator.add(identity)
+            return identity
+
+        return get
 
     # -- internals --------------------------------------------------------------------------
 

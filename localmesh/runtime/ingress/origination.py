@@ -8,7 +8,7 @@
   ssl has no verify callback). Against a **configured bundle** (``ca_file``) it is an outside
   server: ordinary host-name verification of ``sni`` or the endpoint's host.
 - ``mutual``: the same, presenting the *caller's* workload identity as client certificate
-  (rotating with it: the context is attached to the caller's ``WorkloadIdentity``).
+  (rotating with it: the context is attached to the caller's identity, a ``RotatingCert``).
 
 Contexts are built once per (service TLS settings, caller) and cached: building one loads
 the trust roots, which costs far more than a handshake. Usage::
@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from localmesh.ca.names import workload_spiffe_id
-from localmesh.ca.rotation import WorkloadIdentity
+from localmesh.ca.names import INGRESS_IDENTITY, workload_spiffe_id
+from localmesh.ca.rotation import RotatingCert
 from localmesh.config.model import Service, TLSMode, UpstreamTLS
 from localmesh.errors import CAError
 from localmesh.runtime.ingress.tls import ALPN
@@ -72,7 +72,7 @@ def origination(
     service: str,
     trust_domain: str,
     mesh_root_pem: bytes,
-    caller: WorkloadIdentity | None,
+    caller: RotatingCert | None,
 ) -> Origination | None:
     """Build the client context for one upstream service; None when TLS is disabled."""
     if tls.mode is TLSMode.DISABLE:
@@ -111,7 +111,7 @@ class UpstreamTLSContexts:
         self,
         mesh_root_pem: bytes,
         trust_domain: str,
-        identities: Callable[[str], WorkloadIdentity],
+        identities: Callable[[str], RotatingCert],
     ) -> None:
         self._root = mesh_root_pem
         self._trust_domain = trust_domain
@@ -135,7 +135,3 @@ class UpstreamTLSContexts:
                 caller=identity,
             )
         return self._cache[key]
-
-
-#: The workload name the ingress gateway uses when it is the caller (spiffe://<td>/svc/ingress).
-INGRESS_IDENTITY = "ingress"

@@ -19,9 +19,12 @@ from localmesh.ca.containers import (
     CONTAINER_CA,
     CONTAINER_CERT,
     CONTAINER_KEY,
+    MESH_IDENTITY_DIR,
+    MountedCertificates,
     write_container_certs,
 )
 from localmesh.ca.rotation import load_into
+from localmesh.errors import CAError
 from tests.integration.ca.tls_server import https_server
 
 
@@ -91,6 +94,32 @@ def test_service_cert_serves_tls_that_ca_pem_verifies(
     with https_server(server_ctx) as srv:
         url = f"https://127.0.0.1:{srv.port}/"
         assert urllib.request.urlopen(url, context=client).read() == b"ok"
+
+
+def test_mounted_workload_identities_follow_the_host(
+    local_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """Inside the mesh container a service's identity (and the mesh's own, in its reserved
+    directory) is read from what the host wrote; re-reading it fails, with the hint, until
+    the host has renewed it, then swaps in the new certificate."""
+    out = tmp_path / "certs"
+    certs = write_container_certs(local_ca, out, "shop", ["api"], mesh_identity="ingress")
+    assert set(certs.services) == {"api"}  # the mesh's identity is not a service's
+    mounted = MountedCertificates(out)
+    api = mounted.workload("api", "spiffe://shop/svc/api")
+    mesh = mounted.workload(MESH_IDENTITY_DIR, "spiffe://shop/svc/ingress")
+    assert mesh.current.uris == ("spiffe://shop/svc/ingress",)
+    with pytest.raises(CAError, match="not renewed yet"):
+        api.rotate()
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=17)  # past 2/3 of 24 h
+    write_container_certs(local_ca, out, "shop", ["api"], mesh_identity="ingress", now=later)
+    first = api.current.serial
+    assert api.rotate().serial != first
+    with pytest.raises(CAError, match="is not spiffe://shop/svc/web"):
+        mounted.workload("api", "spiffe://shop/svc/web")
+    with pytest.raises(CAError, match="no usable workload identity spiffe://shop/svc/web") as err:
+        mounted.workload("web", "spiffe://shop/svc/web")
+    assert "run `localmesh up` again" in (err.value.hint or "")
 
 
 @pytest.mark.docker

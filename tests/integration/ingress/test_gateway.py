@@ -663,8 +663,9 @@ async def test_in_the_mesh_container_the_host_issued_certificate_is_served(
         new_host = "    - {host: new.localhost, routes: [{name: web, route: [web]}]}"
         with pytest.raises(RuntimeStartError, match=r"does not name new\.localhost"):
             await gateway.apply(snapshot(2, extra_host=new_host))
+        # the host wrote no identity for the mesh itself: mutual TLS cannot be originated
         mutual = "  vault:\n    ports: [8200]\n    endpoints: ['127.0.0.1:1']\n    tls: mutual"
-        with pytest.raises(RuntimeStartError, match="only the local CA"):
+        with pytest.raises(RuntimeStartError, match="no usable workload identity"):
             await gateway.apply(snapshot(3, extra_service=mutual))
         assert gateway.snapshot is not None
         assert gateway.snapshot.version == 1
@@ -672,6 +673,44 @@ async def test_in_the_mesh_container_the_host_issued_certificate_is_served(
         assert status == 200
     finally:
         await gateway.close(drain_timeout=1.0)
+
+
+async def test_in_the_mesh_container_mutual_tls_presents_the_host_issued_identities(
+    local_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """No CA keys in the container: each caller's identity is the one the host wrote into
+    its directory, the mesh's own for the gateway; a caller without one fails to connect."""
+    async with tls_workload(local_ca, "vault") as port:
+        text = f"""
+mesh: {{trust_domain: {TD}}}
+services:
+  web: {{ports: [8080], endpoints: ["127.0.0.2:8080"]}}
+  worker: {{ports: [8081], endpoints: ["127.0.0.3:8081"]}}
+  vault:
+    ports: [8200]
+    endpoints: ["127.0.0.1:{port}"]
+    tls: mutual
+    retries: false
+"""
+        certs = tmp_path / "certs"
+        write_container_certs(local_ca, certs, TD, ["web"], mesh_identity="ingress")
+        gateway = IngressGateway(
+            MeshMetrics("edge", TD), AccessLog(None), ca=lambda: MountedCertificates(certs)
+        )
+        await gateway.apply(compile_mesh(text))
+        try:
+            vault = f"http://127.0.0.1:{gateway.addresses()['vault:8200'][1]}/"
+            for ip, status, text in [
+                ("127.0.0.2", 200, f"spiffe://{TD}/svc/web"),
+                ("127.0.0.4", 200, f"spiffe://{TD}/svc/ingress"),  # a caller the mesh cannot name
+                ("127.0.0.3", 503, f"no usable workload identity spiffe://{TD}/svc/worker"),
+            ]:
+                connector = aiohttp.TCPConnector(local_addr=(ip, 0))
+                async with aiohttp.ClientSession(connector=connector) as s, s.get(vault) as r:
+                    assert r.status == status
+                    assert text in await r.text()
+        finally:
+            await gateway.close(drain_timeout=1.0)
 
 
 async def get_with(ca: CertificateAuthority, url: str) -> tuple[int, dict[str, str], bytes]:
