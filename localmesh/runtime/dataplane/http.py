@@ -46,6 +46,7 @@ from localmesh.runtime.dataplane.upstream import (
     Headers,
     UpstreamConnection,
     UpstreamHost,
+    lowered,
 )
 from localmesh.runtime.telemetry import HttpEdge
 
@@ -1008,12 +1009,14 @@ class Exchange:
                 self._deadline_timer.cancel()
                 self._deadline_timer = None
             self.deadline = 0.0
-            self.out.append(self._upgrade_head(status, ops.apply(headers) if ops else headers))
+            self.out.append(
+                self._upgrade_head(status, ops.apply(lowered(headers)) if ops else headers)
+            )
             return
         if ops is not None:  # what the route sets or adds is filtered like the rest
             conn = self.conn
             hop = conn.connection_tokens if conn is not None and conn.connection_tokens else None
-            kept = [h for h in ops.apply(kept) if h[0] not in (hop or HOP_BY_HOP)]
+            kept = [h for h in ops.apply(lowered(kept)) if h[0] not in (hop or HOP_BY_HOP)]
         out = self.out
         out.append(wire.STATUS_LINES.get(status) or wire.status_line(status))
         if kept:

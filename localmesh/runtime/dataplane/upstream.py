@@ -80,8 +80,18 @@ FRAMING_CLOSE: Final = 3  # body until the upstream closes
 REFRAMED: Final = frozenset({FRAMING_CHUNKED, FRAMING_CLOSE})  # sent chunked to HTTP/1.1 clients
 
 NO_TOKENS: Final[frozenset[bytes]] = frozenset()  # a Connection header that names no extra headers
+# Response header names are lower-cased only at the lengths of the hop-by-hop names and of
+# content-length (bit n set: length n): any other name can be neither, and passes through
+# as the upstream wrote it, without a lower() and a hash per header. Route header ops
+# compare lower-cased names: ``lowered`` first.
+_LOWERED: Final = sum(1 << n for n in {*map(len, HOP_BY_HOP), len(b"content-length")})
 # Connection header values that name no extra hop-by-hop header (nginx sends keep-alive)
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
+def lowered(headers: Headers) -> Headers:
+    """Response headers with every name lower-cased (see ``_LOWERED``)."""
+    return [(name.lower(), value) for name, value in headers]
 
 
 class UpstreamHost(EndpointState):
@@ -254,7 +264,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- llhttp callbacks -------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        if (_LOWERED >> len(name)) & 1:
+            name = name.lower()
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         owner = self.owner
@@ -271,7 +283,7 @@ class UpstreamConnection(asyncio.Protocol):
         kept: Headers = []  # one pass finds the framing and drops hop-by-hop headers
         for item in headers:
             name = item[0]
-            if name not in HOP_BY_HOP:
+            if not (_LOWERED >> len(name)) & 1 or name not in HOP_BY_HOP:
                 kept.append(item)
                 if name == b"content-length":
                     framing = FRAMING_LENGTH
@@ -284,7 +296,7 @@ class UpstreamConnection(asyncio.Protocol):
                     self.connection_tokens = extra | HOP_BY_HOP
         if self.connection_tokens:  # ``Connection: x-foo`` names more hop-by-hop headers
             tokens = self.connection_tokens
-            kept = [h for h in kept if h[0] not in tokens]
+            kept = [h for h in kept if h[0].lower() not in tokens]
         if self._bodyless or status in (204, 304):
             framing = FRAMING_NONE
         self._framing = framing
