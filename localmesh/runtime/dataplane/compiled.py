@@ -57,7 +57,7 @@ ClusterFactory = Callable[[Service, int], ClusterRuntime]
 class RouteTarget:
     """One route destination: the cluster, a picker over its (subset's) endpoints, authz."""
 
-    __slots__ = ("cluster", "lb", "picker", "policy", "service")
+    __slots__ = ("cluster", "hashed", "lb", "picker", "policy", "service")
 
     def __init__(
         self,
@@ -70,6 +70,7 @@ class RouteTarget:
         self.cluster = cluster
         self.service = cluster.name
         self.lb = lb
+        self.hashed = lb.hash_on is not None  # consistent hashing: a key per request
         self.picker = Picker(cluster.state, lb, subset, rng)
         self.policy = policy
 
@@ -145,7 +146,17 @@ class HostRouter:
 class ListenerView:
     """What one listener serves under one snapshot; replaced as a whole on apply."""
 
-    __slots__ = ("caller", "compiled", "limits", "protocol", "routes", "service", "target")
+    __slots__ = (
+        "caller",
+        "compiled",
+        "limits",
+        "max_body",
+        "max_head",
+        "protocol",
+        "routes",
+        "service",
+        "target",
+    )
 
     def __init__(
         self,
@@ -164,6 +175,9 @@ class ListenerView:
         self.routes = routes
         self.caller = caller  # pinned caller (host mode); None: look up by peer IP
         self.limits = limits
+        # read per request or connection: plain ints, not attributes of the config object
+        self.max_body = limits.max_request_body_bytes
+        self.max_head = limits.max_request_headers_bytes
         self.target = target  # TCP: where connections go
 
     def caller_for(self, peer_ip: str) -> Caller:

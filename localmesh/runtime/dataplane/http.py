@@ -38,6 +38,7 @@ from localmesh.runtime.dataplane.core.policy import Caller
 from localmesh.runtime.dataplane.core.retry import Outcome, backoff, budget_allows, is_retriable
 from localmesh.runtime.dataplane.core.routing import CompiledRoute, RouteMatcher
 from localmesh.runtime.dataplane.core.uri import BadTarget, split_target
+from localmesh.runtime.dataplane.core.wire import STATUS_LINES
 from localmesh.runtime.dataplane.mirror import send_mirror
 from localmesh.runtime.dataplane.tasks import spawn
 from localmesh.runtime.dataplane.upstream import (
@@ -176,7 +177,7 @@ class HttpDownstream(asyncio.Protocol):
         if ctx.identify is not None:
             self.identity = ctx.identify(self.transport)
         self.wait_since = ctx.clock.ticks
-        self._max_hbytes = ctx.view.limits.max_request_headers_bytes
+        self._max_hbytes = ctx.view.max_head
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -307,7 +308,7 @@ class HttpDownstream(asyncio.Protocol):
         # a sidecar speaks as the workload it serves, a gateway (or for a stranger) as itself
         self.workload = caller.name if caller.principal and not self.ctx.gateway else ""
         self._edges = {}
-        self._max_hbytes = view.limits.max_request_headers_bytes
+        self._max_hbytes = view.max_head
 
     def edge(self, destination: str) -> HttpEdge:
         edge = self._edges.get(destination)
@@ -549,7 +550,7 @@ class Exchange:
         limited = vhost.rate_limiter is not None or route.rate_limit is not None
         if limited and self._rate_limited(vhost, route, caller):
             return
-        limit = view.limits.max_request_body_bytes
+        limit = view.max_body
         upstream_path = matcher.rewrite(path) if route.rewrite is not None else path
         if not self._build_head(authority, upstream_path, query, route, limit):
             return
@@ -673,8 +674,14 @@ class Exchange:
                     out = [h for h in out if h[0] not in made]
         self.request_id = rid
         self.traceparent = traceparent
-        line = self.method + b" " + (path + b"?" + query if query else path) + HTTP11
-        parts = [line, CRLF.join(map(SEP.join, out)), CRLF, generated] if out else [line, generated]
+        parts = (
+            [self.method, b" ", path, b"?", query, HTTP11]
+            if query
+            else [self.method, b" ", path, HTTP11]
+        )
+        for name, value in out:  # one join of pieces, no bytes per header line
+            parts += (name, SEP, value, CRLF)
+        parts.append(generated)
         if xff is None and (xfp is None or sanitize):
             parts.append(down.forwarded)  # per connection: x-forwarded-for + -proto
         else:
@@ -720,7 +727,7 @@ class Exchange:
         n = len(chunk)
         self.req_bytes += n
         self._body_bytes += n
-        limit = self.view.limits.max_request_body_bytes
+        limit = self.view.max_body
         if limit and self._body_bytes > limit and not self.upgrade:
             self._body_too_large(limit)
             return
@@ -832,11 +839,7 @@ class Exchange:
         route = self.route
         assert target is not None
         assert route is not None
-        key = (
-            hash_key(target.lb, self.headers, self.down.peer_ip)
-            if target.lb.hash_on is not None
-            else None
-        )
+        key = hash_key(target.lb, self.headers, self.down.peer_ip) if target.hashed else None
         host = target.picker.pick(now, key)
         if host is None:
             self.local(
@@ -846,10 +849,9 @@ class Exchange:
         self.host = host = cast(UpstreamHost, host)  # a cluster's endpoints are UpstreamHosts
         host.active_requests += 1
         host.total_requests += 1
-        retry = route.retry
-        if retry is not None and retry.per_try_timeout:
+        if route.per_try_timeout:
             self._try_timer = self.down.ctx.loop.call_at(
-                now + retry.per_try_timeout, self._on_try_timeout
+                now + route.per_try_timeout, self._on_try_timeout
             )
         target.cluster.acquire(self)
 
@@ -1018,9 +1020,9 @@ class Exchange:
             hop = conn.connection_tokens if conn is not None and conn.connection_tokens else None
             kept = [h for h in ops.apply(lowered(kept)) if h[0] not in (hop or HOP_BY_HOP)]
         out = self.out
-        out.append(wire.STATUS_LINES.get(status) or wire.status_line(status))
-        if kept:
-            out += (CRLF.join(map(SEP.join, kept)), CRLF)
+        out.append(STATUS_LINES.get(status) or wire.status_line(status))
+        for name, value in kept:  # pieces of the one write up_after_data joins
+            out += (name, SEP, value, CRLF)
         if framing in REFRAMED:
             if self.http11:
                 self._down_chunked = True

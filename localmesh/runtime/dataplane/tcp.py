@@ -111,7 +111,7 @@ class TcpDownstream(asyncio.Protocol):
         state = cluster.state
         retry = cluster.service.retries
         tries = 1 + (retry.attempts if retry is not None else 0)
-        key = self.peer_ip.encode() if target.lb.hash_on is not None else None
+        key = self.peer_ip.encode() if target.hashed else None
         for attempt in range(tries):
             if self.closed:
                 return

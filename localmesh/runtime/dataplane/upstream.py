@@ -438,7 +438,7 @@ class ClusterRuntime:
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
         """A request finished cleanly on ``conn``: reuse it, park it, or close it."""
-        limit = self.state.pool.max_requests_per_connection
+        limit = self.state.max_requests_per_connection
         transport = conn.transport
         if (
             transport is None

@@ -168,6 +168,7 @@ class ClusterState:
         "connections",
         "endpoints",
         "health_check",
+        "max_requests_per_connection",
         "name",
         "outlier",
         "pending",
@@ -184,6 +185,7 @@ class ClusterState:
     ) -> None:
         self.name = name
         self.pool = pool
+        self.max_requests_per_connection = pool.max_requests_per_connection  # read per request
         self.outlier = outlier
         self.health_check = health_check
         self.endpoints: list[EndpointState] = []
@@ -204,6 +206,7 @@ class ClusterState:
         health_check: HealthCheck | None,
     ) -> None:
         self.pool, self.outlier, self.health_check = pool, outlier, health_check
+        self.max_requests_per_connection = pool.max_requests_per_connection
         self._changed()
 
     def set_endpoints(self, wanted: Iterable[EndpointState]) -> list[EndpointState]:

@@ -167,6 +167,7 @@ class CompiledRoute(Generic[T]):
         "fault",
         "mirror",
         "name",
+        "per_try_timeout",
         "rate_limit",
         "request_ops",
         "response_ops",
@@ -199,6 +200,7 @@ class CompiledRoute(Generic[T]):
         self.retry: RetryPolicy | None = (
             route.retries if route.retries is not None else (service.retries)
         )
+        self.per_try_timeout = self.retry.per_try_timeout if self.retry is not None else 0.0
         self.fault: Fault | None = route.fault
         self.mirror: Mirror | None = route.mirror
         self.rate_limit: RateLimit | None = route.rate_limit
