@@ -41,16 +41,20 @@ def test_http_records_write_the_same_json_as_dict_records() -> None:
         _exchange(),
         _exchange(route=None, upstream="", request_id=b"", traceparent=b"", retries=2),
         _exchange(source='we"ird\\name', flags="UF,URX", status=503),
+        # client-sent ids JSON must escape (llhttp lets tab through), and Latin-1 ones
+        _exchange(request_id=b'id"1\\2\tx'),
+        _exchange(request_id=b"caf\xe9"),
     ]
     for case in cases:
         log.http(case)
     log.log({"protocol": "tcp", "flags": "-"})
     log.flush()
     lines = sink.getvalue().splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 6
     records = log.recent()
     assert [json.loads(line) for line in lines] == records
-    first, second, third, tcp = records
+    first, second, third, quoted, latin, tcp = records
+    assert (quoted["request_id"], latin["request_id"]) == ('id"1\\2\tx', "caf\xe9")
     assert first["path"] == '/caf\xe9?q="x"\x01'
     assert first["method"] == "GET"
     assert first["duration_ms"] == 12.346
