@@ -680,7 +680,10 @@ class Exchange:
             else [self.method, b" ", path, HTTP11]
         )
         for name, value in out:  # one join of pieces, no bytes per header line
-            parts += (name, SEP, value, CRLF)
+            parts.append(name)
+            parts.append(SEP)
+            parts.append(value)
+            parts.append(CRLF)
         parts.append(generated)
         if xff is None and (xfp is None or sanitize):
             parts.append(down.forwarded)  # per connection: x-forwarded-for + -proto
@@ -1022,7 +1025,10 @@ class Exchange:
         out = self.out
         out.append(STATUS_LINES.get(status) or wire.status_line(status))
         for name, value in kept:  # pieces of the one write up_after_data joins
-            out += (name, SEP, value, CRLF)
+            out.append(name)
+            out.append(SEP)
+            out.append(value)
+            out.append(CRLF)
         if framing in REFRAMED:
             if self.http11:
                 self._down_chunked = True
@@ -1060,11 +1066,13 @@ class Exchange:
     def _upgrade_head(self, status: int, headers: Headers) -> bytes:
         if status != 101:
             self.keep_alive = False  # the downstream parser stopped at the upgrade
-            lines = [n + SEP + v + CRLF for n, v in headers if n not in HOP_BY_HOP]
+            lines = [n + SEP + v + CRLF for n, v in lowered(headers) if n not in HOP_BY_HOP]
             lines.append(b"connection: close\r\n")
         else:
             lines = [
-                n + SEP + v + CRLF for n, v in headers if n not in HOP_BY_HOP or n == b"upgrade"
+                n + SEP + v + CRLF
+                for n, v in lowered(headers)
+                if n not in HOP_BY_HOP or n == b"upgrade"
             ]
             lines.append(b"connection: upgrade\r\n")
         return wire.status_line(status) + b"".join(lines) + CRLF

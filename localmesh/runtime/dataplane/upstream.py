@@ -80,10 +80,10 @@ FRAMING_CLOSE: Final = 3  # body until the upstream closes
 REFRAMED: Final = frozenset({FRAMING_CHUNKED, FRAMING_CLOSE})  # sent chunked to HTTP/1.1 clients
 
 NO_TOKENS: Final[frozenset[bytes]] = frozenset()  # a Connection header that names no extra headers
-# Response header names are lower-cased only at the lengths of the hop-by-hop names and of
-# content-length (bit n set: length n): any other name can be neither, and passes through
-# as the upstream wrote it, without a lower() and a hash per header. Route header ops
-# compare lower-cased names: ``lowered`` first.
+# Response header names are kept as the upstream wrote them. Only those at the lengths of
+# the hop-by-hop names and of content-length (bit n set: length n) are looked at: any other
+# name can be neither, and costs no lower() and no hash. Code comparing names (route
+# header ops, the upgrade head) lower-cases them first: ``lowered``.
 _LOWERED: Final = sum(1 << n for n in {*map(len, HOP_BY_HOP), len(b"content-length")})
 # Connection header values that name no extra hop-by-hop header (nginx sends keep-alive)
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
@@ -264,8 +264,6 @@ class UpstreamConnection(asyncio.Protocol):
     # -- llhttp callbacks -------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if (_LOWERED >> len(name)) & 1:
-            name = name.lower()
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -283,17 +281,34 @@ class UpstreamConnection(asyncio.Protocol):
         kept: Headers = []  # one pass finds the framing and drops hop-by-hop headers
         for item in headers:
             name = item[0]
-            if not (_LOWERED >> len(name)) & 1 or name not in HOP_BY_HOP:
+            if not (_LOWERED >> len(name)) & 1:
                 kept.append(item)
-                if name == b"content-length":
-                    framing = FRAMING_LENGTH
-            elif name == b"transfer-encoding":
-                if item[1].lower().endswith(b"chunked"):
-                    framing = FRAMING_CHUNKED
-            elif name == b"connection" and item[1].lower() not in _PLAIN_CONNECTION:
-                extra = connection_tokens(item[1]) - _PLAIN_CONNECTION
-                if extra:
-                    self.connection_tokens = extra | HOP_BY_HOP
+                continue
+            # The usual spellings are compared as they are, the rest lower-cased. (Compared,
+            # not looked up in a set: each name is a new object, hashing it costs more.)
+            if name == b"Content-Length" or name == b"content-length":  # noqa: PLR1714
+                low = b"content-length"
+            elif name == b"Connection" or name == b"connection":  # noqa: PLR1714
+                low = b"connection"
+            else:
+                low = name.lower()
+            if low == b"content-length":
+                kept.append(item)
+                framing = FRAMING_LENGTH
+            elif low == b"connection":
+                value = item[1]
+                if (
+                    value != b"keep-alive"  # noqa: PLR1714
+                    and value != b"close"
+                    and value.lower() not in _PLAIN_CONNECTION
+                ):
+                    extra = connection_tokens(value) - _PLAIN_CONNECTION
+                    if extra:
+                        self.connection_tokens = extra | HOP_BY_HOP
+            elif low not in HOP_BY_HOP:
+                kept.append(item)
+            elif low == b"transfer-encoding" and item[1].lower().endswith(b"chunked"):
+                framing = FRAMING_CHUNKED
         if self.connection_tokens:  # ``Connection: x-foo`` names more hop-by-hop headers
             tokens = self.connection_tokens
             kept = [h for h in kept if h[0].lower() not in tokens]

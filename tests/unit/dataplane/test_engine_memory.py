@@ -112,7 +112,7 @@ async def test_response_hop_by_hop_headers_stay_behind(
 ) -> None:
     """Hop-by-hop response headers, and those the response's Connection header names
     (before or after it), are not passed on; the rest are, in order, named as the upstream
-    wrote them unless the mesh had to look at them (framing)."""
+    wrote them."""
     down, down_t, conn, _ = engine
     down.data_received(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
     conn.data_received(
@@ -121,11 +121,31 @@ async def test_response_hop_by_hop_headers_stay_behind(
     )
     head, _, body = bytes(down_t.data).partition(b"\r\n\r\n")
     assert body == b"ok"
-    assert head.split(b"\r\n") == [b"HTTP/1.1 200 OK", b"X-Keep: 2", b"content-length: 2"]
+    assert head.split(b"\r\n") == [b"HTTP/1.1 200 OK", b"X-Keep: 2", b"Content-Length: 2"]
     assert conn in conn.host.idle  # keep-alive: reused
     down.data_received(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")  # the next response is unaffected
     conn.data_received(b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nContent-Length: 0\r\n\r\n")
-    assert down_t.data.endswith(b"HTTP/1.1 200 OK\r\nX-Before: 1\r\ncontent-length: 0\r\n\r\n")
+    assert down_t.data.endswith(b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nContent-Length: 0\r\n\r\n")
+
+
+async def test_response_framing_and_hop_by_hop_names_are_found_in_any_case(
+    engine: tuple[HttpDownstream, MemoryTransport, UpstreamConnection, MemoryTransport],
+) -> None:
+    down, down_t, conn, _ = engine
+    down.data_received(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    conn.data_received(
+        b"HTTP/1.1 200 OK\r\nCONNECTION: Keep-Alive, X-DROP\r\nx-drop: 1\r\n"
+        b"KEEP-ALIVE: timeout=5\r\nTransfer-ENCODING: chunked\r\nX-Keep: 2\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n"
+    )
+    head, _, body = bytes(down_t.data).partition(b"\r\n\r\n")
+    assert head.split(b"\r\n") == [
+        b"HTTP/1.1 200 OK",
+        b"X-Keep: 2",
+        b"transfer-encoding: chunked",  # re-framed by the mesh
+    ]
+    assert body == b"2\r\nok\r\n0\r\n\r\n"
+    assert conn in conn.host.idle
 
 
 async def test_request_headers_copied_through_except_hop_by_hop_and_rewritten_ones(
