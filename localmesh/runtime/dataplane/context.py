@@ -104,7 +104,7 @@ class ListenerContext:
         self.gateway = gateway  # an edge listener: originates as the mesh, not as its callers
         self.loop = asyncio.get_running_loop()
         self.rng = random.Random()
-        self.ids = TraceIds(self.rng)
+        self.ids = TraceIds()
         self.connections: set[HttpDownstream | asyncio.Protocol] = set()
         self._wall_offset = time.time() - self.loop.time()
         self._second = -1

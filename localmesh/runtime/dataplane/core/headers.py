@@ -11,6 +11,7 @@ one trace. A missing ``x-request-id`` is generated (UUID-shaped, like Envoy's).
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from binascii import hexlify
@@ -77,7 +78,9 @@ class TraceIds:
     BATCH: ClassVar[int] = 256
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._random_bytes = (rng or random.Random()).randbytes
+        # the OS's generator unless a test pins one: a Random's randbytes goes through a
+        # big integer, several times the cost per id
+        self._random_bytes = rng.randbytes if rng is not None else os.urandom
         self._batch: list[bytes] = []
 
     def _draw(self) -> bytes:
