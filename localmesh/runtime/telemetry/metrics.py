@@ -144,10 +144,10 @@ class HttpEdge:
         hist.counts[_bucket(DURATION_BUCKETS_MS, ms)] += 1
         hist.total += ms
         hist = cell.request_bytes
-        hist.counts[_bucket(SIZE_BUCKETS, request_bytes)] += 1
+        hist.counts[_size_bucket(request_bytes)] += 1
         hist.total += request_bytes
         hist = cell.response_bytes
-        hist.counts[_bucket(SIZE_BUCKETS, response_bytes)] += 1
+        hist.counts[_size_bucket(response_bytes)] += 1
         hist.total += response_bytes
 
 
@@ -159,6 +159,20 @@ def _bucket(bounds: tuple[float, ...], value: float) -> int:
     for bound in bounds:
         if value <= bound:
             return i
+        i += 1
+    return i
+
+
+_SIZE_BUCKETS: Final = len(SIZE_BUCKETS)
+
+
+def _size_bucket(size: int) -> int:
+    """``_bucket(SIZE_BUCKETS, size)`` on integers: the bounds are the powers of ten, so no
+    float is unboxed per step."""
+    i = 0
+    bound = 1
+    while size > bound and i < _SIZE_BUCKETS:
+        bound *= 10
         i += 1
     return i
 

@@ -9,7 +9,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from localmesh.runtime.telemetry import AccessLog, MeshMetrics
-from localmesh.runtime.telemetry.metrics import HTTP_LABELS, TCP_LABELS
+from localmesh.runtime.telemetry.metrics import (
+    HTTP_LABELS,
+    SIZE_BUCKETS,
+    TCP_LABELS,
+    _bucket,
+    _size_bucket,
+)
 
 
 def scrape(metrics: MeshMetrics) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -110,3 +116,8 @@ def test_access_log_buffers_until_flush_and_keeps_a_ring() -> None:
     assert [r["status"] for r in log.recent()] == [201, 202]
     assert log.recent(match=lambda r: r["status"] == 202) == [{"status": 202}]
     assert log.recent(limit=0) == []
+
+
+def test_size_buckets_by_integers_match_the_bounds() -> None:
+    for size in (0, 1, 2, 9, 10, 11, 99, 100, 101, 10**7, 10**7 + 1, 10**9):
+        assert _size_bucket(size) == _bucket(SIZE_BUCKETS, size)
