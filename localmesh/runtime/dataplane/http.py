@@ -269,7 +269,7 @@ class HttpDownstream(asyncio.Protocol):
         self._current = ex
         if self._active is None:
             self._active = ex
-            ex.start()
+            ex.start(ex.started)  # the same loop time: no second clock read
         else:
             self._queue.append(ex)
             self.pause(PAUSE_PIPELINE)
@@ -333,7 +333,7 @@ class HttpDownstream(asyncio.Protocol):
         if self._queue:
             nxt = self._queue.popleft()
             self._active = nxt
-            nxt.start()
+            nxt.start(self.ctx.loop.time())
             if self._active is nxt:
                 nxt.flush_up()
             return
@@ -494,8 +494,9 @@ class Exchange:
 
     # -- request side -----------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Route, authorise, limit, build the upstream head, start the first attempt."""
+    def start(self, now: float) -> None:
+        """Route, authorise, limit, build the upstream head, start the first attempt
+        (``now``: the loop time)."""
         down = self.down
         ctx = down.ctx
         view = self.view
@@ -565,7 +566,7 @@ class Exchange:
         if self.mirror is not None and self.req_complete:
             self._maybe_mirror()
         if route.fault is None:
-            self._attempt_upstream(ctx.loop.time())
+            self._attempt_upstream(now)
         else:
             self._attempt()
 
