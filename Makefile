@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # install (~1 min); the test suite refuses a stale build should this list fall behind.
 HOT_PATH := $(addprefix localmesh/runtime/,dataplane/http.py dataplane/upstream.py \
               dataplane/tcp.py dataplane/context.py dataplane/compiled.py \
-              telemetry/accesslog.py telemetry/metrics.py) \
+              telemetry/accesslog.py telemetry/metrics.py ingress/tlsstream.py) \
             $(filter-out %/__init__.py,$(wildcard localmesh/runtime/dataplane/core/*.py))
 
 $(VENV)/.installed: pyproject.toml setup.py $(HOT_PATH)

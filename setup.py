@@ -32,6 +32,7 @@ HOT_PATH = [
     ),
     "localmesh/runtime/telemetry/accesslog.py",
     "localmesh/runtime/telemetry/metrics.py",
+    "localmesh/runtime/ingress/tlsstream.py",
 ]
 
 

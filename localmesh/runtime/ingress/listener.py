@@ -7,7 +7,7 @@ Life of a downstream connection::
         ├─ malformed ...... close
         ├─ no hello in time close ("handshake stalled")
         └─ ClientHello ──▶ IngressTLS.select(SNI) ──▶ loop.connect_accepted_socket(
-                             protocol_factory(selected), sock, ssl=host context)
+                             TLSStream(host context, protocol_factory(selected)), sock)
                              ├─ ok: the data plane's HTTP protocol serves it
                              └─ refused by OpenSSL: logged with the reason (old TLS
                                 version, missing/foreign/expired client cert, timeout)
@@ -38,6 +38,7 @@ from localmesh.runtime.ingress.clienthello import (
     version_name,
 )
 from localmesh.runtime.ingress.tls import IngressTLS, Selected
+from localmesh.runtime.ingress.tlsstream import TLSStream
 
 log = logging.getLogger("localmesh.ingress")
 
@@ -57,7 +58,7 @@ PLAIN_HTTP_RESPONSE = (
     b"this port speaks HTTPS: use https:// instead"
 )
 
-ProtocolFactory = Callable[[Selected], asyncio.BaseProtocol]
+ProtocolFactory = Callable[[Selected], asyncio.Protocol]
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -280,13 +281,18 @@ class TLSListener:
     ) -> None:
         assert self._loop is not None
         started = time.monotonic()
+        handshake: asyncio.Future[None] = self._loop.create_future()
         try:
             await self._loop.connect_accepted_socket(
-                lambda: self._factory(selected),
+                lambda: TLSStream(
+                    selected.context,
+                    lambda: self._factory(selected),
+                    handshake,
+                    handshake_timeout,
+                ),
                 conn,
-                ssl=selected.context,
-                ssl_handshake_timeout=handshake_timeout,
             )
+            await handshake
         except (OSError, TimeoutError, EOFError) as exc:
             reason = failure_reason(exc)
             if hello.max_version < TLS1_2:

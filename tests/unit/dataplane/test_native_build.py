@@ -16,6 +16,7 @@ HOT = [
     "localmesh.runtime.dataplane.core.routing",
     "localmesh.runtime.telemetry.accesslog",
     "localmesh.runtime.telemetry.metrics",
+    "localmesh.runtime.ingress.tlsstream",
 ]
 
 
