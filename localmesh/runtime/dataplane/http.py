@@ -458,6 +458,7 @@ class Exchange:
     close_after = False
     waiting = False
     request_id = b""
+    request_id_made = False  # by the mesh: see HttpRecord
     traceparent = b""
     upstream_address = ""
     deadline = 0.0  # loop time after which the sweeper answers 504 (long timeouts)
@@ -663,6 +664,7 @@ class Exchange:
             out = route.request_ops.apply(out)
         ids = ctx.ids
         if tp is None and b3t is None:  # the common case: ids from a pre-drawn batch
+            self.request_id_made = rid is None
             rid, traceparent, generated = ids.fresh(rid)
         else:
             rid, traceparent, generated = ids.ids(rid, tp, b3t, b3s, b3f)
@@ -1282,6 +1284,7 @@ class Exchange:
                     self.resp_bytes,
                     self.upstream_address,
                     self.request_id,
+                    self.request_id_made,
                     self.traceparent,
                     self.retries,
                 )

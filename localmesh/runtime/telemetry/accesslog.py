@@ -29,9 +29,25 @@ Record = dict[str, Any]
 #: An HTTP exchange as the engine hands it over: (started, finished) in monotonic loop
 #: seconds, source, destination, route (or None), method, raw request target, status,
 #: response flags, request bytes, response bytes, upstream address ("" for none),
-#: request id, traceparent (b"" for none), retries.
+#: request id, whether the mesh made that id (hex and dashes: written without a quoting
+#: pass), traceparent (b"" for none), retries.
 HttpRecord = tuple[
-    float, float, str, str, "str | None", bytes, bytes, int, str, int, int, str, bytes, bytes, int
+    float,
+    float,
+    str,
+    str,
+    "str | None",
+    bytes,
+    bytes,
+    int,
+    str,
+    int,
+    int,
+    str,
+    bytes,
+    bool,
+    bytes,
+    int,
 ]
 
 # (source, destination, route, method, request target, status, flags, upstream)
@@ -146,7 +162,7 @@ class AccessLog:
             return item  # type: ignore[return-value]
         # fmt: off
         (started, finished, source, destination, route, method, target, status, flags,
-         request_bytes, response_bytes, upstream, request_id, traceparent, retries) = item
+         request_bytes, response_bytes, upstream, request_id, _, traceparent, retries) = item
         # fmt: on
         record: Record = {
             "time": self.wall_time(started),
@@ -183,7 +199,7 @@ class AccessLog:
                 continue
             # fmt: off
             (started, finished, source, destination, route, method, target, status, flags,
-             request_bytes, response_bytes, upstream, request_id, traceparent, retries) = item
+             request_bytes, response_bytes, upstream, request_id, made, traceparent, retries) = item
             # fmt: on
             wall = started + offset
             if int(wall) != second:
@@ -204,7 +220,10 @@ class AccessLog:
                     _quote(upstream) if upstream else "null",
                 )
             head, upstream_q = fixed
-            rid_q = _quote(request_id.decode("latin-1")) if request_id else "null"
+            if made:
+                rid_q = f'"{request_id.decode("ascii")}"'
+            else:
+                rid_q = _quote(request_id.decode("latin-1")) if request_id else "null"
             # the mesh only sends traceparents it made or validated: hex and dashes
             tp_q = f'"{traceparent.decode("ascii")}"' if traceparent else "null"
             out.append(

@@ -27,6 +27,7 @@ def _exchange(**changes: object) -> HttpRecord:
         "response_bytes": 7,
         "upstream": "127.0.0.1:8080",
         "request_id": b"rid-1",
+        "request_id_made": False,
         "traceparent": b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01",
         "retries": 0,
     }
@@ -44,16 +45,18 @@ def test_http_records_write_the_same_json_as_dict_records() -> None:
         # client-sent ids JSON must escape (llhttp lets tab through), and Latin-1 ones
         _exchange(request_id=b'id"1\\2\tx'),
         _exchange(request_id=b"caf\xe9"),
+        _exchange(request_id=b"0af7651916cd43dd", request_id_made=True),  # written as it is
     ]
     for case in cases:
         log.http(case)
     log.log({"protocol": "tcp", "flags": "-"})
     log.flush()
     lines = sink.getvalue().splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 7
     records = log.recent()
     assert [json.loads(line) for line in lines] == records
-    first, second, third, quoted, latin, tcp = records
+    first, second, third, quoted, latin, made, tcp = records
+    assert made["request_id"] == "0af7651916cd43dd"
     assert (quoted["request_id"], latin["request_id"]) == ('id"1\\2\tx', "caf\xe9")
     assert first["path"] == '/caf\xe9?q="x"\x01'
     assert first["method"] == "GET"
