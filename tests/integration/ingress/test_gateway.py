@@ -542,6 +542,22 @@ async def tls_workload(ca: CertificateAuthority, service: str) -> AsyncIterator[
         await runner.cleanup()
 
 
+def callers_mesh(vault_port: int) -> str:
+    """``web`` (endpoints on 127.0.0.2) and ``worker`` (127.0.0.3) calling ``vault`` over
+    mutual TLS: in host mode a caller is known by the address it connects from."""
+    return f"""
+mesh: {{trust_domain: {TD}}}
+services:
+  web: {{ports: [8080], endpoints: ["127.0.0.2:8080"]}}
+  worker: {{ports: [8081], endpoints: ["127.0.0.3:8081"]}}
+  vault:
+    ports: [8200]
+    endpoints: ["127.0.0.1:{vault_port}"]
+    tls: mutual
+    retries: false
+"""
+
+
 async def test_mutual_tls_origination_presents_each_callers_identity(
     local_ca: CertificateAuthority,
 ) -> None:
@@ -549,16 +565,9 @@ async def test_mutual_tls_origination_presents_each_callers_identity(
     endpoints live on 127.0.0.2, worker's on 127.0.0.3), the gateway and unknown callers as
     the mesh's ``ingress``; pooled connections never carry another caller's requests."""
     async with tls_workload(local_ca, "vault") as port:
-        text = f"""
-mesh: {{trust_domain: {TD}}}
-services:
-  web: {{ports: [8080], endpoints: ["127.0.0.2:8080"]}}
-  worker: {{ports: [8081], endpoints: ["127.0.0.3:8081"]}}
-  vault:
-    ports: [8200]
-    endpoints: ["127.0.0.1:{port}"]
-    tls: mutual
-    retries: false
+        text = (
+            callers_mesh(port)
+            + f"""\
     connection_pool: {{max_connections: 1}}
   imposter:  # the same server, which is not this service: its identity check fails
     ports: [8201]
@@ -575,6 +584,7 @@ ingress:
         - {{name: imposter, match: [{{path: {{prefix: /imposter}}}}], route: [imposter]}}
         - {{name: vault, route: [vault]}}
 """
+        )
         gateway = IngressGateway(MeshMetrics("edge", TD), AccessLog(None), ca=lambda: local_ca)
         await gateway.apply(compile_mesh(text))
         sessions = {
@@ -681,17 +691,7 @@ async def test_in_the_mesh_container_mutual_tls_presents_the_host_issued_identit
     """No CA keys in the container: each caller's identity is the one the host wrote into
     its directory, the mesh's own for the gateway; a caller without one fails to connect."""
     async with tls_workload(local_ca, "vault") as port:
-        text = f"""
-mesh: {{trust_domain: {TD}}}
-services:
-  web: {{ports: [8080], endpoints: ["127.0.0.2:8080"]}}
-  worker: {{ports: [8081], endpoints: ["127.0.0.3:8081"]}}
-  vault:
-    ports: [8200]
-    endpoints: ["127.0.0.1:{port}"]
-    tls: mutual
-    retries: false
-"""
+        text = callers_mesh(port)
         certs = tmp_path / "certs"
         write_container_certs(local_ca, certs, TD, ["web"], mesh_identity="ingress")
         gateway = IngressGateway(
