@@ -138,11 +138,13 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
         sslobj = self._tls
         while not self._closing:
             # Ask for no more than can be there: a record's plaintext is shorter than the
-            # record (or already decrypted and pending), so a small request gets a small
-            # buffer, not a 16 KiB one to shrink.
-            size = incoming.pending or sslobj.pending()
+            # record (or than what is already decrypted and pending), so a small request
+            # gets a small buffer, not a 16 KiB one to shrink.
+            size = min(incoming.pending or sslobj.pending(), RECORD_SIZE)
+            if not size:
+                break
             try:
-                data = sslobj.read(size if 0 < size < RECORD_SIZE else RECORD_SIZE)
+                data = sslobj.read(size)
             except ssl.SSLWantReadError:
                 break  # the rest of a record is still on its way
             except ssl.SSLZeroReturnError:  # close_notify
@@ -156,8 +158,11 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
                     self.close()
                 return
             app.data_received(data)
-            if not incoming.pending and not sslobj.pending():
-                break  # both drained: no exception to end the loop
+            if len(data) < size and not incoming.pending:
+                # The record ended before the buffer did, so nothing decrypted is left, and
+                # no bytes wait: done, without the read that would raise SSLWantReadError
+                # or an SSL_pending call (each SSL call releases and retakes the GIL).
+                break
         if self._outgoing.pending:  # e.g. TLS 1.3 session tickets or key updates
             self._flush()
 
