@@ -220,18 +220,21 @@ class AccessLog:
                     _quote(upstream) if upstream else "null",
                 )
             head, upstream_q = fixed
-            if made:
-                rid_q = f'"{request_id.decode("ascii")}"'
+            # the mesh only sends traceparents it made or validated: hex and dashes
+            if made and traceparent:  # the usual line: both ids need no quoting pass
+                ids = (
+                    f'"request_id":"{request_id.decode("ascii")}",'
+                    f'"traceparent":"{traceparent.decode("ascii")}"'
+                )
             else:
                 rid_q = _quote(request_id.decode("latin-1")) if request_id else "null"
-            # the mesh only sends traceparents it made or validated: hex and dashes
-            tp_q = f'"{traceparent.decode("ascii")}"' if traceparent else "null"
+                tp_q = f'"{traceparent.decode("ascii")}"' if traceparent else "null"
+                ids = f'"request_id":{rid_q},"traceparent":{tp_q}'
             out.append(
                 f'{{"time":"{second_text}{_MILLIS[int((wall - second) * 1000.0)]}",{head}'
                 f'{request_bytes},"response_bytes":{response_bytes},'
                 f'"duration_ms":{micros // 1000}.{_MICROS[micros % 1000]},'
-                f'"upstream":{upstream_q},"request_id":{rid_q},"traceparent":{tp_q}'
-                f"{_retries(retries) if retries else _END}"
+                f'"upstream":{upstream_q},{ids}{_retries(retries) if retries else _END}'
             )
         self._second, self._second_text = second, second_text
         return "".join(out)
