@@ -712,13 +712,14 @@ class Exchange:
         parts.append(CRLF)
         head = b"".join(parts)
         unsent = self.unsent
+        replay = self.wire
+        assert replay is not None  # replayable until the head is out
         if unsent:  # body bytes that arrived before the head was built (pipelining)
             unsent.insert(0, head)
-            assert self.wire is not None
-            self.wire.insert(0, head)
+            replay.insert(0, head)
         else:
-            self.unsent = [head]
-            self.wire = [head]
+            unsent.append(head)
+            replay.append(head)
         self._unsent_bytes += len(head)
         self._wire_bytes += len(head)
         if expect and not self.req_complete:
