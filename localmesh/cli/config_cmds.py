@@ -142,12 +142,16 @@ def _summary(config: MeshConfig) -> str:
         len(h.routes) for h in config.ingress.hosts
     )
     parts = [
-        f"{len(config.services)} services ({meshed} meshed)",
-        f"{routes} routes",
-        f"{len(config.policies)} policies",
-        f"{len(config.ingress.hosts)} ingress hosts",
+        f"{_count(len(config.services), 'service')} ({meshed} meshed)",
+        _count(routes, "route"),
+        _count(len(config.policies), "policy", "policies"),
+        _count(len(config.ingress.hosts), "ingress host"),
     ]
     return ", ".join(parts)
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _write_atomic(path: Path, text: str) -> None:
