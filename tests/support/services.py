@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -20,17 +21,35 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from aiohttp import WSMsgType, web
 
 PG_BIN = Path(os.environ.get("LOCALMESH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
+# Below the kernel's ephemeral range (ip_local_port_range starts at 32768 by default): the
+# kernel's own choice (bind to port 0) lands where every outgoing connection takes its local
+# port, so a port chosen that way could be taken by a connect before the test binds it.
+_PORTS: Final = range(20000, 32768)
+_handed_out: set[int] = set()
+_pick = random.Random()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now (the kernel's choice); callers retry on the rare race."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free right now, outside the ephemeral range and never handed out twice in
+    this process (two calls in a row cannot return the same one)."""
+    while True:
+        port = _pick.choice(_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
