@@ -682,11 +682,7 @@ class Exchange:
             if query
             else [self.method, b" ", path, HTTP11]
         )
-        for name, value in out:  # one join of pieces, no bytes per header line
-            parts.append(name)
-            parts.append(SEP)
-            parts.append(value)
-            parts.append(CRLF)
+        _add_lines(parts, out)
         parts.append(generated)
         if xff is None and (xfp is None or sanitize):
             parts.append(down.forwarded)  # per connection: x-forwarded-for + -proto
@@ -1019,7 +1015,7 @@ class Exchange:
                 self._deadline_timer = None
             self.deadline = 0.0
             self.out.append(
-                self._upgrade_head(status, ops.apply(lowered(headers)) if ops else headers)
+                self._upgrade_head(status, ops.apply(lowered(headers)) if ops else lowered(headers))
             )
             return
         if ops is not None:  # what the route sets or adds is filtered like the rest
@@ -1028,11 +1024,7 @@ class Exchange:
             kept = [h for h in ops.apply(lowered(kept)) if h[0] not in (hop or HOP_BY_HOP)]
         out = self.out
         out.append(STATUS_LINES.get(status) or wire.status_line(status))
-        for name, value in kept:  # pieces of the one write up_after_data joins
-            out.append(name)
-            out.append(SEP)
-            out.append(value)
-            out.append(CRLF)
+        _add_lines(out, kept)  # pieces of the one write up_after_data joins
         if framing in REFRAMED:
             if self.http11:
                 self._down_chunked = True
@@ -1068,15 +1060,14 @@ class Exchange:
         return False
 
     def _upgrade_head(self, status: int, headers: Headers) -> bytes:
+        """``headers``: the response's, names lower-cased."""
         if status != 101:
             self.keep_alive = False  # the downstream parser stopped at the upgrade
-            lines = [n + SEP + v + CRLF for n, v in lowered(headers) if n not in HOP_BY_HOP]
+            lines = [n + SEP + v + CRLF for n, v in headers if n not in HOP_BY_HOP]
             lines.append(b"connection: close\r\n")
         else:
             lines = [
-                n + SEP + v + CRLF
-                for n, v in lowered(headers)
-                if n not in HOP_BY_HOP or n == b"upgrade"
+                n + SEP + v + CRLF for n, v in headers if n not in HOP_BY_HOP or n == b"upgrade"
             ]
             lines.append(b"connection: upgrade\r\n")
         return wire.status_line(status) + b"".join(lines) + CRLF
@@ -1290,6 +1281,15 @@ class Exchange:
                     self.retries,
                 )
             )
+
+
+def _add_lines(parts: list[bytes], headers: Headers) -> None:
+    """Header lines as pieces of a later join (no bytes object per line)."""
+    for name, value in headers:
+        parts.append(name)
+        parts.append(SEP)
+        parts.append(value)
+        parts.append(CRLF)
 
 
 def _mirror_head(head: bytes) -> bytes:
