@@ -24,6 +24,11 @@ from localmesh.config.model import HashOn, LbPolicy, LoadBalancer
 from localmesh.runtime.dataplane.core.cluster import ClusterState, EndpointState, subset_members
 
 RING_POINTS: Final = 100
+# The policies as compiled constants: ``LbPolicy.X`` is a module-dict lookup and an
+# attribute read per pick in compiled code (config.model is not compiled).
+_ROUND_ROBIN: Final = LbPolicy.ROUND_ROBIN
+_LEAST_REQUEST: Final = LbPolicy.LEAST_REQUEST
+_CONSISTENT_HASH: Final = LbPolicy.CONSISTENT_HASH
 
 
 def _hash64(data: bytes) -> int:
@@ -79,17 +84,17 @@ class Picker:
         n = len(pool)
         if n == 0:
             return None
-        if n == 1 and self.policy is not LbPolicy.CONSISTENT_HASH:
-            return pool[0]
         policy = self.policy
-        if policy is LbPolicy.ROUND_ROBIN:
+        if n == 1 and policy is not _CONSISTENT_HASH:
+            return pool[0]
+        if policy is _ROUND_ROBIN:
             self._next = (self._next + 1) % n
             return pool[self._next]
-        if policy is LbPolicy.LEAST_REQUEST:
+        if policy is _LEAST_REQUEST:
             a = pool[self._rng.randrange(n)]
             b = pool[self._rng.randrange(n)]
             return b if b.active_requests < a.active_requests else a
-        if policy is LbPolicy.CONSISTENT_HASH and hash_key is not None:
+        if policy is _CONSISTENT_HASH and hash_key is not None:
             return self._ring_pick(hash_key, now)
         return pool[self._rng.randrange(n)]
 

@@ -208,7 +208,10 @@ def _id_blocks(hexed: bytes) -> list[bytes]:
 
 # The lines ``TraceIds.fresh`` generates start with the request id, so a request that
 # brought its own id takes the rest; fixed lengths, so fixed slices.
-# (Bounds, not slice objects: compiled code slices bytes by integers only.)
-_RID_START, _RID_END = 14, 50  # the UUID after "x-request-id: "
+# (Bounds, not slice objects: compiled code slices bytes by integers only; one Final each,
+# or compiled code looks them up in the module's dict per request.)
+_RID_START: Final = 14  # the UUID after "x-request-id: "
+_RID_END: Final = 50
 _RID_LINE_END: Final = 52
-_TP_START, _TP_END = 65, 120  # "00-<32>-<16>-01" after "traceparent: "
+_TP_START: Final = 65  # "00-<32>-<16>-01" after "traceparent: "
+_TP_END: Final = 120
