@@ -24,10 +24,10 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 #: The largest plaintext one TLS record carries: a read asks for no more.
-RECORD_SIZE = 16 * 1024
+RECORD_SIZE: Final = 16 * 1024
 
 
 class TLSStream(asyncio.Protocol, asyncio.Transport):
@@ -47,24 +47,35 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
         self.handshake = handshake
         self._timeout = timeout
         self._timer: asyncio.TimerHandle | None = None
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._incoming = incoming = ssl.MemoryBIO()
+        self._outgoing = outgoing = ssl.MemoryBIO()
+        self._sslobj = context.wrap_bio(incoming, outgoing, server_side=True)
         # Records are read and written through the C object under ``ssl.SSLObject`` (stable
         # since Python 3.7): the public methods only forward to it, one Python call each.
-        self._tls: Any = self._sslobj._sslobj  # type: ignore[attr-defined]
+        tls: Any = self._sslobj._sslobj  # type: ignore[attr-defined]
+        # The calls every request makes, bound once: compiled code calls a method of a
+        # foreign object by looking it up on its type first, each time.
+        self._feed: Callable[[bytes], int] = incoming.write
+        self._decrypt: Callable[[int], bytes] = tls.read
+        self._encrypt: Callable[[bytes | bytearray | memoryview], int] = tls.write
+        self._take_records: Callable[[], bytes] = outgoing.read
+        self._deliver: Callable[[bytes], None] = _unset
+        self._send: Callable[[bytes], None] = _unset
+        self._raw_closing: Callable[[], bool] = _no_transport
         self._raw: asyncio.Transport | None = None
         self._closing = False
 
     # -- the raw side (asyncio.Protocol) ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._raw = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._raw = raw = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._send = raw.write
+        self._raw_closing = raw.is_closing
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._timeout, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
-        self._incoming.write(data)
+        self._feed(data)
         if self._app is None:
             self._do_handshake()
         else:
@@ -112,6 +123,7 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
             self._timer.cancel()
             self._timer = None
         self._app = app = self._app_factory()
+        self._deliver = app.data_received
         app.connection_made(self)
         if not self.handshake.done():
             self.handshake.set_result(None)
@@ -135,16 +147,16 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
         app = self._app
         assert app is not None
         incoming = self._incoming
-        sslobj = self._tls
+        decrypt = self._decrypt
         while not self._closing:
             # Ask for no more than can be there: a record's plaintext is shorter than the
             # record (or than what is already decrypted and pending), so a small request
             # gets a small buffer, not a 16 KiB one to shrink.
-            size = min(incoming.pending or sslobj.pending(), RECORD_SIZE)
+            size = min(incoming.pending or self._sslobj.pending(), RECORD_SIZE)
             if not size:
                 break
             try:
-                data = sslobj.read(size)
+                data = decrypt(size)
             except ssl.SSLWantReadError:
                 break  # the rest of a record is still on its way
             except ssl.SSLZeroReturnError:  # close_notify
@@ -157,7 +169,7 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
                 if not app.eof_received():
                     self.close()
                 return
-            app.data_received(data)
+            self._deliver(data)
             if len(data) < size and not incoming.pending:
                 # The record ended before the buffer did, so nothing decrypted is left, and
                 # no bytes wait: done, without the read that would raise SSLWantReadError
@@ -167,23 +179,20 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
             self._flush()
 
     def _flush(self) -> None:
-        raw = self._raw
-        if self._outgoing.pending and raw is not None and not raw.is_closing():
-            raw.write(self._outgoing.read())
+        if self._outgoing.pending and not self._raw_closing():
+            self._send(self._take_records())
 
     # -- the app side (asyncio.Transport) ---------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
             return
-        self._tls.write(data)
-        raw = self._raw
-        if raw is not None and not raw.is_closing():
-            raw.write(self._outgoing.read())
+        self._encrypt(data)
+        if not self._raw_closing():
+            self._send(self._take_records())
 
     def is_closing(self) -> bool:
-        raw = self._raw
-        return self._closing or raw is None or raw.is_closing()
+        return self._closing or self._raw_closing()
 
     def close(self) -> None:
         if self._closing:
@@ -233,3 +242,12 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
         if name == "compression":
             return self._sslobj.compression()
         return self._raw.get_extra_info(name, default) if self._raw is not None else default
+
+
+def _unset(data: bytes) -> None:
+    """Stands in for the raw transport's and the app's methods until they are known."""
+
+
+def _no_transport() -> bool:
+    """``is_closing`` before there is a raw transport: nothing can be written yet."""
+    return True

@@ -6,6 +6,7 @@ import io
 import json
 import time
 from datetime import datetime
+from pathlib import Path
 
 from localmesh.runtime.telemetry import AccessLog
 from localmesh.runtime.telemetry.accesslog import HttpRecord
@@ -99,3 +100,29 @@ def test_a_full_batch_is_written_at_once_without_waiting_for_the_timer() -> None
     assert len(sink.getvalue().splitlines()) == 3
     log.flush()
     assert [r.get("status") for r in log.recent()] == [200, None, 503, 200]
+
+
+def test_a_file_sink_gets_the_lines_after_what_was_written_to_it_before(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    with path.open("w", encoding="utf-8") as sink:
+        log = AccessLog(sink)
+        sink.write("before\n")  # still in the text layer's buffer: must come out first
+        log.http(_exchange(retries=1))
+        log.http(_exchange(request_id=b"0af7651916cd43dd", request_id_made=True, retries=3))
+        log.flush()
+        sink.write("after\n")
+    first, *lines, last = path.read_text().splitlines()
+    assert (first, last) == ("before", "after")
+    assert [json.loads(line)["retries"] for line in lines] == [1, 3]
+    assert json.loads(lines[1])["request_id"] == "0af7651916cd43dd"
+
+
+def test_the_ring_keeps_the_last_records_across_batches() -> None:
+    log = AccessLog(None, ring_size=3, batch_limit=2)
+    for status in range(200, 207):
+        log.http(_exchange(status=status))  # flushed two at a time
+    assert [r["status"] for r in log.recent()] == [204, 205, 206]
+    assert [r["status"] for r in log.recent(limit=2)] == [205, 206]
+    odd = log.recent(match=lambda r: r["status"] % 2 == 1)
+    assert [r["status"] for r in odd] == [205]  # 203 is older than the last three
+    assert len(log._ring) <= 3  # whole batches older than the last three are dropped
