@@ -77,6 +77,7 @@ class ListenerContext:
         "loop",
         "metrics",
         "name",
+        "now",
         "rng",
         "scheme",
         "view",
@@ -103,6 +104,9 @@ class ListenerContext:
         self.identify = identify
         self.gateway = gateway  # an edge listener: originates as the mesh, not as its callers
         self.loop = asyncio.get_running_loop()
+        # the loop's clock, bound once: several reads per request, and compiled code calls
+        # a method of the (foreign) loop by looking it up on its type each time
+        self.now: Callable[[], float] = self.loop.time
         self.rng = random.Random()
         self.ids = TraceIds()
         self.connections: set[HttpDownstream | asyncio.Protocol] = set()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Callable
 from typing import Final, cast
 
 import httptools
@@ -48,6 +49,8 @@ from localmesh.runtime.dataplane.upstream import (
     UpstreamConnection,
     UpstreamHost,
     lowered,
+    unconnected_closing,
+    unconnected_write,
 )
 from localmesh.runtime.telemetry import HttpEdge
 
@@ -106,6 +109,7 @@ class HttpDownstream(asyncio.Protocol):
         "_active",
         "_current",
         "_edges",
+        "_feed",
         "_hbytes",
         "_headers",
         "_max_hbytes",
@@ -122,7 +126,9 @@ class HttpDownstream(asyncio.Protocol):
         "identity",
         "in_head",
         "peer_ip",
+        "send",
         "transport",
+        "transport_closing",
         "tunnel",
         "upgraded",
         "wait_since",
@@ -133,7 +139,12 @@ class HttpDownstream(asyncio.Protocol):
     def __init__(self, ctx: ListenerContext) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
+        # the transport's and the parser's methods every request calls, bound once
+        # (compiled code looks up a foreign object's method on its type per call)
+        self.send: Callable[[bytes], None] = unconnected_write
+        self.transport_closing: Callable[[], bool] = unconnected_closing
         self._parser = httptools.HttpRequestParser(self)
+        self._feed: Callable[[bytes], None] = self._parser.feed_data
         self._url = b""
         self._headers: Headers = []
         self._hbytes = 0
@@ -164,7 +175,9 @@ class HttpDownstream(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport = raw = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.send = raw.write
+        self.transport_closing = raw.is_closing
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0])
@@ -186,7 +199,7 @@ class HttpDownstream(asyncio.Protocol):
             self._tunnel_data(data)
             return
         try:
-            self._parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgrade(data[int(exc.args[0]) :])
         except httptools.HttpParserCallbackError as exc:
@@ -324,7 +337,7 @@ class HttpDownstream(asyncio.Protocol):
             return
         self._active = None
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or self.transport_closing():
             return
         if close or self._paused & PAUSE_DONE:
             self._queue.clear()
@@ -333,7 +346,7 @@ class HttpDownstream(asyncio.Protocol):
         if self._queue:
             nxt = self._queue.popleft()
             self._active = nxt
-            nxt.start(self.ctx.loop.time())
+            nxt.start(self.ctx.now())
             if self._active is nxt:
                 nxt.flush_up()
             return
@@ -393,7 +406,7 @@ class HttpDownstream(asyncio.Protocol):
         if view.compiled.access_log:
             self.ctx.access_log.log(
                 {
-                    "time": self.ctx.wall_time(self.ctx.loop.time()),
+                    "time": self.ctx.wall_time(self.ctx.now()),
                     "protocol": "http",
                     "listener": self.ctx.name,
                     "source": caller.name,
@@ -491,7 +504,7 @@ class Exchange:
         self.unsent: list[bytes] = []
         self.wire: list[bytes] | None = []  # everything sent upstream, while replayable
         self.out: list[bytes] = []
-        self.started = down.ctx.loop.time()
+        self.started = down.ctx.now()
 
     # -- request side -----------------------------------------------------------------------
 
@@ -574,7 +587,7 @@ class Exchange:
     def _rate_limited(
         self, vhost: VirtualHost, route: CompiledRoute[RouteTarget], caller: Caller
     ) -> bool:
-        now = self.down.ctx.loop.time()
+        now = self.down.ctx.now()
         wait = 0.0
         if vhost.rate_limiter is not None:
             wait = vhost.rate_limiter.take(caller.name, now)
@@ -763,10 +776,9 @@ class Exchange:
         conn = self.conn
         if conn is None or not self.unsent:
             return
-        transport = conn.transport
-        if transport is not None and not transport.is_closing():
+        if not conn.transport_closing():
             unsent = self.unsent
-            transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
+            conn.send(unsent[0] if len(unsent) == 1 else b"".join(unsent))
         self.unsent = []
         self._unsent_bytes = 0
 
@@ -810,7 +822,7 @@ class Exchange:
             if abort:
                 self._fault_abort(abort)
                 return
-        self._attempt_upstream(self.down.ctx.loop.time())
+        self._attempt_upstream(self.down.ctx.now())
 
     def _after_fault_delay(self, abort: int) -> None:
         self._backoff_timer = None
@@ -819,7 +831,7 @@ class Exchange:
         if abort:
             self._fault_abort(abort)
         else:
-            self._attempt_upstream(self.down.ctx.loop.time())
+            self._attempt_upstream(self.down.ctx.now())
 
     def _fault_abort(self, status: int) -> None:
         """An injected abort is an upstream answer: the retry policy sees it."""
@@ -861,9 +873,7 @@ class Exchange:
     def on_connection(self, conn: UpstreamConnection) -> None:
         """The pool (or a new connect) gave us a connection: send what we have."""
         if self.done or self.host is None:
-            self.target.cluster.release(
-                conn, self.down.ctx.loop.time()
-            ) if self.target else conn.close()
+            self.target.cluster.release(conn, self.down.ctx.now()) if self.target else conn.close()
             return
         if conn.host is not self.host:  # handed over from the pending queue
             self.host.active_requests -= 1
@@ -901,7 +911,7 @@ class Exchange:
         target = self.target
         assert target is not None
         state = target.cluster.state
-        if state.outlier is not None and state.report_failure(host, self.down.ctx.loop.time()):
+        if state.outlier is not None and state.report_failure(host, self.down.ctx.now()):
             self.down.ctx.metrics.ejection(target.service)
 
     def _failed(self, outcome: Outcome, status: int, reason: str, detail: str, flag: str) -> None:
@@ -1043,7 +1053,7 @@ class Exchange:
         host = self.host
         assert target is not None
         state = target.cluster.state
-        now = self.down.ctx.loop.time()
+        now = self.down.ctx.now()
         if (
             host is not None
             and state.outlier is not None
@@ -1088,9 +1098,9 @@ class Exchange:
         out = self.out
         if out:
             self.out = []
-            transport = self.down.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            down = self.down
+            if not down.transport_closing():
+                down.send(out[0] if len(out) == 1 else b"".join(out))
         if self._complete and not self.done:
             self._finish()
 
@@ -1111,7 +1121,7 @@ class Exchange:
             self._end_attempt()
             self.unsent = list(self.wire)
             self._unsent_bytes = sum(map(len, self.unsent))
-            self._attempt_upstream(self.down.ctx.loop.time())
+            self._attempt_upstream(self.down.ctx.now())
             return
         if host is not None:
             self._report_failure(host)
@@ -1201,7 +1211,7 @@ class Exchange:
         if self._backoff_timer is not None:
             self._backoff_timer.cancel()
             self._backoff_timer = None
-        now = self.down.ctx.loop.time()
+        now = self.down.ctx.now()
         conn = self.conn
         target = self.target
         if conn is not None:
@@ -1244,7 +1254,7 @@ class Exchange:
             target.cluster.state.active_requests -= 1
             if self._in_retry:
                 target.cluster.state.active_retries -= 1
-        self._record(self.down.ctx.loop.time())
+        self._record(self.down.ctx.now())
         self.down.tunnel_started(self)
 
     def _record(self, now: float) -> None:

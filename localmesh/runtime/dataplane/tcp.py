@@ -73,7 +73,7 @@ class TcpDownstream(asyncio.Protocol):
         self._flushed_received = 0
         self._flushed_sent = 0
         self.flags = wire.NO_FLAGS
-        self.started = ctx.loop.time()
+        self.started = ctx.now()
         self.closed = False
         self._down_eof = False
         self._up_eof = False
@@ -258,7 +258,7 @@ class TcpDownstream(asyncio.Protocol):
                     "flags": self.flags,
                     "request_bytes": self.received,
                     "response_bytes": self.sent,
-                    "duration_ms": round((self.ctx.loop.time() - self.started) * 1000.0, 3),
+                    "duration_ms": round((self.ctx.now() - self.started) * 1000.0, 3),
                     "upstream": self.host.address if self.host is not None else None,
                     "peer": self.peer_ip,
                 }

@@ -117,9 +117,19 @@ class UpstreamHost(EndpointState):
         return [self.idle, *self.idle_as.values()]
 
 
+def unconnected_write(data: bytes) -> None:
+    """A protocol's bound ``transport.write`` before it has a transport: drops the bytes."""
+
+
+def unconnected_closing() -> bool:
+    """A protocol's bound ``transport.is_closing`` before it has a transport."""
+    return True
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_bodyless",
+        "_feed",
         "_framing",
         "_headers",
         "_interim",
@@ -134,8 +144,10 @@ class UpstreamConnection(asyncio.Protocol):
         "parser",
         "pool",
         "reading_paused",
+        "send",
         "served",
         "transport",
+        "transport_closing",
         "tunnel",
         "workload",
     )
@@ -146,7 +158,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.workload = workload  # whose identity it presents (mutual TLS), else ""
         self.pool = host.pool(workload)  # the idle list it returns to
         self.transport: asyncio.Transport | None = None
+        # bound once, see HttpDownstream.__init__
+        self.send: Callable[[bytes], None] = unconnected_write
+        self.transport_closing: Callable[[], bool] = unconnected_closing
         self.parser = httptools.HttpResponseParser(self)
+        self._feed: Callable[[bytes], None] = self.parser.feed_data
         self.owner: UpstreamOwner | None = None
         self.tunnel: asyncio.Transport | None = None  # after an upgrade: the downstream
         self.served = 0
@@ -198,7 +214,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport = raw = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.send = raw.write
+        self.transport_closing = raw.is_closing
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -209,7 +227,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         try:
-            self.parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0])
             if self.owner is owner:
@@ -225,6 +243,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._replace_parser:  # after a HEAD response llhttp still waits for the body
             self._replace_parser = False
             self.parser = httptools.HttpResponseParser(self)
+            self._feed = self.parser.feed_data
         owner.up_after_data()
 
     def eof_received(self) -> bool | None:
@@ -402,8 +421,7 @@ class ClusterRuntime:
         idle = host.idle if self.tls_as is None else host.pool(waiter.down.workload)
         while idle:
             conn = idle.pop()
-            transport = conn.transport
-            if transport is not None and not transport.is_closing():  # still open
+            if not conn.transport_closing():  # still open
                 waiter.on_connection(conn)
                 return
         state = self.state
@@ -454,11 +472,8 @@ class ClusterRuntime:
     def release(self, conn: UpstreamConnection, now: float) -> None:
         """A request finished cleanly on ``conn``: reuse it, park it, or close it."""
         limit = self.state.max_requests_per_connection
-        transport = conn.transport
-        if (
-            transport is None
-            or transport.is_closing()
-            or (conn.served and (not conn.keep_alive or (limit and conn.served >= limit)))
+        if conn.transport_closing() or (
+            conn.served and (not conn.keep_alive or (limit and conn.served >= limit))
         ):
             conn.close()
             return
