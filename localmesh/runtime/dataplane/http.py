@@ -471,7 +471,7 @@ class Exchange:
     close_after = False
     waiting = False
     request_id = b""
-    request_id_made = False  # by the mesh: see HttpRecord
+    request_id_made = False  # by the mesh: see AccessLog.http
     traceparent = b""
     upstream_address = ""
     deadline = 0.0  # loop time after which the sweeper answers 504 (long timeouts)
@@ -1272,24 +1272,22 @@ class Exchange:
             caller = down.caller
             route = self.route
             ctx.access_log.http(
-                (
-                    self.started,
-                    now,
-                    caller.name if caller is not None else "unknown",
-                    destination,
-                    route.name if route is not None else None,
-                    self.method,
-                    self.url,
-                    self.status,
-                    self.flags,
-                    self.req_bytes,
-                    self.resp_bytes,
-                    self.upstream_address,
-                    self.request_id,
-                    self.request_id_made,
-                    self.traceparent,
-                    self.retries,
-                )
+                self.started,
+                now,
+                source=caller.name if caller is not None else "unknown",
+                destination=destination,
+                route=route.name if route is not None else None,
+                method=self.method,
+                target=self.url,
+                status=self.status,
+                flags=self.flags,
+                request_bytes=self.req_bytes,
+                response_bytes=self.resp_bytes,
+                upstream=self.upstream_address,
+                request_id=self.request_id,
+                made=self.request_id_made,
+                traceparent=self.traceparent,
+                retries=self.retries,
             )
 
 

@@ -1,21 +1,16 @@
 """The JSON access log: one line per request or connection, written off the hot path.
 
-``log()`` only appends the record to a list; ``run()`` (a task the runtime owns) serialises
-and writes pending records every ``flush_interval``, so a request never waits for its own
-line. Under load a flush also happens every ``batch_limit`` records: formatting 0.1 s of
-traffic at once (thousands of lines) stalled every request that arrived meanwhile, which
-was most of the proxy's p99; a few hundred lines at a time keep the stall well under 1 ms.
+A request's line is formatted when it ends (after its response went out) into the pending
+batch, as bytes pieces: no dict, no str per number, no tuple that outlives the request.
+``run()`` (a task the runtime owns) joins and writes the batch every ``flush_interval``,
+and under load every ``batch_limit`` records, so the sink is written a few hundred lines
+at a time rather than once per request.
 
 The last ``ring_size`` records serve ``localmesh logs`` and the admin API without reading
-files. They are kept as the text each flush wrote (one string per batch), and parsed back
-only when asked for: keeping the records themselves (a tuple and its bytes objects per
-request, thousands of them alive) scattered the allocator's memory and cost the proxy
-about 6% of its throughput in cache misses, measured.
-
-HTTP exchanges, one per request, go through ``http()`` as a plain tuple (``HttpRecord``):
-building a dict, decoding bytes and formatting the time per request cost more than the
-rest of the access log together. The tuple becomes a record (and a JSON line) only when
-it is flushed or read, with the same keys and values a dict record would have had.
+files. They are kept as the text each flush wrote (one bytes object per batch), parsed
+back only when asked for: keeping records as objects (a tuple and its bytes per request,
+thousands of them alive) scattered the allocator's memory, which the proxy paid for in
+cache misses on every request.
 """
 
 from __future__ import annotations
@@ -30,30 +25,6 @@ from typing import Any, BinaryIO, Final, TextIO
 
 Record = dict[str, Any]
 
-#: An HTTP exchange as the engine hands it over: (started, finished) in monotonic loop
-#: seconds, source, destination, route (or None), method, raw request target, status,
-#: response flags, request bytes, response bytes, upstream address ("" for none),
-#: request id, whether the mesh made that id (hex and dashes: written without a quoting
-#: pass), traceparent (b"" for none), retries.
-HttpRecord = tuple[
-    float,
-    float,
-    str,
-    str,
-    "str | None",
-    bytes,
-    bytes,
-    int,
-    str,
-    int,
-    int,
-    str,
-    bytes,
-    bool,
-    bytes,
-    int,
-]
-
 # (source, destination, route, method, request target, status, flags, upstream)
 _Repeated = tuple[str, str, "str | None", bytes, bytes, int, str, str]
 
@@ -62,7 +33,6 @@ _Repeated = tuple[str, str, "str | None", bytes, bytes, int, str, str]
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 _QUOTED_MAX: Final = 4096
-_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 # Lines are made as bytes pieces joined once per batch: no str per number or id, no decode
 # of the ids, no line objects. Tables for the numbers most lines carry.
@@ -96,51 +66,39 @@ class AccessLog:
         self.flush_interval = flush_interval
         self.batch_limit = batch_limit
         self.ring_size = ring_size
-        self._pending: list[Record | HttpRecord] = []
+        self._pending: list[bytes] = []  # the pieces of the lines not written yet
+        self._pending_records = 0
         # (how many records, their JSON lines), oldest first; see the module docstring
         self._ring: deque[tuple[int, bytes]] = deque()
         self._ring_records = 0
         self._listeners: list[Callable[[Record], None]] = []
         # loop.time() is time.monotonic() on asyncio and uvloop alike
         self._wall_offset = time.time() - time.monotonic()
-        self._second = -1
-        self._second_text = ""
         self._line_at = -1  # the second _line_second formats: b'{"time":"<date>T<time>'
         self._line_second = b""
-        # the JSON of the fields most lines repeat, see _lines
+        # the JSON of the fields most lines repeat, see http()
         self._quoted: dict[_Repeated, tuple[bytes, bytes]] = {}
 
     def log(self, record: Record) -> None:
-        self._add(record)
-
-    def http(self, record: HttpRecord) -> None:
-        """One HTTP exchange (see ``HttpRecord``); it becomes a record when flushed."""
-        self._add(record)
-
-    def _add(self, item: Record | HttpRecord) -> None:
+        """Any record (a TCP connection, a refusal): one JSON object per line."""
         if self.enabled:
-            pending = self._pending
-            pending.append(item)
-            if len(pending) >= self.batch_limit:
-                self.flush()
+            self._pending.append(_encode(record).encode("ascii") + b"\n")
+            self._added()
 
-    def wall_time(self, loop_time: float) -> str:
-        """ISO 8601 UTC with milliseconds for a loop time; the date part is formatted once
-        per second."""
-        wall = loop_time + self._wall_offset
-        second = int(wall)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return self._second_text + _MILLIS[int((wall - second) * 1000.0)]
+    def _added(self) -> None:
+        self._pending_records += 1
+        if self._pending_records >= self.batch_limit:
+            self.flush()
 
     def flush(self) -> None:
         """Write and publish every pending record (also called once at shutdown)."""
-        if not self._pending:
+        count = self._pending_records
+        if not count:
             return
-        batch, self._pending = self._pending, []
-        text = self._lines(batch)
-        self._keep(len(batch), text)
+        text = b"".join(self._pending)
+        self._pending = []
+        self._pending_records = 0
+        self._keep(count, text)
         sink = self.sink
         if sink is not None:
             binary: BinaryIO | None = getattr(sink, "buffer", None)
@@ -151,7 +109,7 @@ class AccessLog:
                 binary.write(text)
                 binary.flush()
         if self._listeners:
-            records = [self._record(r) for r in batch]
+            records: list[Record] = [json.loads(line) for line in text.splitlines()]
             for listener in list(self._listeners):
                 for record in records:
                     listener(record)
@@ -192,90 +150,74 @@ class AccessLog:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    # -- HTTP records -----------------------------------------------------------------------
+    # -- HTTP exchanges ---------------------------------------------------------------------
 
-    def _record(self, item: Record | HttpRecord) -> Record:
-        if type(item) is not tuple:
-            return item  # type: ignore[return-value]
-        # fmt: off
-        (started, finished, source, destination, route, method, target, status, flags,
-         request_bytes, response_bytes, upstream, request_id, _, traceparent, retries) = item
-        # fmt: on
-        record: Record = {
-            "time": self.wall_time(started),
-            "source": source,
-            "destination": destination,
-            "route": route,
-            "method": method.decode("latin-1"),
-            "path": target.decode("latin-1"),
-            "status": status,
-            "flags": flags,
-            "request_bytes": request_bytes,
-            "response_bytes": response_bytes,
-            "duration_ms": int((finished - started) * 1e6 + 0.5) / 1000,
-            "upstream": upstream or None,
-            "request_id": request_id.decode("latin-1") or None,
-            "traceparent": traceparent.decode("latin-1") or None,
-        }
-        if retries:
-            record["retries"] = retries
-        return record
-
-    def _lines(self, batch: list[Record | HttpRecord]) -> bytes:
-        """The JSON lines of ``batch``: ``_encode(self._record(item))`` for every item, but
-        HTTP tuples are formatted without a dict (C string quoting, pieces of one join)."""
-        out: list[bytes] = []
-        offset = self._wall_offset
-        second, second_text = self._line_at, self._line_second
+    def http(
+        self,
+        started: float,
+        finished: float,
+        *,
+        source: str,
+        destination: str,
+        route: str | None,
+        method: bytes,
+        target: bytes,
+        status: int,
+        flags: str,
+        request_bytes: int,
+        response_bytes: int,
+        upstream: str,
+        request_id: bytes,
+        made: bool,
+        traceparent: bytes,
+        retries: int,
+    ) -> None:
+        """One HTTP exchange: ``started``/``finished`` in loop seconds, the raw request
+        target, ``upstream`` "" for none, ``made``: the mesh made ``request_id`` (hex and
+        dashes: written without a quoting pass), ``traceparent`` b"" for none."""
+        if not self.enabled:
+            return
+        out = self._pending
+        wall = started + self._wall_offset
+        second = int(wall)
+        if second != self._line_at:
+            self._line_at = second
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._line_second = b'{"time":"' + text.encode("ascii")
+        micros = int((finished - started) * 1e6 + 0.5)
+        # the same few names, methods, paths, statuses, flags and upstreams on every line:
+        # formatted once, found with one lookup
         known = self._quoted
-        if len(known) > _QUOTED_MAX:
-            known.clear()
-        for item in batch:
-            if type(item) is not tuple:
-                out.append(_encode(item).encode("ascii"))
-                out.append(b"\n")
-                continue
-            # fmt: off
-            (started, finished, source, destination, route, method, target, status, flags,
-             request_bytes, response_bytes, upstream, request_id, made, traceparent, retries) = item
-            # fmt: on
-            wall = started + offset
-            if int(wall) != second:
-                second = int(wall)
-                text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-                second_text = b'{"time":"' + text.encode("ascii")
-            micros = int((finished - started) * 1e6 + 0.5)
-            # the same few names, methods, paths, statuses, flags and upstreams on every
-            # line: formatted once, found with one lookup
-            key = (source, destination, route, method, target, status, flags, upstream)
-            fixed = known.get(key)
-            if fixed is None:
-                fixed = known[key] = _fixed(key)
-            head, upstream_q = fixed
-            out.append(second_text)
-            out.append(_MILLIS_B[int((wall - second) * 1000.0)])
-            out.append(head)
-            out.append(_int(request_bytes))
-            out.append(_RESPONSE_BYTES)
-            out.append(_int(response_bytes))
-            out.append(_DURATION)
-            out.append(_int(micros // 1000))
-            out.append(_MICROS_B[micros % 1000])
-            out.append(upstream_q)
-            # the mesh only sends traceparents it made or validated: hex and dashes
-            if made and traceparent:  # the usual line: both ids need no quoting pass
-                out.append(_IDS)
-                out.append(request_id)
-                out.append(_TRACEPARENT)
-                out.append(traceparent)
-                out.append(_IDS_END if not retries else b'"' + _retries(retries))
-                continue
+        key = (source, destination, route, method, target, status, flags, upstream)
+        fixed = known.get(key)
+        if fixed is None:
+            if len(known) > _QUOTED_MAX:
+                known.clear()
+            fixed = known[key] = _fixed(key)
+        head, upstream_q = fixed
+        out.append(self._line_second)
+        out.append(_MILLIS_B[int((wall - second) * 1000.0)])
+        out.append(head)
+        out.append(_int(request_bytes))
+        out.append(_RESPONSE_BYTES)
+        out.append(_int(response_bytes))
+        out.append(_DURATION)
+        out.append(_int(micros // 1000))
+        out.append(_MICROS_B[micros % 1000])
+        out.append(upstream_q)
+        # the mesh only sends traceparents it made or validated: hex and dashes
+        if made and traceparent:  # the usual line: both ids need no quoting pass
+            out.append(_IDS)
+            out.append(request_id)
+            out.append(_TRACEPARENT)
+            out.append(traceparent)
+            out.append(_IDS_END if not retries else b'"' + _retries(retries))
+        else:
             rid_q = _quote(request_id.decode("latin-1")) if request_id else "null"
             tp_q = f'"{traceparent.decode("ascii")}"' if traceparent else "null"
             out.append(f',"request_id":{rid_q},"traceparent":{tp_q}'.encode("ascii"))
             out.append(_retries(retries) if retries else _END)
-        self._line_at, self._line_second = second, second_text
-        return b"".join(out)
+        self._added()
 
 
 def _fixed(key: _Repeated) -> tuple[bytes, bytes]:
