@@ -890,22 +890,24 @@ class Exchange:
             conn.pause_reading()
 
     def on_connect_failure(self, outcome: Outcome, detail: str) -> None:
+        """The endpoint could not be reached: it counts against it; the route may retry."""
         if self.done:
             return
-        host = self.host
-        target = self.target
-        assert target is not None
-        if detail == "overflow":
-            self._end_attempt()
-            self.local(
-                503, "circuit-open", f"cluster {target.service}: {detail}", wire.UPSTREAM_OVERFLOW
-            )
-            return
-        if host is not None:
-            self._report_failure(host)
+        if self.host is not None:
+            self._report_failure(self.host)
         self._failed(
             outcome, 503, "upstream-connect-failure", detail, wire.UPSTREAM_CONNECT_FAILURE
         )
+
+    def on_no_connection(self, reason: str, detail: str, flag: str) -> None:
+        """The mesh itself refused to connect (circuit breaker, no caller identity): the
+        endpoint is not to blame, and a retry would meet the same refusal."""
+        if self.done:
+            return
+        target = self.target
+        assert target is not None
+        self._end_attempt()
+        self.local(503, reason, f"cluster {target.service}: {detail}", flag)
 
     def _report_failure(self, host: UpstreamHost) -> None:
         target = self.target

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias, cast
 import httptools
 
 from localmesh.config.model import Service
+from localmesh.runtime.dataplane.core import wire
 from localmesh.runtime.dataplane.core.cluster import (
     ClusterState,
     EndpointState,
@@ -434,7 +435,7 @@ class ClusterRuntime:
             if self.tls_as is not None:
                 self._close_one_idle()  # it may be another caller's: it frees a slot
         else:
-            waiter.on_connect_failure(Outcome.CONNECT_FAILURE, "overflow")
+            waiter.on_no_connection("circuit-open", "overflow", wire.UPSTREAM_OVERFLOW)
 
     def forget(self, waiter: Waiter) -> None:
         """A queued request gave up (timeout, downstream gone)."""
@@ -513,10 +514,17 @@ class ClusterRuntime:
         loop = asyncio.get_running_loop()
         tls = self.tls
         workload = ""
-        try:
-            if self.tls_as is not None:
-                workload = waiter.down.workload
+        if self.tls_as is not None:
+            workload = waiter.down.workload
+            try:
                 tls = self.tls_as(workload)
+            except OSError as exc:
+                # the caller has no identity to present: nothing is wrong with the endpoint,
+                # so no outlier report, no retry, no new discovery
+                self._connect_ended()
+                waiter.on_no_connection("no-identity", str(exc), wire.UPSTREAM_CONNECT_FAILURE)
+                return
+        try:
             async with asyncio.timeout(self.state.pool.connect_timeout):
                 if tls is None:
                     _, proto = await loop.create_connection(
@@ -532,16 +540,20 @@ class ClusterRuntime:
                     )
                     tls.check_peer(transport.get_extra_info("ssl_object"))
         except (OSError, TimeoutError) as exc:
-            self.state.connections -= 1
-            detail = "connect timeout" if isinstance(exc, TimeoutError) else str(exc)
-            if self._waiters and self.state.can_connect():
-                queued = self._next_waiter()
-                if queued is not None:
-                    self._open(queued)
+            self._connect_ended()
             self.upstream_failed()
+            detail = "connect timeout" if isinstance(exc, TimeoutError) else str(exc)
             waiter.on_connect_failure(Outcome.CONNECT_FAILURE, detail)
             return
         waiter.on_connection(proto)
+
+    def _connect_ended(self) -> None:
+        """A connect gave up its slot: a queued request may use it."""
+        self.state.connections -= 1
+        if self._waiters and self.state.can_connect():
+            queued = self._next_waiter()
+            if queued is not None:
+                self._open(queued)
 
     async def open_stream(
         self, host: UpstreamHost, factory: Callable[[], asyncio.Protocol]

@@ -689,7 +689,8 @@ async def test_in_the_mesh_container_mutual_tls_presents_the_host_issued_identit
     local_ca: CertificateAuthority, tmp_path: Path
 ) -> None:
     """No CA keys in the container: each caller's identity is the one the host wrote into
-    its directory, the mesh's own for the gateway; a caller without one fails to connect."""
+    its directory, the mesh's own for the gateway; a caller without one is refused by the
+    mesh, which does not hold that against the endpoint (no outlier ejection)."""
     async with tls_workload(local_ca, "vault") as port:
         text = callers_mesh(port)
         certs = tmp_path / "certs"
@@ -700,15 +701,19 @@ async def test_in_the_mesh_container_mutual_tls_presents_the_host_issued_identit
         await gateway.apply(compile_mesh(text))
         try:
             vault = f"http://127.0.0.1:{gateway.addresses()['vault:8200'][1]}/"
+            refused = ("127.0.0.3", 503, f"no usable workload identity spiffe://{TD}/svc/worker")
             for ip, status, text in [
                 ("127.0.0.2", 200, f"spiffe://{TD}/svc/web"),
                 ("127.0.0.4", 200, f"spiffe://{TD}/svc/ingress"),  # a caller the mesh cannot name
-                ("127.0.0.3", 503, f"no usable workload identity spiffe://{TD}/svc/worker"),
+                *[refused] * 6,  # more than outlier detection's 5 consecutive gateway errors
+                ("127.0.0.2", 200, f"spiffe://{TD}/svc/web"),  # the endpoint was not ejected
             ]:
                 connector = aiohttp.TCPConnector(local_addr=(ip, 0))
                 async with aiohttp.ClientSession(connector=connector) as s, s.get(vault) as r:
                     assert r.status == status
                     assert text in await r.text()
+                    if status == 503:
+                        assert r.headers["x-localmesh-reason"] == "no-identity"
         finally:
             await gateway.close(drain_timeout=1.0)
 
