@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from localmesh.ca.names import check_client_name, check_permitted, parse_host
+from localmesh.ca.names import INGRESS_IDENTITY, check_client_name, check_permitted, parse_host
 from localmesh.compose.project import ComposeProject
 from localmesh.config import values
 from localmesh.config.infer import InferredService, infer_services
@@ -1969,6 +1969,16 @@ def parse_mesh_text(
             "mesh.admin_port",
             f"admin_port {settings.admin_port} is also an ingress port",
             "pick different ports for the admin API and the ingress",
+        )
+    gateway = services.get(INGRESS_IDENTITY)
+    if ingress.hosts and gateway is not None and gateway.meshed:
+        r.error(
+            gateway.position or Position(filename, 1, 1),
+            f"services.{INGRESS_IDENTITY}",
+            f"a service named '{INGRESS_IDENTITY}' would be taken for the ingress gateway "
+            "(they would share a name in policies, a workload identity and a certificate "
+            "directory)",
+            "rename the service, set `meshed: false` on it, or drop the ingress section",
         )
     _check_listens(r)
     if r.problems:

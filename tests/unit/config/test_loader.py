@@ -400,3 +400,28 @@ def test_outside_upstream_must_have_endpoints_when_compose_is_known(
     ]
     # without a compose project (host mode) the file stands alone
     assert svc(parse("services: {ap: {}}"), "ap").name == "ap"
+
+
+def test_a_meshed_service_named_ingress_clashes_with_the_gateway(
+    make_project: MakeProject,
+) -> None:
+    """Same name in policies, same SPIFFE ID, same certificate directory: refused, at the
+    service's line, whether mesh.yaml or only compose names it."""
+    gateway = "ingress:\n  hosts: [{host: app.localhost, routes: [{route: [web]}]}]\n"
+    declared = "services:\n  web: {ports: [80], endpoints: ['127.0.0.1:80']}\n"
+    got = problems(declared + "  ingress: {ports: [81], endpoints: ['127.0.0.1:81']}\n" + gateway)
+    assert len(got) == 1, got
+    assert got[0].startswith("3:3: services.ingress: a service named 'ingress' would be taken")
+    project = make_project(web={"image": "nginx"}, ingress={"image": "traefik"})
+    with pytest.raises(ConfigError) as err:
+        parse(gateway, project)
+    (problem,) = err.value.problems
+    assert "a service named 'ingress'" in problem.message
+    assert problem.hint is not None
+    assert "meshed: false" in problem.hint
+    # fine without an ingress section, and when the service is left out of the mesh
+    assert svc(
+        parse(declared + "  ingress: {ports: [81], endpoints: ['127.0.0.1:81']}\n"), "ingress"
+    )
+    config = parse(gateway + "services:\n  ingress: {meshed: false}\n", project)
+    assert not svc(config, "ingress").meshed
