@@ -122,3 +122,11 @@ def test_the_ring_keeps_the_last_records_across_batches() -> None:
     odd = log.recent(match=lambda r: r["status"] % 2 == 1)
     assert [r["status"] for r in odd] == [205]  # 203 is older than the last three
     assert len(log._ring) <= 3  # whole batches older than the last three are dropped
+
+
+def test_a_ring_of_zero_keeps_only_the_last_batch() -> None:
+    log = AccessLog(None, ring_size=0, batch_limit=2)
+    for status in range(200, 205):
+        _exchange(log, status=status)
+    assert log.recent() == []  # nothing is asked for, and nothing breaks
+    assert len(log._ring) == 1
