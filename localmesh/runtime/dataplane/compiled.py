@@ -122,17 +122,34 @@ class FixedRoutes(RouteSource):
 
 
 NO_ROUTES: Final = RouteSource()
+_SEEN_MAX: Final = 1024
 
 
 class HostRouter(RouteSource):
-    """The ingress: exact host names first, then ``*.suffix`` wildcards (longest first)."""
+    """The ingress: exact host names first, then ``*.suffix`` wildcards (longest first).
+
+    Answers are remembered by the ``Host`` header as sent (clients repeat the same one), so
+    a request costs one lookup instead of lower-casing and splitting the header again.
+    """
 
     def __init__(self, hosts: Mapping[str, VirtualHost]) -> None:
         self._exact = {h.lower().encode(): v for h, v in hosts.items() if not h.startswith("*")}
         wild = [(h[1:].lower().encode(), v) for h, v in hosts.items() if h.startswith("*")]
         self._wild = sorted(wild, key=lambda hv: -len(hv[0]))
+        self._seen: dict[bytes, VirtualHost] = {}  # hosts that matched (misses are rare)
 
     def virtual_host(self, authority: bytes) -> VirtualHost | None:
+        seen = self._seen
+        found = seen.get(authority)
+        if found is None:
+            found = self._find(authority)
+            if found is not None:
+                if len(seen) >= _SEEN_MAX:  # many different Host headers: start over
+                    seen.clear()
+                seen[authority] = found
+        return found
+
+    def _find(self, authority: bytes) -> VirtualHost | None:
         host = authority.lower()
         host = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
         found = self._exact.get(host)

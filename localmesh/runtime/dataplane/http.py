@@ -91,6 +91,11 @@ _B3: Final = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled")
 #: A request target that is not a plain path: split_target looks at it (query, fragment,
 #: absolute form, anything normalisation would change).
 _NOT_PLAIN: Final = re.compile(rb"[?#%]|/[/.]").search
+# Request header names as sent -> lower-cased: clients send the same few spellings, and a
+# lookup costs less than lower() (a method call by name and a new object). Bounded, since
+# the names are the client's to choose.
+_LOWER_NAMES: Final[dict[bytes, bytes]] = {}
+_LOWER_NAMES_MAX: Final = 512
 
 
 class _Refuse(Exception):
@@ -110,8 +115,10 @@ class HttpDownstream(asyncio.Protocol):
         "_current",
         "_edges",
         "_feed",
+        "_get_method",
         "_hbytes",
         "_headers",
+        "_keeps_alive",
         "_max_hbytes",
         "_parser",
         "_paused",
@@ -145,6 +152,8 @@ class HttpDownstream(asyncio.Protocol):
         self.transport_closing: Callable[[], bool] = unconnected_closing
         self._parser = httptools.HttpRequestParser(self)
         self._feed: Callable[[bytes], None] = self._parser.feed_data
+        self._get_method: Callable[[], bytes] = self._parser.get_method
+        self._keeps_alive: Callable[[], bool] = self._parser.should_keep_alive
         self._url = b""
         self._headers: Headers = []
         self._hbytes = 0
@@ -264,7 +273,12 @@ class HttpDownstream(asyncio.Protocol):
             raise _Refuse(414 if len(self._url) > self._max_hbytes else 431, "headers-too-large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
+        low = _LOWER_NAMES.get(name)
+        if low is None:
+            low = name.lower()
+            if len(_LOWER_NAMES) < _LOWER_NAMES_MAX:
+                _LOWER_NAMES[name] = low
+        name = low
         self._headers.append((name, value))
         if name == b"connection":
             self.connection_header = True
@@ -491,10 +505,10 @@ class Exchange:
         """A request whose head ``parser`` has just parsed on ``down``."""
         self.down = down
         self.view = view
-        self.method = method = parser.get_method()
+        self.method = method = down._get_method()
         self.url = down._url
         self.headers = down._headers
-        self.keep_alive = keep_alive = parser.should_keep_alive()
+        self.keep_alive = keep_alive = down._keeps_alive()
         # keep-alive without a Connection header is HTTP/1.1 (llhttp's rule), so the costly
         # version string is only asked for the rest (Connection: close, HTTP/1.0, 0.9, 2.0)
         if not keep_alive or down.connection_header:

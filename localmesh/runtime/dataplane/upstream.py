@@ -134,8 +134,10 @@ class UpstreamConnection(asyncio.Protocol):
         "_framing",
         "_headers",
         "_interim",
+        "_keeps_alive",
         "_replace_parser",
         "_status",
+        "_status_code",
         "cluster",
         "connection_tokens",
         "host",
@@ -164,6 +166,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport_closing: Callable[[], bool] = unconnected_closing
         self.parser = httptools.HttpResponseParser(self)
         self._feed: Callable[[bytes], None] = self.parser.feed_data
+        self._status_code: Callable[[], int] = self.parser.get_status_code
+        self._keeps_alive: Callable[[], bool] = self.parser.should_keep_alive
         self.owner: UpstreamOwner | None = None
         self.tunnel: asyncio.Transport | None = None  # after an upgrade: the downstream
         self.served = 0
@@ -243,8 +247,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._replace_parser:  # after a HEAD response llhttp still waits for the body
             self._replace_parser = False
-            self.parser = httptools.HttpResponseParser(self)
-            self._feed = self.parser.feed_data
+            self.parser = parser = httptools.HttpResponseParser(self)
+            self._feed = parser.feed_data
+            self._status_code = parser.get_status_code
+            self._keeps_alive = parser.should_keep_alive
         owner.up_after_data()
 
     def eof_received(self) -> bool | None:
@@ -290,13 +296,13 @@ class UpstreamConnection(asyncio.Protocol):
         owner = self.owner
         if owner is None:
             return
-        status = self._status = self.parser.get_status_code()
+        status = self._status = self._status_code()
         if 100 <= status < 200 and status != 101:
             self._interim = True  # 100/102/103: dropped, the final response follows
             self._headers = []
             return
         headers = self._headers
-        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it at the end
+        self.keep_alive = self._keeps_alive()  # llhttp forgets it at the end
         framing = FRAMING_CLOSE
         kept: Headers = []  # one pass finds the framing and drops hop-by-hop headers
         for item in headers:

@@ -140,3 +140,17 @@ def test_clusters_survive_a_new_snapshot_and_unused_ones_are_pruned() -> None:
     dropped = new.prune()
     assert sorted(c.state.name for c in dropped) == ["outbound|7001||opaque", "outbound|9000||api"]
     assert sorted(c.state.name for c in new.all_clusters()) == ["outbound|8000||api"]
+
+
+def test_the_ingress_finds_hosts_in_any_case_with_a_port_and_remembers_only_matches() -> None:
+    router = compile_(snapshot(API)).ingress
+    vhost = router.virtual_host(b"shop.localhost")
+    assert vhost is not None
+    for authority in (b"SHOP.localhost:8443", b"shop.localhost", b"Shop.Localhost:1"):
+        assert router.virtual_host(authority) is vhost  # first lookup, then remembered
+    assert router.virtual_host(b"other.localhost") is None
+    assert router.virtual_host(b"[::1]:8443") is None
+    for i in range(3000):  # a client making up Host headers does not grow it without bound
+        assert router.virtual_host(b"nope%d.localhost" % i) is None
+        router.virtual_host(b"shop.localhost:%d" % i)
+    assert len(router._seen) <= 1024  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from localmesh.config.model import MeshConfig, PortSpec, Service, StaticEndpoint
+from localmesh.runtime.dataplane import http
 from localmesh.runtime.dataplane.compiled import CompiledSnapshot
 from localmesh.runtime.dataplane.context import Clock, ListenerContext
 from localmesh.runtime.dataplane.http import HttpDownstream
@@ -167,3 +168,21 @@ async def test_request_headers_copied_through_except_hop_by_hop_and_rewritten_on
     assert names.count(b"traceparent") == 1  # the malformed one replaced by a generated one
     assert b"traceparent: garbage" not in lines
     assert b"x-request-id: rid-7" in lines
+
+
+async def test_request_header_names_reach_the_upstream_lower_cased_however_many_there_are(
+    engine: tuple[HttpDownstream, MemoryTransport, UpstreamConnection, MemoryTransport],
+) -> None:
+    """Lower-cased names are remembered per spelling, up to a bound: a client inventing
+    names gets them lower-cased all the same, without growing the memory."""
+    down, _, conn, up_t = engine
+    names = [b"X-Made-Up-%d" % i for i in range(700)]
+    head = b"".join(name + b": v\r\n" for name in names)
+    for _ in range(2):  # the second time from the remembered spellings
+        up_t.data.clear()
+        down.data_received(b"GET / HTTP/1.1\r\nHOST: a\r\n" + head + b"\r\n")
+        sent = bytes(up_t.data).split(b"\r\n")
+        assert b"host: a" in sent
+        assert all(name.lower() + b": v" in sent for name in names)
+        conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    assert len(http._LOWER_NAMES) <= 512
