@@ -164,10 +164,7 @@ class UpstreamConnection(asyncio.Protocol):
         # bound once, see HttpDownstream.__init__
         self.send: Callable[[bytes], None] = unconnected_write
         self.transport_closing: Callable[[], bool] = unconnected_closing
-        self.parser = httptools.HttpResponseParser(self)
-        self._feed: Callable[[bytes], None] = self.parser.feed_data
-        self._status_code: Callable[[], int] = self.parser.get_status_code
-        self._keeps_alive: Callable[[], bool] = self.parser.should_keep_alive
+        self._new_parser()
         self.owner: UpstreamOwner | None = None
         self.tunnel: asyncio.Transport | None = None  # after an upgrade: the downstream
         self.served = 0
@@ -182,6 +179,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._replace_parser = False
         self._status = 0
         self.keep_alive = False  # the last response allows reusing the connection
+
+    def _new_parser(self) -> None:
+        """A fresh response parser, with the methods every response calls bound."""
+        self.parser = parser = httptools.HttpResponseParser(self)
+        self._feed: Callable[[bytes], None] = parser.feed_data
+        self._status_code: Callable[[], int] = parser.get_status_code
+        self._keeps_alive: Callable[[], bool] = parser.should_keep_alive
 
     # -- the exchange side ------------------------------------------------------------------
 
@@ -247,10 +251,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._replace_parser:  # after a HEAD response llhttp still waits for the body
             self._replace_parser = False
-            self.parser = parser = httptools.HttpResponseParser(self)
-            self._feed = parser.feed_data
-            self._status_code = parser.get_status_code
-            self._keeps_alive = parser.should_keep_alive
+            self._new_parser()
         owner.up_after_data()
 
     def eof_received(self) -> bool | None:
