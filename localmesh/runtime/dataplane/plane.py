@@ -371,7 +371,7 @@ class DataPlane:
         header_span = clock.span(view.limits.header_timeout)
         idle_span = clock.span(service.connection_pool.idle_timeout if service else 60.0)
         tcp_idle_span = clock.span(TCP_IDLE_TIMEOUT)
-        now = ctx.loop.time()
+        now = ctx.now()
         for conn in list(ctx.connections):
             if isinstance(conn, HttpDownstream):
                 since = conn.wait_since
