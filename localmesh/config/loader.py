@@ -1976,7 +1976,7 @@ def parse_mesh_text(
             gateway.position or Position(filename, 1, 1),
             f"services.{INGRESS_IDENTITY}",
             f"a service named '{INGRESS_IDENTITY}' would be taken for the ingress gateway "
-            "(they would share a name in policies, a workload identity and a certificate "
+            "(they would share a workload identity and, in the mesh container, a certificate "
             "directory)",
             "rename the service, set `meshed: false` on it, or drop the ingress section",
         )

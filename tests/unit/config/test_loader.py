@@ -405,7 +405,7 @@ def test_outside_upstream_must_have_endpoints_when_compose_is_known(
 def test_a_meshed_service_named_ingress_clashes_with_the_gateway(
     make_project: MakeProject,
 ) -> None:
-    """Same name in policies, same SPIFFE ID, same certificate directory: refused, at the
+    """Same SPIFFE ID, same certificate directory in the mesh container: refused, at the
     service's line, whether mesh.yaml or only compose names it."""
     gateway = "ingress:\n  hosts: [{host: app.localhost, routes: [{route: [web]}]}]\n"
     declared = "services:\n  web: {ports: [80], endpoints: ['127.0.0.1:80']}\n"
