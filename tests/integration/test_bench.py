@@ -1,0 +1,32 @@
+"""``bench/engine_cpu.py`` drives the real engine through in-memory transports (plain, behind
+the ingress's TLS stream, and the featureless ceiling): run briefly here so the benchmark
+cannot rot unnoticed. Its own check is real: every request written upstream got its
+response written downstream, so a broken engine or TLS stream fails it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["--tls"], ["--ceiling"], ["--no-access-log", "--routes", "1000"]],
+    ids=["plain", "tls", "ceiling", "1000-routes"],
+)
+def test_engine_cpu_runs(args: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "engine_cpu.py", "--requests", "200", *args],
+        cwd=BENCH,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert " us/request (" in done.stdout
