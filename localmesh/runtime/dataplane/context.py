@@ -116,7 +116,7 @@ class ListenerContext:
         self._second_text = ""
 
     def wall_time(self, loop_time: float) -> str:
-        """ISO 8601 UTC with milliseconds for a loop time; the date part is formatted once
+        """ISO 8601 UTC with milliseconds for a ``now()`` reading; the date part is formatted once
         per second, not per request."""
         wall = loop_time + self._wall_offset
         second = int(wall)

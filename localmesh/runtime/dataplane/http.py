@@ -292,11 +292,11 @@ class HttpDownstream(asyncio.Protocol):
         view = self.ctx.view
         if view is not self._view:
             self._adopt(view)
-        ex = Exchange(self, view, self._parser)
+        ex = Exchange(self, view)
         self._current = ex
         if self._active is None:
             self._active = ex
-            ex.start(ex.started)  # the same loop time: no second clock read
+            ex.start(ex.started)  # the same clock reading: no second one
         else:
             self._queue.append(ex)
             self.pause(PAUSE_PIPELINE)
@@ -488,7 +488,7 @@ class Exchange:
     request_id_made = False  # by the mesh: see AccessLog.http
     traceparent = b""
     upstream_address = ""
-    deadline = 0.0  # loop time after which the sweeper answers 504 (long timeouts)
+    deadline = 0.0  # ctx.now() after which the sweeper answers 504 (long timeouts)
     _unsent_bytes = 0
     _body_bytes = 0
     _wire_bytes = 0
@@ -499,10 +499,8 @@ class Exchange:
     _deadline_timer: asyncio.TimerHandle | None = None
     _backoff_timer: asyncio.TimerHandle | None = None
 
-    def __init__(
-        self, down: HttpDownstream, view: ListenerView, parser: httptools.HttpRequestParser
-    ) -> None:
-        """A request whose head ``parser`` has just parsed on ``down``."""
+    def __init__(self, down: HttpDownstream, view: ListenerView) -> None:
+        """A request whose head ``down``'s parser has just parsed."""
         self.down = down
         self.view = view
         self.method = method = down._get_method()
@@ -512,7 +510,7 @@ class Exchange:
         # keep-alive without a Connection header is HTTP/1.1 (llhttp's rule), so the costly
         # version string is only asked for the rest (Connection: close, HTTP/1.0, 0.9, 2.0)
         if not keep_alive or down.connection_header:
-            self.http11 = parser.get_http_version() == "1.1"
+            self.http11 = down._parser.get_http_version() == "1.1"
         self.head_only = method == b"HEAD"
         self.req_bytes = down._hbytes
         self.unsent: list[bytes] = []
@@ -524,7 +522,7 @@ class Exchange:
 
     def start(self, now: float) -> None:
         """Route, authorise, limit, build the upstream head, start the first attempt
-        (``now``: the loop time)."""
+        (``now``: ``ctx.now()``)."""
         down = self.down
         ctx = down.ctx
         view = self.view

@@ -74,7 +74,7 @@ class AccessLog:
         self._ring: deque[tuple[int, bytes]] = deque()
         self._ring_records = 0
         self._listeners: list[Callable[[Record], None]] = []
-        # loop.time() is time.monotonic() on asyncio and uvloop alike
+        # exchanges are timed with time.monotonic() (ListenerContext.now)
         self._wall_offset = time.time() - time.monotonic()
         self._line_at = -1  # the second _line_second formats: b'{"time":"<date>T<time>'
         self._line_second = b""
@@ -174,7 +174,7 @@ class AccessLog:
         traceparent: bytes,
         retries: int,
     ) -> None:
-        """One HTTP exchange: ``started``/``finished`` in loop seconds, the raw request
+        """One HTTP exchange: ``started``/``finished`` from ``time.monotonic()``, the raw request
         target, ``upstream`` "" for none, ``made``: the mesh made ``request_id`` (hex and
         dashes: written without a quoting pass), ``traceparent`` b"" for none."""
         if not self.enabled:
