@@ -167,7 +167,7 @@ async def ceiling(n: int) -> None:
     up.connection_made(up_t)  # type: ignore[arg-type]
     down.up = up
     dt = drive(down, up, [REQUEST] * (n + 1000), lambda: None)
-    print(f"{dt / n * 1e6:.1f} us/request (ceiling: bench/baseline_proxy.py)")
+    print(f"{dt / n * 1e6:.2f} us/request (ceiling: bench/baseline_proxy.py)")
     assert down_t.written == up_t.written == n + 1000, "requests did not all complete"
 
 
@@ -202,7 +202,7 @@ async def main(args: argparse.Namespace) -> None:
 
     dt = drive(entry, conn, requests, log.flush)
     print(
-        f"{dt / n * 1e6:.1f} us/request ({args.routes} routes, access log {not args.no_access_log}"
+        f"{dt / n * 1e6:.2f} us/request ({args.routes} routes, access log {not args.no_access_log}"
         f"{', behind TLS' if args.tls else ''})"
     )
     assert down_t.written == up_t.written == n + 1000, "requests did not all complete"

@@ -73,6 +73,10 @@ UpstreamOwner: TypeAlias = "Exchange"
 Waiter: TypeAlias = "Exchange"
 
 
+# A response head may be this long (Envoy's default max_response_headers_kb): past it the
+# response is a protocol error (502), not a buffer that grows as long as the upstream writes.
+MAX_RESPONSE_HEAD: Final = 60 * 1024
+
 # Response framings (how the downstream learns where the body ends).
 FRAMING_LENGTH: Final = 0  # Content-Length
 FRAMING_CHUNKED: Final = 1  # chunked (or must be re-framed as chunked)
@@ -132,6 +136,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_bodyless",
         "_feed",
         "_framing",
+        "_head_bytes",
         "_headers",
         "_interim",
         "_keeps_alive",
@@ -171,6 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reading_paused = False  # by the downstream's backpressure
         self._headers: Headers = []
+        self._head_bytes = -1  # read while the response head is not complete; -1: not reading one
         self._bodyless = False
         # names a response's Connection header adds to the hop-by-hop set (rare)
         self.connection_tokens = NO_TOKENS
@@ -194,6 +200,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.owner = owner
         self.served += 1
         self._headers = []
+        self._head_bytes = 0
         self._bodyless = bodyless
         self._framing = FRAMING_LENGTH
         self.connection_tokens = NO_TOKENS
@@ -243,16 +250,25 @@ class UpstreamConnection(asyncio.Protocol):
                 owner.up_upgraded(self, data[offset:])
             return
         except httptools.HttpParserError as exc:
-            if self.owner is owner:
-                self.owner = None
-                assert self.transport is not None
-                self.transport.abort()
-                owner.up_lost(self, exc)
+            self._protocol_error(owner, exc)
             return
+        if self._head_bytes >= 0:  # still in the head: llhttp would buffer it without end
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD:
+                kib = MAX_RESPONSE_HEAD // 1024
+                self._protocol_error(owner, ValueError(f"response head over {kib} KiB"))
+                return
         if self._replace_parser:  # after a HEAD response llhttp still waits for the body
             self._replace_parser = False
             self._new_parser()
         owner.up_after_data()
+
+    def _protocol_error(self, owner: UpstreamOwner, exc: Exception) -> None:
+        if self.owner is owner:
+            self.owner = None
+            assert self.transport is not None
+            self.transport.abort()
+            owner.up_lost(self, exc)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -303,6 +319,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers = []
             return
         headers = self._headers
+        self._head_bytes = -1
         self.keep_alive = self._keeps_alive()  # llhttp forgets it at the end
         framing = FRAMING_CLOSE
         kept: Headers = []  # one pass finds the framing and drops hop-by-hop headers

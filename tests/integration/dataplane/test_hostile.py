@@ -4,6 +4,7 @@ once, and the listener keeps serving everyone else."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -172,6 +173,45 @@ async def test_upstream_speaking_garbage_is_502() -> None:
     async with server, running(snapshot(service("api", ("127.0.0.1", port), retries=None))) as m:
         raw = await raw_exchange(m.address("web>api"), CLOSE_REQUEST)
     assert status_of(raw) == 502
+
+
+async def test_upstream_head_without_end_is_502() -> None:
+    """A response head that never ends (one header line growing forever) is cut off at
+    60 KiB with a 502, not buffered for as long as the upstream writes."""
+
+    async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nx-big: ")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):  # 1.6 MB at most, unless cut off first
+                writer.write(b"a" * 8192)
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    server, port = await _raw_upstream(endless_head)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port), retries=None))) as m:
+        raw = await asyncio.wait_for(raw_exchange(m.address("web>api"), CLOSE_REQUEST), 5)
+        assert status_of(raw) == 502
+        assert b"response head over 60 KiB" in raw
+    assert m.records()[0]["flags"] == "UC"
+
+
+async def test_upstream_head_under_the_limit_with_a_large_body_in_the_same_read() -> None:
+    """The limit counts the head only: a 50 KiB head sent in one write with 200 KiB of body
+    is passed on whole."""
+    body = b"b" * 200_000
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\nx-big: " + b"h" * 50_000 + b"\r\n"
+        writer.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
+    server, port = await _raw_upstream(big)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port), retries=None))) as m:
+        raw = await raw_exchange(m.address("web>api"), CLOSE_REQUEST)
+    assert status_of(raw) == 200
+    assert raw.endswith(body)
 
 
 async def test_garbage_on_a_tcp_listener_does_not_hurt_other_clients() -> None:
