@@ -44,8 +44,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,6 +55,15 @@ from tests.support.services import run_postgres, run_redis  # noqa: E402
 
 PG_BIN = Path(os.environ.get("LOCALMESH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PYTHON = sys.executable
+
+Metrics = dict[str, float]  # one measurement: {"rps": ..., "p99_ms": ...}
+Round = dict[str, dict[str, Metrics]]  # path ("http", "tcp", ...) -> who ("haproxy", ...) -> it
+
+
+class Results(TypedDict):
+    rounds: list[Round]
+    localmesh_only: NotRequired[dict[str, list[object]]]
+    pinned: NotRequired[bool]
 
 
 def free_port() -> int:
@@ -88,9 +98,16 @@ class Procs:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         self.procs.append(proc)
         return proc
 
@@ -254,14 +271,14 @@ def mesh(procs: Procs, cpu: list[str], *args: str) -> Iterator[subprocess.Popen[
         proc.wait(10)
 
 
-def measure(args: argparse.Namespace) -> dict[str, object]:
+def measure(args: argparse.Namespace) -> Results:
     proxy_cpu, other_cpu = cpus()
     only = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="localmesh-bench-"))
     procs = Procs(tmp)
     ports = {k: free_port() for k in ("nginx", "http", "tcp", "redis", "pg", "baseline")}
     mesh_ports = {k: free_port() for k in ("http", "tcp", "redis", "pg", "http1000")}
-    results: dict[str, object] = {"rounds": []}
+    results: Results = {"rounds": []}
     try:
         with run_redis() as redis_server, run_postgres() as pg:
             for proc in (redis_server.proc, pg.proc):
@@ -317,7 +334,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             d = args.duration
             with mesh(procs, proxy_cpu, *mesh_args):
                 for _ in range(args.rounds):
-                    rnd: dict[str, object] = {}
+                    rnd: Round = {}
                     if "http" in only:
                         rnd["http"] = {
                             "direct": wrk(ports["nginx"], d, other_cpu),
@@ -343,7 +360,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                             "haproxy": pgbench(ports["pg"], d, other_cpu),
                             "localmesh": pgbench(mesh_ports["pg"], d, other_cpu),
                         }
-                    results["rounds"].append(rnd)  # type: ignore[attr-defined]
+                    results["rounds"].append(rnd)
             extra: dict[str, list[object]] = {}
             if "extra" in only:
                 http1000 = [
@@ -381,17 +398,17 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     return results
 
 
-def median(rounds: list[dict[str, object]], kind: str, who: str, key: str) -> float:
-    return statistics.median(r[kind][who][key] for r in rounds)  # type: ignore[index]
+def median(rounds: list[Round], kind: str, who: str, key: str) -> float:
+    return statistics.median(r[kind][who][key] for r in rounds)
 
 
-def spread(rounds: list[dict[str, object]], kind: str, who: str, key: str) -> str:
-    values = [r[kind][who][key] for r in rounds]  # type: ignore[index]
+def spread(rounds: list[Round], kind: str, who: str, key: str) -> str:
+    values = [r[kind][who][key] for r in rounds]
     return f"{min(values):.0f}–{max(values):.0f}" if len(values) > 1 else ""
 
 
-def report(res: dict[str, object]) -> str:
-    rounds: list[dict[str, object]] = res["rounds"]  # type: ignore[assignment]
+def report(res: Results) -> str:
+    rounds = res["rounds"]
     lines = [
         f"median of {len(rounds)} round(s); per-round range of localmesh in brackets",
         "",
@@ -402,11 +419,11 @@ def report(res: dict[str, object]) -> str:
     def row(label: str, kind: str, key: str) -> None:
         if kind not in rounds[0]:
             return
-        who = rounds[0][kind]  # type: ignore[index]
+        who = rounds[0][kind]
         h = median(rounds, kind, "haproxy", key)
         m = median(rounds, kind, "localmesh", key)
         cells = [
-            f"{median(rounds, kind, w, key):.0f}" if w in who else "-"  # type: ignore[operator]
+            f"{median(rounds, kind, w, key):.0f}" if w in who else "-"
             for w in ("direct", "haproxy", "baseline")
         ]
         rng = spread(rounds, kind, "localmesh", key)
@@ -416,7 +433,7 @@ def report(res: dict[str, object]) -> str:
         if kind not in rounds[0]:
             return
         p = {w: (median(rounds, kind, w, "p50_ms"), median(rounds, kind, w, "p99_ms"))
-             for w in rounds[0][kind]}  # type: ignore[union-attr]  # fmt: skip
+             for w in rounds[0][kind]}  # fmt: skip
         text = ", ".join(f"{w} {p50:.2f} / {p99:.2f} ms" for w, (p50, p99) in p.items())
         ratio = p["localmesh"][1] / p["haproxy"][1]
         lines.append(f"{kind} p50 / p99: {text} (p99 localmesh/HAProxy **{ratio:.2f}x**)")

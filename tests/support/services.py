@@ -350,8 +350,8 @@ def run_http_backend(
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         server = site._server  # aiohttp exposes the bound port only here
-        assert server is not None
-        backend.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        assert isinstance(server, asyncio.Server)  # a stdlib loop (aiohttp types AbstractServer)
+        backend.port = server.sockets[0].getsockname()[1]
         runner_box.append(runner)
 
     def serve() -> None:

@@ -75,7 +75,8 @@ def _dangling(store: DebianStore) -> list[str]:
 def _fetch(port: int, cafile: str | None) -> str:
     ctx = ssl.create_default_context(cafile=cafile)
     with urllib.request.urlopen(f"https://localhost:{port}/", context=ctx, timeout=5) as resp:
-        return resp.read().decode()
+        body: bytes = resp.read()  # urlopen is typed as returning Any
+        return body.decode()
 
 
 def _server_context(ca: CertificateAuthority) -> ssl.SSLContext:

@@ -6,7 +6,7 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 class TlsServer:
     host: str
     port: int
-    peer_certs: list[dict[str, object]] = field(default_factory=list)
+    peer_certs: list[Mapping[str, object]] = field(default_factory=list)
 
 
 @contextlib.contextmanager

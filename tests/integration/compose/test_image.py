@@ -10,6 +10,7 @@ from pathlib import Path
 import docker
 import pytest
 
+import localmesh
 from localmesh.compose import engine, image
 from localmesh.errors import DockerError
 
@@ -41,7 +42,7 @@ def test_image_runs_the_installed_cli_and_is_built_once(docker_engine: str) -> N
     out = subprocess.run(
         ["docker", "run", "--rm", tag, "--version"], capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == f"localmesh {image.localmesh.__version__}"
+    assert out.stdout.strip() == f"localmesh {localmesh.__version__}"
     tools = subprocess.run(
         [
             "docker",

@@ -78,7 +78,11 @@ async def test_good_edits_apply_under_load_with_zero_failures(
                 took = await until(applied, limit=3.0, what=f"version {version} served")
                 assert took < 1.0, f"version {version} took {took:.2f}s to apply"
                 before = load.ok
-                await until(lambda b=before: load.ok > b + 20, what="traffic continues")
+
+                def continues(b: int = before) -> bool:
+                    return load.ok > b + 20
+
+                await until(continues, what="traffic continues")
         assert load.failures == []
         assert runtime.plane is not None
         assert runtime.plane.status()["snapshot"]["version"] == 6

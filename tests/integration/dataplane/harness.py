@@ -24,7 +24,9 @@ from localmesh.runtime.snapshot import Endpoint, ListenerSpec, Snapshot
 from localmesh.runtime.telemetry import AccessLog, MeshMetrics
 
 
-def endpoints_of(*addresses: tuple[str, int], labels: Iterable[tuple[tuple[str, str], ...]] = ()):
+def endpoints_of(
+    *addresses: tuple[str, int], labels: Iterable[tuple[tuple[str, str], ...]] = ()
+) -> tuple[StaticEndpoint, ...]:
     labels = list(labels)
     return tuple(
         StaticEndpoint(h, p, labels[i] if i < len(labels) else ())

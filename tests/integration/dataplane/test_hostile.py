@@ -127,7 +127,7 @@ async def test_idle_connection_is_closed_quietly(http_backend: HttpBackend) -> N
 
 async def _raw_upstream(
     handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-):
+) -> tuple[asyncio.Server, int]:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 

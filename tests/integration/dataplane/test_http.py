@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -80,7 +81,7 @@ async def test_malformed_incoming_b3_is_replaced_not_duplicated(http_backend: Ht
 async def test_bodies_stream_both_ways(http_backend: HttpBackend) -> None:
     big = 8 * 1024 * 1024
 
-    async def chunks():  # chunked upload, larger than any buffer
+    async def chunks() -> AsyncIterator[bytes]:  # chunked upload, larger than any buffer
         for _ in range(64):
             yield b"z" * (big // 64)
 

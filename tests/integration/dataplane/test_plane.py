@@ -145,7 +145,7 @@ async def test_endpoint_changes_keep_the_state_of_staying_endpoints(
         both = service("api", (http_backend.host, http_backend.port), (other.host, other.port))
         async with running(snapshot(one)) as mesh:
             state = mesh.plane.clusters()[0]
-            assert [e["address"] for e in state["endpoints"]] == [  # type: ignore[index]
+            assert [e["address"] for e in state["endpoints"]] == [
                 f"{http_backend.host}:{http_backend.port}"
             ]
             await raw_exchange(
@@ -153,9 +153,9 @@ async def test_endpoint_changes_keep_the_state_of_staying_endpoints(
             )
             await mesh.plane.apply(dataclasses.replace(snapshot(both), version=2))
             endpoints = mesh.plane.clusters()[0]["endpoints"]
-            assert len(endpoints) == 2  # type: ignore[arg-type]
-            assert endpoints[0]["total_requests"] == 1  # type: ignore[index]
-            assert endpoints[1]["total_requests"] == 0  # type: ignore[index]
+            assert len(endpoints) == 2
+            assert endpoints[0]["total_requests"] == 1
+            assert endpoints[1]["total_requests"] == 0
 
 
 async def test_close_finishes_in_flight_requests_and_drops_idle_connections(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypedDict
 
 import aiohttp
 import pytest
@@ -27,10 +28,16 @@ from localmesh.config.model import (
 from tests.integration.dataplane.harness import Mesh, eventually, running, service, snapshot
 from tests.support.services import HttpBackend, free_port, run_http_backend
 
-FAST = {"backoff_base": 0.001, "backoff_max": 0.005}
+
+class Backoff(TypedDict):
+    backoff_base: float
+    backoff_max: float
 
 
-def failing_app(fail_first: int, status: int = 503):
+FAST: Backoff = {"backoff_base": 0.001, "backoff_max": 0.005}
+
+
+def failing_app(fail_first: int, status: int = 503) -> Callable[[HttpBackend], web.Application]:
     """Answers ``status`` to the first ``fail_first`` requests, then 200."""
 
     def factory(backend: HttpBackend) -> web.Application:
@@ -125,7 +132,7 @@ async def test_connect_failure_moves_to_another_endpoint(http_backend: HttpBacke
         statuses = [(await get(s, mesh.url("web>api", "/")))[0] for _ in range(10)]
         clusters = {c["service"]: c for c in mesh.plane.clusters()}
     assert statuses == [200] * 10
-    dead_ep = clusters["api"]["endpoints"][0]  # type: ignore[index]
+    dead_ep = clusters["api"]["endpoints"][0]
     assert dead_ep["ejected"] is True
     assert mesh.metrics._ejections.values["api"] == 1
 

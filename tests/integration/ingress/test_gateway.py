@@ -13,7 +13,7 @@ import io
 import json
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -605,7 +605,8 @@ ingress:
                     assert await whoami(ip) == f"spiffe://{TD}/svc/{name}"
             # one connection allowed: a request queued behind another caller's gets a
             # connection of its own identity, not the freed one
-            got = await asyncio.gather(whoami("127.0.0.2", 0.2), whoami("127.0.0.3"))
+            # gather returns a list; typeshed types it as a tuple, which a list never equals
+            got: Sequence[str] = await asyncio.gather(whoami("127.0.0.2", 0.2), whoami("127.0.0.3"))
             assert got == [f"spiffe://{TD}/svc/web", f"spiffe://{TD}/svc/worker"]
 
             port_https = gateway.addresses()[HTTPS_LISTENER][1]

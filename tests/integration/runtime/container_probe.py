@@ -56,7 +56,11 @@ def main() -> None:
     ).stdout.splitlines()
     for u in plan.upstreams:
         for p in u.ports:
-            serve(u.vip, p.port, lambda _c, s=u.service, n=p.port: f"{s}:{n}")
+
+            def named(_c: socket.socket, s: str = u.service, n: int = p.port) -> str:
+                return f"{s}:{n}"
+
+            serve(u.vip, p.port, named)
     serve("0.0.0.0", INTERCEPT_PORT, lambda c: f"intercept {original_dst(c)}")
     found = asyncio.run(DnsDiscovery(plan).resolve_once())
     report = {

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from localmesh.compose.planner import EngineFacts, Planned, make_plan
-from localmesh.compose.project import ComposeProject
+from localmesh.compose.project import ComposeProject, KeyPath
 from localmesh.config.model import MeshConfig, MeshSettings, PortSpec, Protocol, Service
 from localmesh.config.names import replicas
 from localmesh.errors import ConfigError, Position
@@ -23,7 +23,9 @@ def project(services: dict[str, Any], networks: dict[str, Any] | None = None) ->
         if "network_mode" not in svc:
             svc.setdefault("networks", {"default": None})
     model = {"name": "p", "services": services, "networks": nets}
-    positions = {("services", n): Position(FILE, i + 2, 3) for i, n in enumerate(services)}
+    positions: dict[KeyPath, Position] = {
+        ("services", n): Position(FILE, i + 2, 3) for i, n in enumerate(services)
+    }
     return ComposeProject("p", Path("/p"), (Path(FILE),), model, positions)
 
 

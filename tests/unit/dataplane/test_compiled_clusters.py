@@ -153,4 +153,4 @@ def test_the_ingress_finds_hosts_in_any_case_with_a_port_and_remembers_only_matc
     for i in range(3000):  # a client making up Host headers does not grow it without bound
         assert router.virtual_host(b"nope%d.localhost" % i) is None
         router.virtual_host(b"shop.localhost:%d" % i)
-    assert len(router._seen) <= 1024  # type: ignore[attr-defined]
+    assert len(router._seen) <= 1024

@@ -115,7 +115,7 @@ async def test_a_failed_lookup_keeps_the_last_answer_and_no_such_name_empties() 
 
 
 async def test_run_publishes_changes_only_and_trigger_resolves_at_once() -> None:
-    answers = {"db.shop_localmesh": ("10.213.10.9",)}
+    answers: dict[str, tuple[str, ...]] = {"db.shop_localmesh": ("10.213.10.9",)}
     lookups = 0
 
     async def resolve(name: str) -> tuple[str, ...] | None:

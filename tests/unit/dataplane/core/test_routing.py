@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -18,7 +19,7 @@ from localmesh.config.model import (
     Service,
     StringMatch,
 )
-from localmesh.runtime.dataplane.core.routing import RouteTable, compile_routes
+from localmesh.runtime.dataplane.core.routing import Headers, RouteTable, compile_routes
 
 pytestmark = pytest.mark.unit
 
@@ -32,12 +33,19 @@ def table(*routes: Route, service: Service | None = None) -> RouteTable[Destinat
     return compile_routes(svc, lambda d: d)
 
 
-def name_of(t: RouteTable[Destination], path: bytes = b"/", **kw: object) -> str | None:
+class Request(TypedDict, total=False):
+    method: bytes
+    headers: Headers
+    query: bytes
+    source: str
+
+
+def name_of(t: RouteTable[Destination], path: bytes = b"/", **kw: Unpack[Request]) -> str | None:
     method = kw.get("method", b"GET")
     headers = kw.get("headers", [])
     query = kw.get("query", b"")
     source = kw.get("source", "web")
-    m = t.match(method, path, query, headers, source)  # type: ignore[arg-type]
+    m = t.match(method, path, query, headers, source)
     return None if m is None else m.route.name
 
 
@@ -80,13 +88,13 @@ def test_method_header_query_and_source_conditions_all_apply() -> None:
         ),
         Route("rest"),
     )
-    ok = {"method": b"POST", "headers": [(b"x-user", b"admin")], "query": b"v=2&x=1"}
+    ok: Request = {"method": b"POST", "headers": [(b"x-user", b"admin")], "query": b"v=2&x=1"}
     assert name_of(t, **ok) == "strict"
-    assert name_of(t, **{**ok, "method": b"GET"}) == "rest"
-    assert name_of(t, **{**ok, "headers": [(b"x-user", b"bob")]}) == "rest"
-    assert name_of(t, **{**ok, "headers": [(b"x-user", b"admin"), (b"x-debug", b"1")]}) == "rest"
-    assert name_of(t, **{**ok, "query": b"v=3"}) == "rest"
-    assert name_of(t, **{**ok, "source": "worker"}) == "rest"
+    assert name_of(t, **(ok | {"method": b"GET"})) == "rest"
+    assert name_of(t, **(ok | {"headers": [(b"x-user", b"bob")]})) == "rest"
+    assert name_of(t, **(ok | {"headers": [(b"x-user", b"admin"), (b"x-debug", b"1")]})) == "rest"
+    assert name_of(t, **(ok | {"query": b"v=3"})) == "rest"
+    assert name_of(t, **(ok | {"source": "worker"})) == "rest"
 
 
 def test_header_presence_match_and_or_of_matches() -> None:
