@@ -28,7 +28,8 @@ there. That certificate lasts 30 days; ``localmesh up``/``generate`` renews it a
 its life, and a host added to a running mesh needs one of them to be re-run. Being every
 service's sidecar, the mesh container also originates mutual TLS as whichever service
 calls, with the identity in that service's directory (``MountedCertificates.workload``);
-those are renewed the same way.
+those are renewed the same way, and while ``localmesh up`` runs in the foreground it
+renews whatever falls due (``compose.generate.renew_certs``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class ContainerCerts:
     trust_dir: Path
     services: Mapping[str, ServiceCerts]
     ingress: Path | None = None  # the directory with the ingress cert, when there are hosts
+    # what this call issued (new or due): service names, MESH_IDENTITY_DIR, INGRESS_DIR
+    issued: tuple[str, ...] = ()
 
     @property
     def ca(self) -> Path:
@@ -159,6 +162,7 @@ def write_container_certs(
     system = system_roots_pem()
     _write_if_changed(trust_dir / "bundle.pem", system.rstrip(b"\n") + b"\n" + root)
     written: dict[str, ServiceCerts] = {}
+    issued: list[str] = []
     identities = [(s, out_dir / s) for s in services]
     if mesh_identity is not None:
         identities.append((mesh_identity, out_dir / MESH_IDENTITY_DIR))
@@ -169,6 +173,7 @@ def write_container_certs(
             ca.issue_workload(trust_domain, service, lifetime=lifetime, now=now).write(
                 entry.cert, entry.key
             )
+            issued.append(directory.name)
         if directory.name != MESH_IDENTITY_DIR:
             written[service] = entry
     ingress_dir = None
@@ -179,7 +184,8 @@ def write_container_certs(
         if found is None or _server_names(found) != {parse_host(n).value for n in ingress_names}:
             files.ensure_private_dir(ingress_dir)
             ca.issue_server(ingress_names, now=now).write(cert, key)
-    return ContainerCerts(trust_dir, written, ingress_dir)
+            issued.append(INGRESS_DIR)
+    return ContainerCerts(trust_dir, written, ingress_dir, tuple(issued))
 
 
 def ingress_cert_names(ingress: Ingress) -> tuple[str, ...]:

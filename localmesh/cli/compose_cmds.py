@@ -22,9 +22,10 @@ from localmesh.cli.config_cmds import (
     MeshIn,
     compose_options,
 )
-from localmesh.cli.output import console, err_console, print_json
+from localmesh.cli.output import console, err_console, print_error, print_json
 from localmesh.compose import lifecycle
-from localmesh.compose.generate import GenerateOptions, GenerateResult, generate
+from localmesh.compose.generate import GenerateOptions, GenerateResult, generate, renew_certs
+from localmesh.errors import LocalmeshError
 
 Output = Annotated[
     Path | None,
@@ -196,6 +197,17 @@ def _up(
     _follow(result)
 
 
+def _renew(generated: GenerateResult) -> None:
+    """Renew what fell due; a failure is reported and retried at the next check."""
+    try:
+        issued = renew_certs(generated)
+    except LocalmeshError as exc:
+        print_error(exc)
+        return
+    if issued:
+        console.print(f"renewed the certificates of {', '.join(issued)}")
+
+
 def _down(*, output: Output = None, volumes: Volumes = False) -> None:
     """Stop and remove what `localmesh up` started: containers, networks (-v: volumes)."""
     options = lifecycle.DownOptions(output=output, volumes=volumes)
@@ -302,20 +314,29 @@ def _print_up(result: lifecycle.UpResult) -> None:
     console.print(_status_table(result.containers))
 
 
+#: How often a foreground ``localmesh up`` looks for certificates that fell due.
+RENEW_CHECK_SECONDS = 600.0
+
+
 def _follow(result: lifecycle.UpResult) -> None:
     """Show the live status until Ctrl-C, then stop the project (as `docker compose up` does).
 
-    The banner is inside the ``try``: a Ctrl-C that lands while it prints must stop the
-    project too, not leave it running behind an exit code. SIGTERM (a CI job cancelled,
-    ``kill``) is treated as Ctrl-C.
+    Meanwhile it renews the containers' certificates as they fall due (workload identities
+    last 24 hours, the mesh container cannot issue them). The banner is inside the ``try``:
+    a Ctrl-C that lands while it prints must stop the project too, not leave it running
+    behind an exit code. SIGTERM (a CI job cancelled, ``kill``) is treated as Ctrl-C.
     """
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         _print_up(result)
+        next_check = time.monotonic() + RENEW_CHECK_SECONDS
         with Live(_status_table(result.containers), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(2)
                 live.update(_status_table(result.runner.ps()))
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + RENEW_CHECK_SECONDS
+                    _renew(result.generated)
     except KeyboardInterrupt:
         console.print("stopping (Ctrl-C again to leave it running)...")
         result.runner.check("stop")

@@ -31,7 +31,7 @@ import yaml
 
 from localmesh.ca import files
 from localmesh.ca.authority import CertificateAuthority
-from localmesh.ca.containers import ingress_cert_names, write_container_certs
+from localmesh.ca.containers import ContainerCerts, ingress_cert_names, write_container_certs
 from localmesh.ca.names import INGRESS_IDENTITY
 from localmesh.compose import emit, engine, image
 from localmesh.compose.addresses import parse_subnet
@@ -115,14 +115,7 @@ def generate(
     files.ensure_private_dir(state)
     files.ensure_private_dir(state / RUNTIME_DIR)
     ca, ca_created = CertificateAuthority.init()
-    certs = write_container_certs(
-        ca,
-        state / CERTS_DIR,
-        mesh.mesh.trust_domain,
-        [c.service for c in plan.clients],
-        ingress_names=ingress_cert_names(mesh.ingress),  # the mesh container cannot issue
-        mesh_identity=INGRESS_IDENTITY,  # what it presents under mutual TLS as itself
-    )
+    certs = _container_certs(ca, state, mesh, plan)
     base = image.base_image(options.base_image)
     tag = image_tag or image.mesh_image_tag(base)
     spec = MeshService(
@@ -159,6 +152,27 @@ def generate(
         base_image=base,
         changed=changed,
         ca_created=ca_created,
+    )
+
+
+def renew_certs(result: GenerateResult) -> tuple[str, ...]:
+    """Renew what ``generate`` wrote for the containers that has fallen due (2/3 of its
+    life): what a running project needs, since the mesh container reads renewed files but
+    cannot issue them. Returns what was issued (service names, ``localmesh``, ``ingress``)."""
+    state = result.compose_file.parent
+    return _container_certs(CertificateAuthority.load(), state, result.mesh, result.plan).issued
+
+
+def _container_certs(
+    ca: CertificateAuthority, state: Path, mesh: MeshConfig, plan: MeshPlan
+) -> ContainerCerts:
+    return write_container_certs(
+        ca,
+        state / CERTS_DIR,
+        mesh.mesh.trust_domain,
+        [c.service for c in plan.clients],
+        ingress_names=ingress_cert_names(mesh.ingress),  # the mesh container cannot issue
+        mesh_identity=INGRESS_IDENTITY,  # what it presents under mutual TLS as itself
     )
 
 

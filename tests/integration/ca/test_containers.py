@@ -61,9 +61,11 @@ def test_layout_modes_and_environment(local_ca: CertificateAuthority, tmp_path: 
 
 def test_a_second_run_changes_nothing(local_ca: CertificateAuthority, tmp_path: Path) -> None:
     out = tmp_path / "certs"
-    write_container_certs(local_ca, out, "shop", ["api"])
+    first = write_container_certs(local_ca, out, "shop", ["api"], mesh_identity="ingress")
+    assert first.issued == ("api", MESH_IDENTITY_DIR)
     snapshot = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*.pem")}
-    write_container_certs(local_ca, out, "shop", ["api"])
+    second = write_container_certs(local_ca, out, "shop", ["api"], mesh_identity="ingress")
+    assert second.issued == ()
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*.pem")} == snapshot
 
 
@@ -74,6 +76,7 @@ def test_reissued_when_due_or_from_another_ca(
     first = write_container_certs(local_ca, out, "shop", ["api"]).services["api"].cert.read_bytes()
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=17)  # past 2/3 of 24 h
     second = write_container_certs(local_ca, out, "shop", ["api"], now=later)
+    assert second.issued == ("api",)
     assert second.services["api"].cert.read_bytes() != first
     monkeypatch.setenv("LOCALMESH_HOME", str(tmp_path / "other-home"))
     other, _ = CertificateAuthority.init()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from localmesh.ca import files
+from localmesh.ca.authority import CertificateAuthority
+from localmesh.cli import compose_cmds
 from localmesh.compose.addresses import candidates
-from localmesh.compose.generate import GenerateOptions, generate
+from localmesh.compose.generate import GenerateOptions, generate, renew_certs
 from localmesh.compose.project import compose_command
 
 pytestmark = pytest.mark.docker
@@ -211,3 +215,52 @@ def test_without_an_engine_generate_still_writes_and_says_so(
     assert [w.code for w in result.plan.warnings][:1] == ["no-engine"]
     assert result.plan.network.subnet == str(candidates(tmp_path.name)[0])
     assert result.compose_file.is_file()
+
+
+def test_renew_certs_reissues_what_fell_due_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a foreground `localmesh up` runs every few minutes: a workload identity past
+    2/3 of its life is issued again in place (the mesh container reads it from there)."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  a:\n    image: busybox\n  b:\n    image: busybox\n"
+    )
+    result = generate(GenerateOptions(cwd=tmp_path, base_image="localmesh-base:bookworm"))
+    assert renew_certs(result) == ()  # all fresh
+    certs = result.compose_file.parent / "certs"
+    ca = CertificateAuthority.load()
+    aged = dt.datetime.now(dt.UTC) - dt.timedelta(hours=17)  # 17 of 24 hours: due
+    ca.issue_workload(result.mesh.mesh.trust_domain, "a", now=aged).write(
+        certs / "a" / "cert.pem", certs / "a" / "key.pem"
+    )
+    old_a, old_b = (certs / "a" / "cert.pem").read_bytes(), (certs / "b" / "cert.pem").read_bytes()
+    assert renew_certs(result) == ("a",)
+    assert (certs / "a" / "cert.pem").read_bytes() != old_a
+    assert (certs / "b" / "cert.pem").read_bytes() == old_b
+    assert renew_certs(result) == ()
+
+
+def test_foreground_up_reports_renewals_and_survives_a_broken_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    (tmp_path / "compose.yaml").write_text("services:\n  a:\n    image: busybox\n")
+    result = generate(GenerateOptions(cwd=tmp_path, base_image="localmesh-base:bookworm"))
+    certs = result.compose_file.parent / "certs"
+    aged = dt.datetime.now(dt.UTC) - dt.timedelta(hours=17)
+    CertificateAuthority.load().issue_workload(result.mesh.mesh.trust_domain, "a", now=aged).write(
+        certs / "a" / "cert.pem", certs / "a" / "key.pem"
+    )
+    compose_cmds._renew(result)
+    assert "renewed the certificates of a" in capsys.readouterr().out
+    root_key = files.ca_dir() / "root-key.pem"
+    root_key.chmod(0o644)  # the CA refuses a key others can read: an error line, no traceback
+    try:
+        compose_cmds._renew(result)
+    finally:
+        root_key.chmod(0o600)
+    err = capsys.readouterr().err
+    assert "root-key.pem" in err
+    assert "Traceback" not in err
