@@ -248,14 +248,19 @@ class MountedCertificates:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._served: set[int] = set()  # serials of ingress certificates handed out
 
     @property
     def root_pem(self) -> bytes:
         return (self.directory / "trust" / "ca.pem").read_bytes()
 
     def issue_server(self, hosts: Iterable[str]) -> IssuedCert:
+        """The ingress certificate on disk. One already handed out and due for rotation is
+        refused (the rotator retries later): handing it out again would leave it due, and
+        the rotator would rotate it again at once, in a loop, until the host renewed it."""
+        where = self.directory / INGRESS_DIR
         hint = "run `localmesh up` again: it issues the ingress certificate on the host"
-        issued = _load_issued(self.directory / INGRESS_DIR, "ingress certificate", hint)
+        issued = _load_issued(where, "ingress certificate", hint)
         chain = (issued.cert, *issued.chain)
         missing = [h for h in hosts if parse_host(h).value not in _server_names(chain[0])]
         if missing:
@@ -263,6 +268,10 @@ class MountedCertificates:
                 f"the ingress certificate issued on the host does not name {', '.join(missing)}",
                 hint,
             )
+        due = rotation_due(issued.not_before, issued.not_after)
+        if issued.serial in self._served and dt.datetime.now(dt.UTC) >= due:
+            raise CAError(f"the ingress certificate in {where} is not renewed yet", hint)
+        self._served.add(issued.serial)
         return issued
 
     def workload(self, directory: str, spiffe_id: str) -> RotatingCert:

@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from localmesh.ca.authority import CertificateAuthority
+from localmesh.ca.authority import CertificateAuthority, IssuedCert
 from localmesh.ca.containers import (
     CONTAINER_BUNDLE,
     CONTAINER_CA,
     CONTAINER_CERT,
     CONTAINER_KEY,
+    INGRESS_DIR,
     MESH_IDENTITY_DIR,
     MountedCertificates,
     write_container_certs,
 )
-from localmesh.ca.rotation import load_into
+from localmesh.ca.rotation import RotatingCert, Rotator, load_into
 from localmesh.errors import CAError
 from tests.integration.ca.tls_server import https_server
 
@@ -123,6 +124,34 @@ def test_mounted_workload_identities_follow_the_host(
     with pytest.raises(CAError, match="no usable workload identity spiffe://shop/svc/web") as err:
         mounted.workload("web", "spiffe://shop/svc/web")
     assert "run `localmesh up` again" in (err.value.hint or "")
+
+
+def test_mounted_ingress_certificate_due_is_retried_not_rotated_in_a_loop(
+    local_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """A due ingress certificate read again unchanged is an error the rotator retries
+    later; handed out again it would stay due and be rotated again at once, in a loop."""
+    out = tmp_path / "certs"
+    names = ["shop.localhost"]
+    aged = dt.datetime.now(dt.UTC) - dt.timedelta(days=21)  # 21 of 30 days: due, still valid
+    write_container_certs(local_ca, out, "shop", [], ingress_names=names, now=aged)
+    mounted = MountedCertificates(out)
+    reads: list[int] = []
+
+    def load() -> IssuedCert:
+        reads.append(1)
+        return mounted.issue_server(names)
+
+    cert = RotatingCert("ingress", load)  # a mesh container starting late still serves it
+    rotator = Rotator()
+    rotator.add(cert)
+    assert rotator.rotate_due() == []  # due, not renewed on the host: refused
+    assert rotator.rotate_due() == []  # and not read again before the retry time
+    assert len(reads) == 2
+    first = cert.current.serial
+    renewed = write_container_certs(local_ca, out, "shop", [], ingress_names=names)
+    assert renewed.issued == (INGRESS_DIR,)
+    assert cert.rotate().serial != first
 
 
 @pytest.mark.docker
