@@ -33,8 +33,10 @@ ROTATE_AT = 2 / 3
 #: Wake at least this often and re-read the wall clock: a monotonic sleep does not count time
 #: a suspended laptop spent asleep, the certificate's clock does.
 MAX_SLEEP = 60.0
-#: After a failed issue, retry this soon (bounded by the time left).
-RETRY_AFTER = 5.0
+#: After a failed issue, retry this soon (sooner when less time is left). In the mesh
+#: container a failure usually means the host has not renewed the files yet, which can take
+#: hours: each retry logs an error, so once a minute, not every few seconds.
+RETRY_AFTER = 60.0
 
 
 def rotation_due(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
