@@ -130,3 +130,22 @@ def test_a_ring_of_zero_keeps_only_the_last_batch() -> None:
         _exchange(log, status=status)
     assert log.recent() == []  # nothing is asked for, and nothing breaks
     assert len(log._ring) == 1
+
+
+def test_errors_older_than_the_ring_are_still_found_by_a_filtered_search() -> None:
+    """The ring is a short window under load; error records (400 and up, or a response
+    flag, from exchanges and from other records) are kept apart and searched after it."""
+    log = AccessLog(None, ring_size=5, error_ring_size=3, batch_limit=4)
+    _exchange(log, status=503, flags="UF", request_id=b"gone")  # pushed out of both rings
+    _exchange(log, status=503, flags="UF", request_id=b"first")  # and so is this one
+    log.log({"destination": "db", "status": 0, "flags": "UC"})  # a TCP connection's record
+    _exchange(log, status=200, flags="UT", request_id=b"timed-out")  # a flag, any status
+    for _ in range(20):
+        _exchange(log, status=200)
+    _exchange(log, status=404, request_id=b"recent")  # in the ring and in the error ring
+    errors = log.recent(match=lambda r: r.get("status", 0) >= 400 or r.get("flags") != "-")
+    assert [r.get("request_id") for r in errors] == [None, "timed-out", "recent"]
+    assert errors[0]["destination"] == "db"
+    assert [r["request_id"] for r in log.recent(match=lambda r: r["status"] == 503)] == []
+    assert len(log.recent()) == 5  # an unfiltered search is the ring alone, as before
+    assert [r["request_id"] for r in log.recent(limit=2, match=lambda r: True)][-1] == "recent"
