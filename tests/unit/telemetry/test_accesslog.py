@@ -113,6 +113,23 @@ def test_a_file_sink_gets_the_lines_after_what_was_written_to_it_before(tmp_path
     assert json.loads(lines[1])["request_id"] == "0af7651916cd43dd"
 
 
+def test_records_wait_for_the_flush_then_reach_sink_subscribers_and_ring() -> None:
+    sink = io.StringIO()
+    log = AccessLog(sink, ring_size=2)
+    for i in range(3):
+        log.log({"status": 200 + i})
+    assert sink.getvalue() == ""  # nothing written on the request path
+    seen: list[int] = []
+    log.subscribe(lambda r: seen.append(r["status"]))
+    log.flush()
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert [r["status"] for r in lines] == [200, 201, 202]
+    assert seen == [200, 201, 202]
+    assert [r["status"] for r in log.recent()] == [201, 202]
+    assert log.recent(match=lambda r: r["status"] == 202) == [{"status": 202}]
+    assert log.recent(limit=0) == []
+
+
 def test_the_ring_keeps_the_last_records_across_batches() -> None:
     log = AccessLog(None, ring_size=3, batch_limit=2)
     for status in range(200, 207):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import json
-
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from localmesh.runtime.telemetry import AccessLog, MeshMetrics
+from localmesh.runtime.telemetry import MeshMetrics
 from localmesh.runtime.telemetry.metrics import (
     HTTP_LABELS,
     SIZE_BUCKETS,
@@ -99,23 +96,6 @@ def test_local_counters_and_build_info() -> None:
     assert reloads == {"applied": 1, "rejected": 1}
     assert samples["localmesh_config_version"] == [({}, 7.0)]
     assert samples["istio_build"][0][0]["component"] == "proxy"
-
-
-def test_access_log_buffers_until_flush_and_keeps_a_ring() -> None:
-    sink = io.StringIO()
-    log = AccessLog(sink, ring_size=2)
-    for i in range(3):
-        log.log({"status": 200 + i})
-    assert sink.getvalue() == ""  # nothing written on the request path
-    seen: list[int] = []
-    log.subscribe(lambda r: seen.append(r["status"]))
-    log.flush()
-    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
-    assert [r["status"] for r in lines] == [200, 201, 202]
-    assert seen == [200, 201, 202]
-    assert [r["status"] for r in log.recent()] == [201, 202]
-    assert log.recent(match=lambda r: r["status"] == 202) == [{"status": 202}]
-    assert log.recent(limit=0) == []
 
 
 def test_size_buckets_by_integers_match_the_bounds() -> None:
