@@ -41,6 +41,7 @@ from localmesh.errors import ComposeError, DockerError, LocalmeshError, RuntimeS
 
 MESH_SERVICE = "localmesh"
 LOG_TAIL = 8
+TIMED_OUT = -1  # ComposeRunner.run: the command ran out of time and was stopped
 
 
 class Ui(Protocol):
@@ -232,7 +233,9 @@ class ComposeRunner:
         on_line: Callable[[str], None] | None = None,
         timeout: float | None = None,
     ) -> tuple[int, str]:
-        """Run and return ``(exit code, output)``; ``on_line`` sees each line as it comes."""
+        """Run and return ``(exit code, output)``; ``on_line`` sees each line as it comes.
+        Past ``timeout`` the command is stopped and the code is ``TIMED_OUT``, whatever it
+        exited with when stopped (Compose exits 1 or 130 on SIGTERM)."""
         proc = subprocess.Popen(
             self.command(*args),
             cwd=self.compose_file.parent,
@@ -255,8 +258,8 @@ class ComposeRunner:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.terminate()
-            code = proc.wait()
-            code = code if code else -1
+            proc.wait()
+            code = TIMED_OUT
         reader.join(5)
         return code, "\n".join(lines)
 
@@ -335,7 +338,7 @@ def up(options: UpOptions, ui: Ui) -> UpResult:
         on_line=progress, timeout=max(1.0, deadline - time.monotonic()),
     )  # fmt: skip
     if code != 0:
-        if code == -1:
+        if code == TIMED_OUT:
             reason = f"not ready after {options.timeout:.0f}s"
             raise not_ready_error(runner, runner.ps(), runner.services(), reason)
         unhealthy = _UNHEALTHY.search(out)

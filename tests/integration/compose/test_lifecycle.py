@@ -169,6 +169,37 @@ def test_a_service_that_never_gets_healthy_is_reported_with_its_log(
     assert project_containers(name) == []
 
 
+def test_running_out_of_time_inside_compose_up_is_not_ready_not_a_compose_failure(
+    tmp_path: Path, home: Path, docker_engine: str
+) -> None:
+    """`docker compose up -d` itself blocks while a dependency is not healthy: the timeout
+    that stops it is reported as "not ready" (exit 3) with what is waiting, not as a
+    Compose failure (exit 2)."""
+    name = f"lmwait{secrets.token_hex(3)}"
+    admin = free_port()
+    root = write_project(
+        tmp_path / "p",
+        name,
+        docker_engine,
+        extra="    depends_on: {slow: {condition: service_healthy}}\n"
+        "  slow:\n"
+        f"    image: {docker_engine}\n"
+        "    command: ['sh', '-c', 'echo still starting; sleep 600']\n"
+        "    healthcheck: {test: ['CMD', 'false'], interval: 1s, retries: 1000}\n",
+        mesh=f"mesh:\n  name: {name}\n  admin_port: {admin}\n",
+    )
+    try:
+        run = localmesh(root, "up", "-d", "--timeout", "12")
+        assert run.code == 3, run.err
+        assert "not ready after 12s" in run.err
+        assert "still starting" in run.err
+        assert "localmesh down" in run.err
+    finally:
+        down = localmesh(root, "down")
+    assert down.code == 0, down.err
+    assert project_containers(name) == []
+
+
 def test_down_without_up_says_there_is_nothing_to_stop(tmp_path: Path, home: Path) -> None:
     run = localmesh(tmp_path, "down")
     assert run.code == 2
