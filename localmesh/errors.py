@@ -97,6 +97,12 @@ class RuntimeStartError(LocalmeshError):
     exit_code = 3
 
 
+class NotRunningError(LocalmeshError):
+    """No mesh answers where a client command (status, config, logs) looked for one."""
+
+    exit_code = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """A non-fatal observation (analyze, generate): printed, never fails the command."""

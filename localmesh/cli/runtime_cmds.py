@@ -1,8 +1,9 @@
 """Commands: ``run`` (the runtime, host mode) and ``status``, ``config``, ``logs``.
 
 ``run`` is the runtime process itself. The other three are clients of its admin API
-(``--admin HOST:PORT`` or ``$LOCALMESH_ADMIN``, default 127.0.0.1:15000), so they work the
-same against a host-mode runtime and against the mesh container of ``localmesh up``.
+(``--admin HOST:PORT`` or ``$LOCALMESH_ADMIN``, else the project in the current directory,
+see ``admin_address``), so they work the same against a host-mode runtime and against the
+mesh container of ``localmesh up``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
@@ -27,19 +29,52 @@ from rich.text import Text
 
 from localmesh.cli.output import console, err_console, print_json
 from localmesh.config.values import parse_duration
-from localmesh.errors import LocalmeshError
+from localmesh.errors import LocalmeshError, NotRunningError
 
 DEFAULT_ADMIN = "127.0.0.1:15000"
 
 Admin = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--admin",
         envvar="LOCALMESH_ADMIN",
         metavar="HOST:PORT",
-        help="Admin API of the running mesh (env LOCALMESH_ADMIN).",
+        help="Admin API of the running mesh (env LOCALMESH_ADMIN). Default: the project in "
+        "this directory (the port `localmesh up` published, or mesh.yaml's admin_port), "
+        "else 127.0.0.1:15000.",
+        show_default=False,
     ),
 ]
+
+
+def admin_address(given: str | None, here: Path | None = None) -> str:
+    """``--admin`` as given (checked), else where the project in ``here`` serves it.
+
+    Several projects can be up at once, each on its own admin port: without this, a command
+    run in one project's directory would show another project's mesh. Tried in order: the
+    port ``localmesh up``/``generate`` published (``.localmesh/plan.json``), mesh.yaml's
+    ``mesh.admin_port`` (host mode), then the default port.
+    """
+    if given:
+        host, _, port = given.split("://")[-1].rstrip("/").rpartition(":")
+        if not host or not port.isdigit():
+            raise LocalmeshError(
+                f"--admin {given!r}: expected HOST:PORT", hint="e.g. --admin 127.0.0.1:15001"
+            )
+        return given
+    here = here or Path.cwd()
+    try:
+        plan = json.loads((here / ".localmesh" / "plan.json").read_text())
+        return f"127.0.0.1:{int(plan['published']['admin'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        mesh = yaml.safe_load((here / "mesh.yaml").read_text())
+        return f"127.0.0.1:{int(mesh['mesh']['admin_port'])}"
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return DEFAULT_ADMIN
+
+
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
@@ -59,7 +94,7 @@ class AdminClient:
             return exc  # a JSON error document with a status; callers read it
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise LocalmeshError(
+            raise NotRunningError(
                 f"cannot reach the admin API at {self.address}: {reason}",
                 hint="is `localmesh run` (or `localmesh up`) running? "
                 "Point --admin or LOCALMESH_ADMIN at it",
@@ -179,7 +214,7 @@ def register(app: typer.Typer) -> None:
     @app.command("status")
     def _status(
         *,
-        admin: Admin = DEFAULT_ADMIN,
+        admin: Admin = None,
         watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh live.")] = False,
         interval: Annotated[
             float, typer.Option("--interval", help="Seconds between refreshes (--watch).")
@@ -196,7 +231,7 @@ def register(app: typer.Typer) -> None:
 
           LOCALMESH_ADMIN=127.0.0.1:15001 localmesh status --json
         """
-        client = AdminClient(admin)
+        client = AdminClient(admin_address(admin))
         if json_out:
             print_json(client.get("/status"))
             return
@@ -214,7 +249,7 @@ def register(app: typer.Typer) -> None:
                 pass
 
     @app.command("config")
-    def _config(*, admin: Admin = DEFAULT_ADMIN, json_out: Json = False) -> None:
+    def _config(*, admin: Admin = None, json_out: Json = False) -> None:
         """The active compiled snapshot: config, listeners, endpoints (secrets redacted).
 
         Examples:
@@ -223,7 +258,7 @@ def register(app: typer.Typer) -> None:
 
           localmesh config --json | jq '.listeners'
         """
-        doc = AdminClient(admin).get("/config")
+        doc = AdminClient(admin_address(admin)).get("/config")
         if json_out:
             print_json(doc)
         else:
@@ -232,7 +267,7 @@ def register(app: typer.Typer) -> None:
     @app.command("logs")
     def _logs(
         *,
-        admin: Admin = DEFAULT_ADMIN,
+        admin: Admin = None,
         service: Annotated[
             str | None, typer.Option("--service", "-s", help="Only calls from or to it.")
         ] = None,
@@ -257,7 +292,7 @@ def register(app: typer.Typer) -> None:
             query["service"] = service
         if status:
             query["status"] = status
-        client = AdminClient(admin)
+        client = AdminClient(admin_address(admin))
         if not follow:
             records = client.get("/logs?" + urllib.parse.urlencode(query))["records"]
             for record in records:

@@ -1,0 +1,47 @@
+"""Which admin API `status`, `config` and `logs` talk to: the project in the directory
+they run in, so two projects up at once are never mixed up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from localmesh.cli.runtime_cmds import DEFAULT_ADMIN, AdminClient, admin_address
+from localmesh.errors import LocalmeshError, NotRunningError
+from tests.support.services import free_port
+
+
+def test_the_port_up_published_for_this_project_wins(tmp_path: Path) -> None:
+    (tmp_path / ".localmesh").mkdir()
+    plan = {"project": "shop2", "published": {"admin": 15001, "https": 9443}}
+    (tmp_path / ".localmesh" / "plan.json").write_text(json.dumps(plan))
+    (tmp_path / "mesh.yaml").write_text("mesh:\n  admin_port: 15007\n")
+    assert admin_address(None, tmp_path) == "127.0.0.1:15001"
+
+
+def test_host_mode_reads_mesh_yaml_then_falls_back_to_the_default(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text("mesh:\n  admin_port: 15007\n")
+    assert admin_address(None, tmp_path) == "127.0.0.1:15007"
+    (tmp_path / "mesh.yaml").write_text("services: {}\n")  # no admin_port: the default
+    assert admin_address(None, tmp_path) == DEFAULT_ADMIN
+    (tmp_path / "mesh.yaml").write_text("mesh: [unclosed\n")  # broken: validate says why
+    assert admin_address(None, tmp_path) == DEFAULT_ADMIN
+    assert admin_address(None, tmp_path / "elsewhere") == DEFAULT_ADMIN
+
+
+def test_a_given_address_is_used_as_given_and_nonsense_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text("mesh:\n  admin_port: 15007\n")
+    assert admin_address("127.0.0.1:16000", tmp_path) == "127.0.0.1:16000"
+    assert admin_address("http://[::1]:16000/", tmp_path) == "http://[::1]:16000/"
+    for bad in ("nonsense", "localhost:abc", ":15000"):
+        with pytest.raises(LocalmeshError, match="expected HOST:PORT") as err:
+            admin_address(bad, tmp_path)
+        assert err.value.exit_code == 2
+
+
+def test_no_mesh_answering_is_an_environment_error() -> None:
+    with pytest.raises(NotRunningError, match="cannot reach the admin API") as err:
+        AdminClient(f"127.0.0.1:{free_port()}", timeout=2).get("/status")
+    assert err.value.exit_code == 3
