@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from localmesh.cli.output import console, err_console, print_json
-from localmesh.config.values import parse_duration
+from localmesh.config.values import parse_duration, parse_status_filter
 from localmesh.errors import LocalmeshError, NotRunningError
 
 DEFAULT_ADMIN = "127.0.0.1:15000"
@@ -275,11 +275,16 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--status", help="Only these statuses: 503, 5xx, '4xx,503'."),
         ] = None,
-        limit: Annotated[int, typer.Option("--limit", "-n", help="How many recent records.")] = 50,
+        limit: Annotated[
+            int, typer.Option("--limit", "-n", min=0, help="How many recent records.")
+        ] = 50,
         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
         json_out: Json = False,
     ) -> None:
         """The access log (recent records, newest last), filtered by service and status.
+
+        Records are in the order their requests ended; each shows when its request started
+        (as Envoy logs). With a filter, older error records kept apart are searched too.
 
         Examples:
 
@@ -291,6 +296,10 @@ def register(app: typer.Typer) -> None:
         if service:
             query["service"] = service
         if status:
+            try:
+                parse_status_filter(status)
+            except ValueError as exc:
+                raise LocalmeshError(f"--status: {exc}", hint="e.g. --status 5xx,429") from None
             query["status"] = status
         client = AdminClient(admin_address(admin))
         if not follow:

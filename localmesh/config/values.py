@@ -93,6 +93,18 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
 
 
+_STATUS_FILTER = re.compile(r"[1-5](?:xx|\d\d)")
+
+
+def parse_status_filter(text: str) -> tuple[str, ...]:
+    """``'4xx,503'`` -> ``('4xx', '503')``: codes 100-599 and classes 1xx-5xx."""
+    items = tuple(s.strip().lower() for s in text.split(",") if s.strip())
+    for item in items:
+        if not _STATUS_FILTER.fullmatch(item):
+            raise ValueError(f"invalid status '{item}': a code (503) or a class (5xx)")
+    return items
+
+
 def is_hostname(name: str, *, wildcard: bool = False) -> bool:
     """A DNS name (``a.localhost``); with ``wildcard``, also ``*.localhost``."""
     if wildcard and name.startswith("*."):

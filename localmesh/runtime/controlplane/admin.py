@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from localmesh import __version__
+from localmesh.config.values import parse_status_filter
 from localmesh.errors import RuntimeStartError
 from localmesh.runtime.controlplane.codec import content_hash, encode, redact
 from localmesh.runtime.controlplane.plane import ControlPlane
@@ -59,12 +60,12 @@ def record_filter(
 ) -> Callable[[Record], bool] | None:
     """A predicate for access-log records: ``service`` (caller or callee) and ``status``.
 
-    ``status`` is a comma list of codes (``503``) and classes (``5xx``); records without
-    a status (TCP connections) never match a status filter.
+    ``status`` is a comma list of codes (``503``) and classes (``5xx``), else ValueError;
+    records without a status (TCP connections) never match a status filter.
     """
     if service is None and status is None:
         return None
-    wanted = [s.strip().lower() for s in (status or "").split(",") if s.strip()]
+    wanted = parse_status_filter(status or "")
 
     def match(record: Record) -> bool:
         if service is not None and service not in (
@@ -307,7 +308,10 @@ class AdminApi:
             limit = int(query.get("limit", "100"))
         except ValueError:
             return web.json_response({"error": "limit must be an integer"}, status=400)
-        match = record_filter(query.get("service") or None, query.get("status") or None)
+        try:
+            match = record_filter(query.get("service") or None, query.get("status") or None)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
         records = self.access_log.recent(limit=limit, match=match) if limit > 0 else []
         if query.get("follow") not in ("1", "true", "yes"):
             return web.json_response({"records": records})

@@ -237,6 +237,9 @@ def test_record_filter_rules() -> None:
     assert match is not None
     assert match({"source": "db", "status": 418})
     assert not match({"destination": "api", "status": 200})
+    for bad in ("6xx", "abc", "5x", "50", "1000"):
+        with pytest.raises(ValueError, match=r"a code \(503\) or a class \(5xx\)"):
+            record_filter(status=bad)
 
 
 async def test_admin_bind_failure_is_a_runtime_start_error(harness: Harness) -> None:

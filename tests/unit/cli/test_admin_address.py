@@ -11,6 +11,7 @@ import pytest
 from localmesh.cli.runtime_cmds import DEFAULT_ADMIN, AdminClient, admin_address
 from localmesh.errors import LocalmeshError, NotRunningError
 from tests.support.services import free_port
+from tests.unit.cli.test_main import run
 
 
 def test_the_port_up_published_for_this_project_wins(tmp_path: Path) -> None:
@@ -45,3 +46,14 @@ def test_no_mesh_answering_is_an_environment_error() -> None:
     with pytest.raises(NotRunningError, match="cannot reach the admin API") as err:
         AdminClient(f"127.0.0.1:{free_port()}", timeout=2).get("/status")
     assert err.value.exit_code == 3
+
+
+def test_logs_refuses_a_status_filter_it_cannot_match_before_asking(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2 with a hint, without contacting any mesh (none runs at this address)."""
+    address = f"127.0.0.1:{free_port()}"
+    assert run(monkeypatch, "logs", "--admin", address, "--status", "6xx") == 2
+    assert "invalid status '6xx'" in capsys.readouterr().err
+    assert run(monkeypatch, "logs", "--admin", address, "--status", "5xx") == 3  # asked
+    assert run(monkeypatch, "logs", "--admin", address, "--limit", "-3") == 2
