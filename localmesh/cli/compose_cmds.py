@@ -338,6 +338,6 @@ def _follow(result: lifecycle.UpResult) -> None:
                     next_check = time.monotonic() + RENEW_CHECK_SECONDS
                     _renew(result.generated)
     except KeyboardInterrupt:
-        console.print("stopping (Ctrl-C again to leave it running)...")
+        console.print("\nstopping (Ctrl-C again to leave it running)...")
         result.runner.check("stop")
         console.print("stopped; `localmesh down` removes the containers and networks")

@@ -217,7 +217,8 @@ def register(app: typer.Typer) -> None:
         admin: Admin = None,
         watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh live.")] = False,
         interval: Annotated[
-            float, typer.Option("--interval", help="Seconds between refreshes (--watch).")
+            float,
+            typer.Option("--interval", min=0.2, help="Seconds between refreshes (--watch)."),
         ] = 1.0,
         json_out: Json = False,
     ) -> None:
@@ -238,6 +239,13 @@ def register(app: typer.Typer) -> None:
         if not watch:
             console.print(render_status(client.get("/status")))
             return
+        if not console.is_terminal:  # piped: a Live display would show nothing until the end
+            try:
+                while True:
+                    console.print(render_status(client.get("/status")))
+                    time.sleep(interval)
+            except KeyboardInterrupt:
+                return
         with Live(
             render_status(client.get("/status")), console=console, auto_refresh=False
         ) as live:

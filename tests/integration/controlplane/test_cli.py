@@ -100,6 +100,17 @@ def test_run_serves_reloads_on_sighup_and_stops_cleanly(
         assert table.returncode == 0
         assert "api" in table.stdout
         assert f"127.0.0.1:{port}" in table.stdout
+        # piped, --watch prints each refresh (a live display would print nothing)
+        watch = subprocess.Popen(
+            [*LOCALMESH, "status", "--watch", "--interval", "0.3"],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "LOCALMESH_ADMIN": admin, "COLUMNS": "200"},
+        )
+        time.sleep(2.5)
+        watch.send_signal(signal.SIGINT)
+        out, _ = watch.communicate(timeout=10)
+        assert watch.returncode == 0
+        assert out.decode().count("snapshot v1") >= 2
         config = cli("config", "--json", admin=admin)
         assert "hush" not in config.stdout
         assert json.loads(config.stdout)["listeners"][0]["bind_port"] == port
@@ -148,7 +159,7 @@ def test_run_with_a_broken_mesh_and_no_state_exits_2_with_the_position(tmp_path:
 
 def test_client_commands_say_when_no_runtime_answers() -> None:
     done = cli("status", admin=f"127.0.0.1:{free_port()}")
-    assert done.returncode == 2
+    assert done.returncode == 3  # an environment problem, not bad input
     assert "cannot reach the admin API" in done.stderr
     assert "Traceback" not in done.stderr
 
