@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import typer
 
@@ -28,6 +29,17 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
+
+# typer's rich help prints a flag's type ("-d <bool>"), which reads as if the flag took a
+# value; flags get no type column. (tests/unit/cli/test_main.py checks the help output.)
+_display_type = typer.core.TyperOption.display_type_rich
+
+
+def _flag_has_no_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    return None if self.is_flag else _display_type(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _flag_has_no_type  # type: ignore[method-assign]
 
 
 def _version(value: bool) -> None:

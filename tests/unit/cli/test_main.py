@@ -59,3 +59,14 @@ def test_config_error_prints_one_escaped_line_per_problem(
     assert lines[0].startswith("error: mesh.yaml:3:5: unknown key")
     assert lines[0].endswith("[/bold])")  # markup-looking text printed literally, not wrapped
     assert len(lines) == 1
+
+
+def test_flags_show_no_value_type_in_help(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`-d <bool>` would read as if the flag took a value; options that take one keep it."""
+    monkeypatch.setenv("COLUMNS", "120")
+    assert run(monkeypatch, "up", "--help") == 0
+    out = capsys.readouterr().out
+    assert "<bool>" not in out
+    assert "SECONDS" in out  # --timeout still shows what it takes
