@@ -56,9 +56,12 @@ class ContainerSource:
         plan = load_plan(self.plan_path)
         project = load_project_json(self.project_path)
         if self.mesh_path is not None:
-            config = load_mesh_file(
-                self.mesh_path, project, image_ports=plan_image_ports(plan, project)
-            )
+            try:
+                config = load_mesh_file(
+                    self.mesh_path, project, image_ports=plan_image_ports(plan, project)
+                )
+            except ConfigError as exc:  # named as the user knows it, not where it is mounted
+                raise exc.relative_to(str(self.mesh_path.parent)) from None
         else:
             config = infer_mesh(project, plan_image_ports(plan, project))
         config = with_isolation(config, plan)

@@ -79,6 +79,11 @@ def test_mesh_yaml_is_read_against_the_project(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         source.load()
     assert "apii" in str(info.value)
+    # named as the user knows it (mesh.yaml), not by where the mesh container mounts it
+    assert str(info.value).startswith("mesh.yaml:2:3: ")
+    mesh.write_text("services:\n  api:\n    ports: [8000]\n    retries: {atempts: 2}\n")
+    with pytest.raises(ConfigError, match=r"^mesh.yaml:4:\d+: .*atempts"):
+        source.load()
 
 
 def test_a_missing_or_broken_project_file_is_a_config_error(tmp_path: Path) -> None:
