@@ -172,7 +172,8 @@ def load_project(
 
 
 def _raw_positions(path: Path) -> dict[KeyPath, Position]:
-    """Map every key path of a raw compose file to where its key is written."""
+    """Map every key path of a raw compose file to where its key is written (a list item
+    by its index, and a scalar one by its value too)."""
     text = path.read_text(encoding="utf-8")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -193,9 +194,10 @@ def _raw_positions(path: Path) -> dict[KeyPath, Position]:
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 here = (*prefix, str(i))
-                out.setdefault(
-                    here, Position(str(path), item.start_mark.line + 1, item.start_mark.column + 1)
-                )
+                pos = Position(str(path), item.start_mark.line + 1, item.start_mark.column + 1)
+                out.setdefault(here, pos)
+                if isinstance(item, yaml.ScalarNode):  # `networks: [a, b]`: found by name too
+                    out.setdefault((*prefix, str(item.value)), pos)
                 walk(item, here)
 
     walk(root, ())
@@ -207,6 +209,11 @@ _PATH_IN_MESSAGE = re.compile(
     r"\b((?:services|networks|volumes|secrets|configs)(?:\.[\w.\-\[\]]+)?)"
 )
 _UNKNOWN_KEY = re.compile(r"additional properties? '([^']+)' not allowed")
+# 'service "db" refers to undefined network backned', '... depends on undefined service "x"'
+_UNDEFINED = re.compile(
+    r'service "(?P<service>[^"]+)" (?:refers to undefined (?P<kind>network|volume|secret|config)'
+    r'|depends on undefined service) "?(?P<name>[^":\s]+)'
+)
 
 
 def _compose_failure(
@@ -215,17 +222,22 @@ def _compose_failure(
     message = stderr.strip().splitlines()[-1] if stderr.strip() else "docker compose config failed"
     pos: Position | None = None
     key: str | None = None
+    parts: KeyPath = ()
+    undefined = _UNDEFINED.search(message)
     found = _PATH_IN_MESSAGE.search(message)
-    if found:
+    if undefined:  # the reference's own line when it is a key, else its field's
+        field = f"{undefined['kind']}s" if undefined["kind"] else "depends_on"
+        parts = ("services", undefined["service"], field, undefined["name"])
+    elif found:
         parts = tuple(p for p in found.group(1).replace("[]", "").split(".") if p)
         unknown = _UNKNOWN_KEY.search(message)
         if unknown:
             key = unknown.group(1)
             parts = (*parts, key)
-        for end in range(len(parts), 0, -1):
-            pos = positions.get(parts[:end])
-            if pos is not None:
-                break
+    for end in range(len(parts), 0, -1):
+        pos = positions.get(parts[:end])
+        if pos is not None:
+            break
     if pos is None and paths:
         pos = Position(str(paths[0]), 1, 1)
     return ConfigError(
