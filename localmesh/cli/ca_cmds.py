@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 
 from localmesh.ca import files
 from localmesh.ca.authority import CLIENT_LIFETIME, DAY, CertificateAuthority
 from localmesh.ca.names import client_spiffe_id
 from localmesh.ca.truststore import DebianStore, TrustChange, TrustStores, anchor_file_name
 from localmesh.cli.output import console, print_json
-from localmesh.config.model import MeshSettings
+from localmesh.config.model import Ingress, MeshSettings
 
 app = typer.Typer(
     help="The local certificate authority (root + intermediate in $LOCALMESH_HOME/ca).\n\n"
@@ -68,8 +69,13 @@ def _show(json: JsonFlag = False) -> None:
 def _issue_client(
     name: Annotated[str, typer.Argument(help="Who it is for, e.g. alice or ci-runner.")],
     trust_domain: Annotated[
-        str, typer.Option(help="The mesh's trust domain (mesh.trust_domain).")
-    ] = MeshSettings().trust_domain,
+        str | None,
+        typer.Option(
+            help="The mesh's trust domain [default: mesh.trust_domain of ./mesh.yaml, "
+            f"else {MeshSettings().trust_domain}].",
+            show_default=False,
+        ),
+    ] = None,
     days: Annotated[float, typer.Option(help="Lifetime in days.")] = CLIENT_LIFETIME / DAY,
     out: Annotated[
         Path | None,
@@ -79,7 +85,12 @@ def _issue_client(
     ] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Issue a client certificate; ingress policies name it spiffe://<trust_domain>/client/NAME."""
+    """Issue a client certificate; ingress policies name it spiffe://<trust_domain>/client/NAME.
+
+    Issuing NAME again replaces its files (a new key and certificate)."""
+    here = _mesh_yaml_here()
+    mesh = _mapping(here.get("mesh"))
+    trust_domain = trust_domain or str(mesh.get("trust_domain") or MeshSettings().trust_domain)
     spiffe = client_spiffe_id(trust_domain, name)
     ca = CertificateAuthority.load()
     directory = files.ensure_private_dir(out or files.localmesh_home() / "clients")
@@ -99,9 +110,31 @@ def _issue_client(
         return
     _say(f"issued {spiffe} (valid until {issued.not_after:%Y-%m-%d})")
     _say(f"cert  {cert}\nkey   {key}")
-    _say(
-        f"try:  curl --cert {cert} --key {key} --cacert {ca.root_path} https://app.localhost:8443/"
-    )
+    _say(f"try:  curl --cert {cert} --key {key} --cacert {ca.root_path} {_ingress_url(here)}")
+
+
+def _mesh_yaml_here() -> dict[str, Any]:
+    """./mesh.yaml as plain data for defaults ({} when absent or unreadable: `validate`
+    is where its errors are reported)."""
+    try:
+        data = yaml.safe_load(Path("mesh.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _ingress_url(mesh: dict[str, Any]) -> str:
+    """The first ingress host of ./mesh.yaml, else the example one."""
+    ingress = _mapping(mesh.get("ingress"))
+    hosts = ingress.get("hosts")
+    host = _mapping(hosts[0]).get("host") if isinstance(hosts, list) and hosts else None
+    port = ingress.get("https_port", Ingress().https_port)
+    name = str(host).replace("*", "app") if host else "app.localhost"
+    return f"https://{name}/" if port == 443 else f"https://{name}:{port}/"
 
 
 def _report(changes: list[TrustChange], json: bool) -> None:

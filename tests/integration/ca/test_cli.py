@@ -18,7 +18,7 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LOCALMESH_HOME": str(home), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "localmesh.cli.main", "ca", *args],
@@ -26,6 +26,7 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
         env=env,
+        cwd=cwd,
     )
 
 
@@ -61,6 +62,23 @@ def test_issue_client_writes_a_usable_identity(home: Path, tmp_path: Path) -> No
     human = cli(home, "issue-client", "bob", "--days", "1")
     assert "spiffe://localmesh/client/bob" in human.stdout
     assert (home / "clients" / "bob-key.pem").exists()
+
+
+def test_issue_client_in_a_project_takes_its_trust_domain_and_ingress(
+    home: Path, tmp_path: Path
+) -> None:
+    """A certificate for another trust domain would name no client the policies know."""
+    assert cli(home, "init").returncode == 0
+    (tmp_path / "mesh.yaml").write_text(
+        "mesh:\n  trust_domain: shop.test\n"
+        "ingress:\n  https_port: 9443\n  hosts:\n    - host: shop2.localhost\n"
+    )
+    human = cli(home, "issue-client", "alice", cwd=tmp_path)
+    assert human.returncode == 0, human.stderr
+    assert "issued spiffe://shop.test/client/alice" in human.stdout
+    assert human.stdout.rstrip().endswith("https://shop2.localhost:9443/")
+    given = cli(home, "issue-client", "alice", "--trust-domain", "other", "--json", cwd=tmp_path)
+    assert json.loads(given.stdout)["identity"] == "spiffe://other/client/alice"
 
 
 def _one_error_line(proc: subprocess.CompletedProcess[str]) -> list[str]:
