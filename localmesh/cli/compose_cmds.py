@@ -33,6 +33,15 @@ Output = Annotated[
         "-o", "--output", metavar="FILE", help="Where to write (default .localmesh/compose.yaml)."
     ),
 ]
+Generated = Annotated[
+    Path | None,
+    typer.Option(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="The compose file `up` wrote, if not .localmesh/compose.yaml.",
+    ),
+]
 BaseImage = Annotated[
     str | None,
     typer.Option(
@@ -208,7 +217,7 @@ def _renew(generated: GenerateResult) -> None:
         console.print(f"renewed the certificates of {', '.join(issued)}")
 
 
-def _down(*, output: Output = None, volumes: Volumes = False) -> None:
+def _down(*, output: Generated = None, volumes: Volumes = False) -> None:
     """Stop and remove what `localmesh up` started: containers, networks (-v: volumes)."""
     options = lifecycle.DownOptions(output=output, volumes=volumes)
     with RichUi(console) as ui:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -11,7 +12,10 @@ from rich.markup import escape
 
 from localmesh.errors import ConfigError, LocalmeshError
 
-console = Console()
+# Piped output is not cut to 80 columns (tables, status lines): a terminal's width, else
+# $COLUMNS, else wide enough for a log line.
+_PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+console = Console(width=_PIPED_WIDTH)
 err_console = Console(stderr=True)
 
 
