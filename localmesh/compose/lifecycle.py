@@ -326,6 +326,7 @@ def up(options: UpOptions, ui: Ui) -> UpResult:
         ui.note("created a local CA (trust it with `localmesh ca trust`)")
     built = image.ensure_mesh_image(client, recipe, ui.build_progress())
     runner = ComposeRunner(generated.compose_file, tuple(gen_opts.profiles))
+    check_project_owner(client, generated)
     check_host_ports(client, generated)
     deadline = started + options.timeout
 
@@ -406,6 +407,29 @@ def check_host_ports(client: Any, generated: GenerateResult) -> None:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 raise port_taken_error("127.0.0.1", port) from None
+
+
+def check_project_owner(client: Any, generated: GenerateResult) -> None:
+    """A project name already running from another directory is refused: Compose would
+    silently recreate that project's containers from this directory's files."""
+    mine = {str(generated.compose_file), str(generated.compose_file.resolve())}
+    try:
+        containers = client.containers.list(
+            filters={"label": f"com.docker.compose.project={generated.plan.project}"}
+        )
+    except docker.errors.DockerException:
+        return
+    for container in containers:
+        files = (container.labels or {}).get("com.docker.compose.project.config_files", "")
+        if files and not mine & set(files.split(",")):
+            where = Path(files.split(",")[0]).parent
+            if where.name == ".localmesh":
+                where = where.parent
+            raise ComposeError(
+                f"project {generated.plan.project} is already running from {where}",
+                hint=f"stop it there first (`localmesh down` in {where}), or give this copy "
+                "its own name: `localmesh up -p NAME`",
+            )
 
 
 def _ports_held_by(client: Any, project: str) -> set[int]:

@@ -200,6 +200,29 @@ def test_running_out_of_time_inside_compose_up_is_not_ready_not_a_compose_failur
     assert project_containers(name) == []
 
 
+def test_a_copy_with_the_same_project_name_does_not_take_the_running_one_over(
+    tmp_path: Path, home: Path, docker_engine: str
+) -> None:
+    """Compose would recreate the running project's containers from the copy's files."""
+    name = f"lmcopy{secrets.token_hex(3)}"
+    mesh = f"mesh:\n  name: {name}\n  admin_port: {free_port()}\n"
+    first = write_project(tmp_path / "first", name, docker_engine, mesh=mesh)
+    copy = write_project(tmp_path / "copy", name, docker_engine, mesh=mesh)
+    try:
+        up = localmesh(first, "up", "-d", "--timeout", "120")
+        assert up.code == 0, up.err
+        running = project_containers(name)
+        taken = localmesh(copy, "up", "-d")
+        assert taken.code == 2, taken.err
+        assert f"project {name} is already running from {first}" in taken.err
+        assert "localmesh up -p NAME" in taken.err
+        assert project_containers(name) == running  # untouched
+    finally:
+        down = localmesh(first, "down")
+    assert down.code == 0, down.err
+    assert project_containers(name) == []
+
+
 def test_down_without_up_says_there_is_nothing_to_stop(tmp_path: Path, home: Path) -> None:
     run = localmesh(tmp_path, "down")
     assert run.code == 2
