@@ -176,12 +176,16 @@ def _listeners(inputs: Inputs, problems: list[Problem]) -> list[ListenerSpec]:
     return out
 
 
+_EVERYONES = frozenset({"127.0.0.1", "::1"})  # the default source of any local connection
+
+
 def host_sources(config: MeshConfig) -> dict[str, str]:
     """Host mode's caller identities: an IP that is the endpoint host of exactly one service.
 
     A caller connecting from 127.0.0.2 is ``web`` when web's endpoints live on 127.0.0.2
-    and no other service's do. Shared addresses (everything on 127.0.0.1) identify
-    nobody: those callers stay ``unknown``, as non-mesh callers are in Istio.
+    and no other service's do. Shared addresses identify nobody: those callers stay
+    ``unknown``, as non-mesh callers are in Istio. 127.0.0.1 and ::1 are always shared:
+    every process on the machine connects from them, a developer's curl included.
     """
     owners: dict[str, set[str]] = {}
     for svc in config.services:
@@ -190,7 +194,8 @@ def host_sources(config: MeshConfig) -> dict[str, str]:
                 ip = str(ipaddress.ip_address(ep.host))
             except ValueError:
                 continue  # a host name: not a source address
-            owners.setdefault(ip, set()).add(svc.name)
+            if ip not in _EVERYONES:
+                owners.setdefault(ip, set()).add(svc.name)
     return {ip: next(iter(names)) for ip, names in sorted(owners.items()) if len(names) == 1}
 
 

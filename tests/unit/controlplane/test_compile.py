@@ -268,3 +268,7 @@ def test_host_mode_sources_are_ips_owned_by_exactly_one_service() -> None:
     ext = Service("ext", ports=(PortSpec(443),), endpoints=(StaticEndpoint("example.test", 443),))
     snap = compile_snapshot(Inputs(MeshConfig(services=(web, api, db, ext))), version=1, origin="t")
     assert snap.sources == {"127.0.0.2": "web", "127.0.0.3": "api"}
+    # 127.0.0.1 names nobody even when one service alone lives there: a developer's curl
+    # comes from it too
+    alone = compile_snapshot(Inputs(MeshConfig(services=(db,))), version=1, origin="t")
+    assert alone.sources == {}
