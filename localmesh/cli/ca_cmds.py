@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from localmesh.ca import files
 from localmesh.ca.authority import CLIENT_LIFETIME, DAY, CertificateAuthority
 from localmesh.ca.names import client_spiffe_id
 from localmesh.ca.truststore import DebianStore, TrustChange, TrustStores, anchor_file_name
+from localmesh.cli.config_cmds import mesh_yaml_here
 from localmesh.cli.output import console, print_json
 from localmesh.config.model import Ingress, MeshSettings
 
@@ -88,7 +88,7 @@ def _issue_client(
     """Issue a client certificate; ingress policies name it spiffe://<trust_domain>/client/NAME.
 
     Issuing NAME again replaces its files (a new key and certificate)."""
-    here = _mesh_yaml_here()
+    here = mesh_yaml_here()
     mesh = _mapping(here.get("mesh"))
     trust_domain = trust_domain or str(mesh.get("trust_domain") or MeshSettings().trust_domain)
     spiffe = client_spiffe_id(trust_domain, name)
@@ -111,16 +111,6 @@ def _issue_client(
     _say(f"issued {spiffe} (valid until {issued.not_after:%Y-%m-%d})")
     _say(f"cert  {cert}\nkey   {key}")
     _say(f"try:  curl --cert {cert} --key {key} --cacert {ca.root_path} {_ingress_url(here)}")
-
-
-def _mesh_yaml_here() -> dict[str, Any]:
-    """./mesh.yaml as plain data for defaults ({} when absent or unreadable: `validate`
-    is where its errors are reported)."""
-    try:
-        data = yaml.safe_load(Path("mesh.yaml").read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _mapping(value: object) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.markup import escape
 
 from localmesh.cli.output import console, err_console, print_json
@@ -29,6 +30,17 @@ from localmesh.config.ports import ImagePorts
 from localmesh.errors import ConfigError, LocalmeshError
 
 DEFAULT_MESH = Path("mesh.yaml")
+
+
+def mesh_yaml_here(directory: Path | None = None) -> dict[str, Any]:
+    """``directory``'s mesh.yaml as plain data, for commands that take defaults from it
+    ({} when absent or unreadable: `validate` is where its errors are reported)."""
+    try:
+        data = yaml.safe_load(((directory or Path.cwd()) / DEFAULT_MESH).read_text("utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
 
 Files = Annotated[
     list[Path] | None,

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from localmesh.cli.config_cmds import mesh_yaml_here
 from localmesh.cli.output import console, err_console, print_json
 from localmesh.config.values import parse_duration, parse_status_filter
 from localmesh.errors import LocalmeshError, NotRunningError
@@ -69,9 +69,8 @@ def admin_address(given: str | None, here: Path | None = None) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
-        mesh = yaml.safe_load((here / "mesh.yaml").read_text())
-        return f"127.0.0.1:{int(mesh['mesh']['admin_port'])}"
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return f"127.0.0.1:{int(mesh_yaml_here(here)['mesh']['admin_port'])}"
+    except (ValueError, KeyError, TypeError):
         return DEFAULT_ADMIN
 
 
