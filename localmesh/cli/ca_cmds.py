@@ -18,7 +18,7 @@ from localmesh.config.model import Ingress, MeshSettings
 app = typer.Typer(
     help="The local certificate authority (root + intermediate in $LOCALMESH_HOME/ca).\n\n"
     "Examples:\n\n  localmesh ca init\n\n"
-    "  localmesh ca trust                # browsers, curl, Python trust it\n\n"
+    "  sudo -E localmesh ca trust        # browsers, curl, Python trust it\n\n"
     "  localmesh ca issue-client alice   # spiffe://localmesh/client/alice",
     no_args_is_help=True,
 )
@@ -67,20 +67,25 @@ def _show(json: JsonFlag = False) -> None:
 
 @app.command("issue-client")
 def _issue_client(
-    name: Annotated[str, typer.Argument(help="Who it is for, e.g. alice or ci-runner.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Who it is for, e.g. alice or ci-runner.")
+    ],
     trust_domain: Annotated[
         str | None,
         typer.Option(
-            help="The mesh's trust domain [default: mesh.trust_domain of ./mesh.yaml, "
-            f"else {MeshSettings().trust_domain}].",
+            metavar="DOMAIN",
+            help="The mesh's trust domain (default: mesh.trust_domain of ./mesh.yaml, "
+            f"else {MeshSettings().trust_domain}).",
             show_default=False,
         ),
     ] = None,
-    days: Annotated[float, typer.Option(help="Lifetime in days.")] = CLIENT_LIFETIME / DAY,
+    days: Annotated[float, typer.Option(metavar="DAYS", help="Lifetime in days.")] = CLIENT_LIFETIME
+    / DAY,
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Directory for NAME.pem, NAME-key.pem [default: $LOCALMESH_HOME/clients]."
+            metavar="DIR",
+            help="Directory for NAME.pem, NAME-key.pem (default: $LOCALMESH_HOME/clients).",
         ),
     ] = None,
     json: JsonFlag = False,

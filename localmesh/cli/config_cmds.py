@@ -52,7 +52,9 @@ EnvFiles = Annotated[
     list[Path] | None,
     typer.Option("--env-file", metavar="FILE", help="Compose env file (repeatable)."),
 ]
-ProjectName = Annotated[str | None, typer.Option("-p", "--project-name", help="Project name.")]
+ProjectName = Annotated[
+    str | None, typer.Option("-p", "--project-name", metavar="NAME", help="Project name.")
+]
 Profiles = Annotated[
     list[str] | None,
     typer.Option("--profile", metavar="NAME", help="Compose profile to enable (repeatable)."),
@@ -194,7 +196,7 @@ def register(app: typer.Typer) -> None:
 
         Ports and protocols are learned as `localmesh generate` learns them: declared
         ports, local images' EXPOSE, well-known images, commands and healthchecks, and
-        the URLs other services call (5432 postgres, 6379 redis, TLS and MySQL/Mongo/
+        the URLs other services call (5432 postgres, 6379 redis, TLS and MySQL, Mongo,
         memcached tcp, otherwise http).
 
         Examples:

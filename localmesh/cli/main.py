@@ -25,6 +25,9 @@ app = typer.Typer(
     "  localmesh run --mesh mesh.yaml   # host mode, no Docker",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # docstrings are wrapped at 100 columns in the source: markdown joins a paragraph's
+    # lines (rich mode kept each break, cutting help sentences in half on screen)
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -145,7 +145,10 @@ def register(app: typer.Typer) -> None:
             ),
         ] = "-",
         drain: Annotated[
-            str, typer.Option("--drain-timeout", help="Wait this long for in-flight requests.")
+            str,
+            typer.Option(
+                "--drain-timeout", metavar="DURATION", help="Wait this long for in-flight requests."
+            ),
         ] = "5s",
         container: Annotated[
             bool,
@@ -276,14 +279,17 @@ def register(app: typer.Typer) -> None:
         *,
         admin: Admin = None,
         service: Annotated[
-            str | None, typer.Option("--service", "-s", help="Only calls from or to it.")
+            str | None,
+            typer.Option("--service", "-s", metavar="SERVICE", help="Only calls from or to it."),
         ] = None,
         status: Annotated[
             str | None,
-            typer.Option("--status", help="Only these statuses: 503, 5xx, '4xx,503'."),
+            typer.Option(
+                "--status", metavar="CODES", help="Only these statuses: 503, 5xx, '4xx,503'."
+            ),
         ] = None,
         limit: Annotated[
-            int, typer.Option("--limit", "-n", min=0, help="How many recent records.")
+            int, typer.Option("--limit", "-n", min=0, metavar="N", help="How many recent records.")
         ] = 50,
         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
         json_out: Json = False,

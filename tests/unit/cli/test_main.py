@@ -61,12 +61,14 @@ def test_config_error_prints_one_escaped_line_per_problem(
     assert len(lines) == 1
 
 
-def test_flags_show_no_value_type_in_help(
+def test_help_shows_flags_without_a_type_and_paragraphs_unbroken(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`-d <bool>` would read as if the flag took a value; options that take one keep it."""
+    """`-d <bool>` would read as if the flag took a value; options that take one keep it.
+    A docstring's paragraph is rewrapped to the terminal, not cut where the source wraps."""
     monkeypatch.setenv("COLUMNS", "120")
     assert run(monkeypatch, "up", "--help") == 0
     out = capsys.readouterr().out
     assert "<bool>" not in out
     assert "SECONDS" in out  # --timeout still shows what it takes
+    assert "In the foreground it shows the status until Ctrl-C" in out
