@@ -319,6 +319,9 @@ def register(app: typer.Typer) -> None:
             records = client.get("/logs?" + urllib.parse.urlencode(query))["records"]
             for record in records:
                 _print_record(record, json_out)
+            if not records and not json_out and limit:
+                wanted = ", ".join(f"{k} {v}" for k, v in query.items() if k != "limit")
+                err_console.print(f"no records{f' ({wanted})' if wanted else ''} yet")
             return
         query["follow"] = "1"
         try:

@@ -3,7 +3,9 @@ they run in, so two projects up at once are never mixed up."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,32 @@ def test_logs_refuses_a_status_filter_it_cannot_match_before_asking(
     assert "invalid status '6xx'" in capsys.readouterr().err
     assert run(monkeypatch, "logs", "--admin", address, "--status", "5xx") == 3  # asked
     assert run(monkeypatch, "logs", "--admin", address, "--limit", "-3") == 2
+
+
+def test_logs_says_when_nothing_matched(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty answer is said on stderr (stdout stays empty for pipes)."""
+
+    class NoRecords(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"records": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoRecords)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        assert run(monkeypatch, "logs", "--admin", address, "-s", "nope") == 0
+    finally:
+        server.shutdown()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no records (service nope) yet" in captured.err
