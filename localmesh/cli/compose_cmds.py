@@ -25,6 +25,7 @@ from localmesh.cli.config_cmds import (
 from localmesh.cli.output import console, err_console, print_error, print_json
 from localmesh.compose import lifecycle
 from localmesh.compose.generate import GenerateOptions, GenerateResult, generate, renew_certs
+from localmesh.config.values import parse_duration
 from localmesh.errors import LocalmeshError
 
 Output = Annotated[
@@ -155,7 +156,12 @@ def register(app: typer.Typer) -> None:
 
 Detach = Annotated[bool, typer.Option("-d", "--detach", help="Return once everything is ready.")]
 Timeout = Annotated[
-    float, typer.Option("--timeout", metavar="SECONDS", help="How long to wait for readiness.")
+    str,
+    typer.Option(
+        "--timeout",
+        metavar="DURATION",
+        help="How long to wait for readiness: 3m, 90s, or plain seconds.",
+    ),
 ]
 Volumes = Annotated[bool, typer.Option("-v", "--volumes", help="Also remove named volumes.")]
 
@@ -170,7 +176,7 @@ def _up(
     base_image: BaseImage = None,
     subnet: Subnet = None,
     detach: Detach = False,
-    timeout: Timeout = 180.0,
+    timeout: Timeout = "3m",
 ) -> None:
     """Mesh the compose project here, start it, and wait until every service is ready.
 
@@ -195,7 +201,7 @@ def _up(
             subnet=subnet,
         ),
         compose_args=tuple(ctx.args),
-        timeout=timeout,
+        timeout=_seconds("--timeout", timeout),
     )
     with RichUi(console) as ui:
         result = lifecycle.up(options, ui)
@@ -204,6 +210,14 @@ def _up(
         console.print("stop it with [bold]localmesh down[/]")
         return
     _follow(result)
+
+
+def _seconds(flag: str, text: str) -> float:
+    """A duration flag: ``3m``, ``500ms``, or a plain number of seconds."""
+    try:
+        return float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+    except ValueError as exc:
+        raise LocalmeshError(f"{flag}: {exc}", hint="e.g. 3m, 90s or 180") from None
 
 
 def _renew(generated: GenerateResult) -> None:

@@ -70,5 +70,17 @@ def test_help_shows_flags_without_a_type_and_paragraphs_unbroken(
     assert run(monkeypatch, "up", "--help") == 0
     out = capsys.readouterr().out
     assert "<bool>" not in out
-    assert "SECONDS" in out  # --timeout still shows what it takes
+    assert "DURATION" in out  # --timeout still shows what it takes
     assert "In the foreground it shows the status until Ctrl-C" in out
+
+
+def test_up_timeout_takes_durations_and_refuses_nonsense_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from localmesh.cli import compose_cmds
+
+    assert compose_cmds._seconds("--timeout", "3m") == 180.0
+    assert compose_cmds._seconds("--timeout", "90") == 90.0
+    assert compose_cmds._seconds("--timeout", "2.5") == 2.5
+    assert run(monkeypatch, "up", "--timeout", "3x") == 2
+    assert "--timeout: invalid duration '3x'" in capsys.readouterr().err
