@@ -47,6 +47,20 @@ from localmesh.errors import ConfigError, Finding, Position, Problem
 MESH_KEY = "localmesh"  # the service and the network generate adds
 
 
+def mesh_network(docker_name: str, subnet: ipaddress.IPv4Network) -> MeshNetwork:
+    """The mesh network on ``subnet`` as ``addresses.layout`` splits it."""
+    lay = addresses.layout(subnet)
+    return MeshNetwork(
+        key=MESH_KEY,
+        name=docker_name,
+        subnet=str(lay.subnet),
+        gateway=str(lay.gateway),
+        mesh_ip=str(lay.mesh_ip),
+        vip_range=str(lay.vip_range),
+        ip_range=str(lay.ip_range),
+    )
+
+
 @dataclass(frozen=True)
 class EngineFacts:
     """What the Docker engine knows that the compose files do not.
@@ -218,16 +232,7 @@ class _Planner:
                 if found is not None:
                     taken.append(found)
         chosen = addresses.choose_subnet(self.name, taken, requested=requested, previous=previous)
-        lay = addresses.layout(chosen)
-        return MeshNetwork(
-            key=MESH_KEY,
-            name=docker_name,
-            subnet=str(lay.subnet),
-            gateway=str(lay.gateway),
-            mesh_ip=str(lay.mesh_ip),
-            vip_range=str(lay.vip_range),
-            ip_range=str(lay.ip_range),
-        )
+        return mesh_network(docker_name, chosen)
 
     def client_hosts(
         self, learned: Learned, vips: Mapping[str, str]

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,12 @@ import pytest
 from localmesh.compose import engine, image
 from localmesh.compose.plan import (
     Client,
-    MeshNetwork,
     MeshPlan,
     PlanPort,
     PublishedPorts,
     Upstream,
 )
+from localmesh.compose.planner import mesh_network
 from localmesh.config.model import Protocol
 from localmesh.runtime.container import INTERCEPT_PORT
 
@@ -54,15 +55,7 @@ class Mesh:
 def _plan(network: str) -> MeshPlan:
     return MeshPlan(
         project="lmtest",
-        network=MeshNetwork(
-            key="localmesh",
-            name=network,
-            subnet=SUBNET,
-            gateway="10.99.252.1",
-            mesh_ip="10.99.252.2",
-            vip_range="10.99.253.0/24",
-            ip_range="10.99.254.0/23",
-        ),
+        network=mesh_network(network, IPv4Network(SUBNET)),
         published=PublishedPorts(admin=15000),
         upstreams=(
             Upstream("cache", VIP["cache"], ("cache",), (PlanPort(5432, Protocol.TCP),)),

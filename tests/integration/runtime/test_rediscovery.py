@@ -8,11 +8,13 @@ runtime serves a two-port service, whose ``/status`` lists the endpoints of both
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import aiohttp
 
-from localmesh.compose.plan import Client, MeshNetwork, MeshPlan, PublishedPorts, Upstream
+from localmesh.compose.plan import Client, MeshPlan, PublishedPorts, Upstream
+from localmesh.compose.planner import mesh_network
 from localmesh.runtime.app import RunOptions, Runtime
 from localmesh.runtime.container import DnsDiscovery
 from tests.integration.controlplane.support import admin_url, listener_url, until
@@ -20,15 +22,7 @@ from tests.support.services import free_port, run_http_backend
 
 PLAN = MeshPlan(
     project="shop",
-    network=MeshNetwork(
-        key="localmesh",
-        name="shop_localmesh",
-        subnet="10.213.8.0/22",
-        gateway="10.213.8.1",
-        mesh_ip="10.213.8.2",
-        vip_range="10.213.9.0/24",
-        ip_range="10.213.10.0/23",
-    ),
+    network=mesh_network("shop_localmesh", IPv4Network("10.213.8.0/22")),
     published=PublishedPorts(admin=15000),
     upstreams=(Upstream("db", "10.213.9.7", ("db",), unknown_ports=True),),
     clients=(Client("api", ("db",)),),

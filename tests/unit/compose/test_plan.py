@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+from ipaddress import IPv4Network
 
 import pytest
 
 from localmesh.compose.plan import (
     Client,
-    MeshNetwork,
     MeshPlan,
     PlanPort,
     PublishedPorts,
     Unmeshed,
     Upstream,
 )
+from localmesh.compose.planner import mesh_network
 from localmesh.config.model import Protocol
 from localmesh.errors import ConfigError, Finding, Position
 
@@ -22,15 +23,7 @@ pytestmark = pytest.mark.unit
 
 PLAN = MeshPlan(
     project="shop",
-    network=MeshNetwork(
-        key="localmesh",
-        name="shop_localmesh",
-        subnet="10.213.76.0/22",
-        gateway="10.213.76.1",
-        mesh_ip="10.213.76.2",
-        vip_range="10.213.77.0/24",
-        ip_range="10.213.78.0/23",
-    ),
+    network=mesh_network("shop_localmesh", IPv4Network("10.213.76.0/22")),
     published=PublishedPorts(admin=15000, https=8443, http=None),
     upstreams=(
         Upstream(

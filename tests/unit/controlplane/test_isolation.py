@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
+
 import pytest
 
-from localmesh.compose.plan import Client, MeshNetwork, MeshPlan, PublishedPorts, Upstream
+from localmesh.compose.plan import Client, MeshPlan, PublishedPorts, Upstream
+from localmesh.compose.planner import mesh_network
 from localmesh.config.model import (
     AuthorizationPolicy,
     MeshConfig,
@@ -17,8 +20,7 @@ from localmesh.runtime.dataplane.core.policy import Caller, compile_policies
 
 pytestmark = pytest.mark.unit
 
-NET = MeshNetwork("localmesh", "shop_localmesh", "10.1.0.0/22", "10.1.0.1", "10.1.0.2",
-                  "10.1.1.0/24", "10.1.2.0/23")  # fmt: skip
+NET = mesh_network("shop_localmesh", IPv4Network("10.1.0.0/22"))
 
 # web -> api (front network), api -> db + cache (back network): web never shared one with db.
 PLAN = MeshPlan(

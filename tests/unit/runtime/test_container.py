@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from ipaddress import IPv4Network
 
 import pytest
 
-from localmesh.compose.plan import Client, MeshNetwork, MeshPlan, PlanPort, PublishedPorts, Upstream
+from localmesh.compose.plan import Client, MeshPlan, PlanPort, PublishedPorts, Upstream
+from localmesh.compose.planner import mesh_network
 from localmesh.config.model import Protocol
 from localmesh.errors import RuntimeStartError
 from localmesh.runtime.container import (
@@ -20,15 +22,7 @@ from localmesh.runtime.snapshot import Endpoint
 
 PLAN = MeshPlan(
     project="shop",
-    network=MeshNetwork(
-        key="localmesh",
-        name="shop_localmesh",
-        subnet="10.213.8.0/22",
-        gateway="10.213.8.1",
-        mesh_ip="10.213.8.2",
-        vip_range="10.213.9.0/24",
-        ip_range="10.213.10.0/23",
-    ),
+    network=mesh_network("shop_localmesh", IPv4Network("10.213.8.0/22")),
     published=PublishedPorts(admin=15000),
     upstreams=(
         Upstream("db", "10.213.9.7", ("db",), (PlanPort(5432, Protocol.POSTGRES),)),
