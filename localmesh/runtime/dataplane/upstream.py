@@ -77,6 +77,15 @@ Waiter: TypeAlias = "Exchange"
 # response is a protocol error (502), not a buffer that grows as long as the upstream writes.
 MAX_RESPONSE_HEAD: Final = 60 * 1024
 
+
+class HeadTooLarge(ValueError):
+    """A response head over ``MAX_RESPONSE_HEAD``: counted per read while it is incomplete
+    (one that never ends), and by its fields once complete (one that came in one read)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"response head over {MAX_RESPONSE_HEAD // 1024} KiB")
+
+
 # Response framings (how the downstream learns where the body ends).
 FRAMING_LENGTH: Final = 0  # Content-Length
 FRAMING_CHUNKED: Final = 1  # chunked (or must be re-framed as chunked)
@@ -250,13 +259,13 @@ class UpstreamConnection(asyncio.Protocol):
                 owner.up_upgraded(self, data[offset:])
             return
         except httptools.HttpParserError as exc:
-            self._protocol_error(owner, exc)
+            cause = exc.__context__  # what a callback raised
+            self._protocol_error(owner, cause if isinstance(cause, HeadTooLarge) else exc)
             return
         if self._head_bytes >= 0:  # still in the head: llhttp would buffer it without end
             self._head_bytes += len(data)
             if self._head_bytes > MAX_RESPONSE_HEAD:
-                kib = MAX_RESPONSE_HEAD // 1024
-                self._protocol_error(owner, ValueError(f"response head over {kib} KiB"))
+                self._protocol_error(owner, HeadTooLarge())
                 return
         if self._replace_parser:  # after a HEAD response llhttp still waits for the body
             self._replace_parser = False
@@ -322,9 +331,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes = -1
         self.keep_alive = self._keeps_alive()  # llhttp forgets it at the end
         framing = FRAMING_CLOSE
+        size = 4 * len(headers)  # ": " and CRLF per line; a head that came in one read
         kept: Headers = []  # one pass finds the framing and drops hop-by-hop headers
         for item in headers:
             name = item[0]
+            size += len(name) + len(item[1])
             if not (_LOWERED >> len(name)) & 1:
                 kept.append(item)
                 continue
@@ -353,6 +364,8 @@ class UpstreamConnection(asyncio.Protocol):
                 kept.append(item)
             elif low == b"transfer-encoding" and item[1].lower().endswith(b"chunked"):
                 framing = FRAMING_CHUNKED
+        if size > MAX_RESPONSE_HEAD:
+            raise HeadTooLarge  # out of feed_data as the cause of a parser error
         if self.connection_tokens:  # ``Connection: x-foo`` names more hop-by-hop headers
             tokens = self.connection_tokens
             kept = [h for h in kept if h[0].lower() not in tokens]

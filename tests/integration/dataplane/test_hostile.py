@@ -196,6 +196,22 @@ async def test_upstream_head_without_end_is_502() -> None:
     assert m.records()[0]["flags"] == "UC"
 
 
+async def test_upstream_head_over_the_limit_in_one_read_is_502() -> None:
+    """A complete head of 100 KiB, arriving in one read, is refused as well."""
+
+    async def big_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        lines = (b"x-h: " + b"h" * 8000 + b"\r\n") * 13  # 104 KB
+        writer.write(b"HTTP/1.1 200 OK\r\n" + lines + b"content-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    server, port = await _raw_upstream(big_head)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port), retries=None))) as m:
+        raw = await asyncio.wait_for(raw_exchange(m.address("web>api"), CLOSE_REQUEST), 5)
+        assert status_of(raw) == 502
+        assert b"response head over 60 KiB" in raw
+
+
 async def test_upstream_head_under_the_limit_with_a_large_body_in_the_same_read() -> None:
     """The limit counts the head only: a 50 KiB head sent in one write with 200 KiB of body
     is passed on whole."""
