@@ -1072,6 +1072,8 @@ def _read_retries(r: _Reader, node: Node, path: str) -> RetryPolicy | None:
             )
             bad = True
     if codes:
+        if "retry_on" not in fields:  # the codes add to the default conditions
+            retry_on |= RetryPolicy().retry_on
         retry_on.add("retriable-status-codes")
         got["retriable_status_codes"] = frozenset(codes)
     if retry_on:

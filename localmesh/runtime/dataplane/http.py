@@ -1027,8 +1027,11 @@ class Exchange:
         if status >= 500:
             if self._upstream_error(status):
                 return
-        elif host is not None and (host.consecutive_5xx or host.consecutive_gateway):
-            host.consecutive_5xx = host.consecutive_gateway = 0  # outlier streak broken
+        else:
+            if host is not None and (host.consecutive_5xx or host.consecutive_gateway):
+                host.consecutive_5xx = host.consecutive_gateway = 0  # outlier streak broken
+            if status >= 400 and self._retried_4xx(status):
+                return
         self.status = status
         self.response_started = True
         route = self.route
@@ -1074,6 +1077,21 @@ class Exchange:
             and state.report_status(host, status, now)
         ):
             self.down.ctx.metrics.ejection(target.service)
+        return self._retried(status)
+
+    def _retried_4xx(self, status: int) -> bool:
+        """A 4xx the route retries (``retriable_status_codes: [429]``): retry or give up."""
+        route = self.route
+        policy = route.retry if route is not None else None
+        return (
+            policy is not None
+            and status in policy.retriable_status_codes
+            and "retriable-status-codes" in policy.retry_on
+            and self._retried(status)
+        )
+
+    def _retried(self, status: int) -> bool:
+        """Retry after a response head with ``status`` if the route's policy says so."""
         if self._can_retry(Outcome.RESPONSE, status):
             self._drop_upstream()
             self._end_attempt()

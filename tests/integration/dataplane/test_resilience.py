@@ -96,6 +96,28 @@ async def test_retry_recovers_from_5xx(flaky: HttpBackend) -> None:
     assert retries_metric(mesh, "api") == 2
 
 
+async def test_a_retriable_4xx_is_retried_and_others_are_not() -> None:
+    """retriable_status_codes: [429] retries a 429 (the loader adds the condition); a 404
+    from the same route is passed on at once, without a retry flag."""
+    with run_http_backend("limited", failing_app(2, 429)) as limited:
+        policy = RetryPolicy(
+            attempts=3,
+            retry_on=frozenset({"retriable-status-codes"}),
+            retriable_status_codes=frozenset({429}),
+            **FAST,
+        )
+        api = service("api", addr(limited), retries=policy)
+        async with running(snapshot(api)) as mesh, aiohttp.ClientSession() as s:
+            assert (await get(s, mesh.url("web>api", "/x")))[0] == 200
+    assert limited.hits["/x"] == 3
+    with run_http_backend("missing", failing_app(10**9, 404)) as missing:
+        api = service("api", addr(missing), retries=policy)
+        async with running(snapshot(api)) as mesh, aiohttp.ClientSession() as s:
+            assert (await get(s, mesh.url("web>api", "/y")))[0] == 404
+    assert missing.hits["/y"] == 1
+    assert mesh.records()[0]["flags"] == "-"
+
+
 async def test_retries_exhausted_return_the_last_answer(broken: HttpBackend) -> None:
     api = service(
         "api", addr(broken), retries=RetryPolicy(attempts=2, retry_on=frozenset({"5xx"}), **FAST)

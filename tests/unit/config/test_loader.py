@@ -159,6 +159,14 @@ def test_status_codes_in_retry_on_are_istio_style() -> None:
     assert retries.retriable_status_codes == frozenset({503})
 
 
+def test_status_codes_alone_add_to_the_default_conditions() -> None:
+    config = parse("services:\n  api:\n    retries: {attempts: 2, retriable_status_codes: [429]}\n")
+    retries = svc(config, "api").retries
+    assert retries is not None
+    assert retries.retry_on == RetryPolicy().retry_on | {"retriable-status-codes"}
+    assert retries.retriable_status_codes == frozenset({429})
+
+
 def test_policy_paths_and_wildcard_target() -> None:
     config = parse("""
         services: {api: {}, db: {}}
