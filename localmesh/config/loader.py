@@ -1215,8 +1215,12 @@ def _read_route(
         if ops is not None:
             got["request_headers"], got["response_headers"] = ops
     if "timeout" in fields:
-        got["timeout"] = r.duration(fields["timeout"][1], f"{path}.timeout")
-        ok &= got["timeout"] is not None
+        t_node = fields["timeout"][1]
+        if r.optional_off(t_node):  # `timeout: false`: none here, whatever the service has
+            got["timeout"] = 0.0
+        else:
+            got["timeout"] = r.duration(t_node, f"{path}.timeout")
+            ok &= got["timeout"] is not None
     if "retries" in fields:
         rt_node = fields["retries"][1]
         # a route's `retries: false` turns retries off even if the service has them

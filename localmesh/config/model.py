@@ -153,7 +153,7 @@ class Route:
     rewrite_prefix: str | None = None  # replaces the matched path prefix
     request_headers: HeaderOps = field(default_factory=HeaderOps)
     response_headers: HeaderOps = field(default_factory=HeaderOps)
-    timeout: float | None = None  # None = the service's timeout
+    timeout: float | None = None  # None = the service's timeout; 0 = none (`false`)
     retries: RetryPolicy | None = None  # None = the service's; attempts=0 = none on this route
     fault: Fault | None = None
     mirror: Mirror | None = None

@@ -151,6 +151,20 @@ def test_route_retries_false_turns_them_off_but_absent_inherits() -> None:
     assert b.retries is None
 
 
+def test_route_timeout_false_turns_it_off_but_absent_inherits() -> None:
+    config = parse("""
+        services:
+          api:
+            timeout: 5s
+            routes:
+              - {name: stream, match: [{path: {prefix: /events}}], timeout: false}
+              - {name: rest}
+    """)
+    stream, rest = svc(config, "api").routes
+    assert stream.timeout == 0.0  # none, though the service has one
+    assert rest.timeout is None
+
+
 def test_status_codes_in_retry_on_are_istio_style() -> None:
     config = parse("services:\n  api:\n    retries: {retry_on: [503, reset]}\n")
     retries = svc(config, "api").retries
