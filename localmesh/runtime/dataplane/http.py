@@ -1048,7 +1048,9 @@ class Exchange:
         if ops is not None:  # what the route sets or adds is filtered like the rest
             conn = self.conn
             hop = conn.connection_tokens if conn is not None and conn.connection_tokens else None
-            kept = [h for h in ops.apply(lowered(kept)) if h[0] not in (hop or HOP_BY_HOP)]
+            kept = [
+                h for h in ops.apply_keeping_case(kept) if h[0].lower() not in (hop or HOP_BY_HOP)
+            ]
         out = self.out
         out.append(STATUS_LINES.get(status) or wire.status_line(status))
         _add_lines(out, kept)  # pieces of the one write up_after_data joins

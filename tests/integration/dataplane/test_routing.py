@@ -29,6 +29,7 @@ from localmesh.config.model import (
 from tests.integration.dataplane.harness import (
     endpoints_of,
     eventually,
+    raw_exchange,
     running,
     service,
     snapshot,
@@ -107,6 +108,7 @@ async def test_header_operations(http_backend: HttpBackend) -> None:
                 request_headers=HeaderOps(set=(("x-env", "mesh"),), remove=("x-secret",)),
                 response_headers=HeaderOps(
                     # aiohttp sends "Server": names match whatever case the upstream used
+                    set=(("X-Route", "ops"),),
                     add=(("x-served-by", "localmesh"),),
                     remove=("x-backend", "server"),
                 ),
@@ -116,6 +118,14 @@ async def test_header_operations(http_backend: HttpBackend) -> None:
     async with running(snapshot(api)) as mesh, aiohttp.ClientSession() as s:
         headers = {"x-env": "client", "x-secret": "s3"}
         status, resp_headers, body = await get(s, mesh.url("web>api", "/echo"), headers=headers)
+        raw = await raw_exchange(
+            mesh.address("web>api"), b"GET /echo HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
+        )
+    # the upstream's names keep their case, the route's are as configured
+    head = raw.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert b"Content-Type: application/json; charset=utf-8" in head
+    assert b"X-Route: ops" in head
+    assert b"x-served-by: localmesh" in head
     assert status == 200
     assert '"x-env": "mesh"' in body
     assert "x-secret" not in body

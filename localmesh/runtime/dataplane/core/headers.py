@@ -42,13 +42,16 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 
 
 class CompiledHeaderOps:
-    """A route's set/add/remove, prepared once: removal names as a frozenset, bytes pairs."""
+    """A route's set/add/remove, prepared once: removal names as a frozenset, bytes pairs
+    (lower-cased for requests, as configured for responses)."""
 
-    __slots__ = ("add", "drop", "set")
+    __slots__ = ("add", "add_as_written", "drop", "set", "set_as_written")
 
     def __init__(self, ops: HeaderOps) -> None:
         self.set = tuple((k.lower().encode(), v.encode()) for k, v in ops.set)
         self.add = tuple((k.lower().encode(), v.encode()) for k, v in ops.add)
+        self.set_as_written = tuple((k.encode(), v.encode()) for k, v in ops.set)
+        self.add_as_written = tuple((k.encode(), v.encode()) for k, v in ops.add)
         self.drop = frozenset(k.lower().encode() for k in ops.remove) | {k for k, _ in self.set}
 
     @classmethod
@@ -56,11 +59,21 @@ class CompiledHeaderOps:
         return None if ops.empty else cls(ops)
 
     def apply(self, headers: Sequence[Header]) -> list[Header]:
-        """A new list: removed and overwritten names dropped, then set and add appended."""
+        """A new list: removed and overwritten names dropped, then set and add appended
+        (``headers``' names lower-cased, as a request's are)."""
         drop = self.drop
         out = [h for h in headers if h[0] not in drop]
         out.extend(self.set)
         out.extend(self.add)
+        return out
+
+    def apply_keeping_case(self, headers: Sequence[Header]) -> list[Header]:
+        """``apply`` for a response: its names stay as the upstream wrote them, and the
+        route's as configured."""
+        drop = self.drop
+        out = [h for h in headers if h[0].lower() not in drop]
+        out.extend(self.set_as_written)
+        out.extend(self.add_as_written)
         return out
 
 
