@@ -19,7 +19,7 @@ import asyncio
 import time
 from typing import Final, cast
 
-from localmesh.runtime.dataplane.compiled import ListenerView
+from localmesh.runtime.dataplane.compiled import ListenerView, RouteTarget
 from localmesh.runtime.dataplane.context import ListenerContext
 from localmesh.runtime.dataplane.core import wire
 from localmesh.runtime.dataplane.core.policy import Caller
@@ -48,8 +48,10 @@ class TcpDownstream(asyncio.Protocol):
         "peer_ip",
         "pending",
         "received",
+        "route",
         "sent",
         "started",
+        "target",
         "transport",
         "upstream",
         "view",
@@ -66,6 +68,8 @@ class TcpDownstream(asyncio.Protocol):
         self.pending: list[bytes] | None = []
         self.host: UpstreamHost | None = None
         self.caller: Caller | None = None
+        self.target: RouteTarget | None = None  # where this connection goes (its route's)
+        self.route: str | None = None
         self.edge: TcpEdge | None = None
         self.peer_ip = "unknown"
         self.received = 0  # from the downstream
@@ -95,7 +99,7 @@ class TcpDownstream(asyncio.Protocol):
         if view.compiled.metrics:
             self.edge = edge = ctx.metrics.tcp_edge(caller.name, view.service)
             edge.opened()
-        target = view.target
+        target = self.target = self._route(view, caller)
         if target is None:
             self._refuse(wire.NO_ROUTE)
             return
@@ -104,8 +108,22 @@ class TcpDownstream(asyncio.Protocol):
             return
         spawn(self._connect(), name=f"tcp {ctx.name} {self.peer_ip}")
 
+    def _route(self, view: ListenerView, caller: Caller) -> RouteTarget | None:
+        """The first route whose ``match.sources`` names the caller (a TCP route matches on
+        nothing else), its weighted split picked; without routes, the service itself."""
+        vhost = view.routes.virtual_host(b"")
+        if vhost is None:
+            return view.target
+        matcher = vhost.routes.match(b"", b"/", b"", [], caller.name)
+        if matcher is None:
+            return None
+        route = matcher.route
+        self.route = route.name
+        targets = route.targets
+        return targets[route.pick(self.ctx.rng.random()) if len(targets) > 1 else 0]
+
     async def _connect(self) -> None:
-        target = self.view.target
+        target = self.target
         assert target is not None
         cluster = target.cluster
         state = cluster.state
@@ -255,6 +273,7 @@ class TcpDownstream(asyncio.Protocol):
                     "protocol": str(view.protocol),
                     "source": self.caller.name if self.caller is not None else "unknown",
                     "destination": view.service,
+                    "route": self.route,
                     "flags": self.flags,
                     "request_bytes": self.received,
                     "response_bytes": self.sent,
@@ -288,7 +307,7 @@ class TcpUpstream(asyncio.Protocol):
         return True if self.down.upstream_eof() else None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        target = self.down.view.target
+        target = self.down.target
         if target is not None:
             target.cluster.state.connections -= 1
             if exc is not None:  # reset mid-relay: discovery may know a newer address

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from localmesh.config.model import AuthorizationPolicy, PolicyAction, Protocol, RetryPolicy
+from localmesh.config.model import (
+    AuthorizationPolicy,
+    Destination,
+    PolicyAction,
+    Protocol,
+    RequestMatch,
+    RetryPolicy,
+    Route,
+)
 from tests.integration.dataplane.harness import eventually, running, service, snapshot
 from tests.support.services import Postgres, Redis, free_port
 
@@ -72,6 +82,45 @@ async def test_redis_through_the_mesh_with_a_pool(redis_server: Redis) -> None:
             await client.aclose()
     assert values == [str(i).encode() for i in range(200)]
     assert results[-1] >= 100
+
+
+async def test_tcp_routes_split_connections_by_caller() -> None:
+    """A TCP route matches on sources only: web's connections go to `special`, everyone
+    else's to the service's own endpoints; the access log names the route."""
+
+    def answering(name: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(name)
+            await writer.drain()
+            writer.close()
+
+        return handle
+
+    plain = await asyncio.start_server(answering(b"plain"), "127.0.0.1", 0)
+    special = await asyncio.start_server(answering(b"special"), "127.0.0.1", 0)
+    up = service(
+        "up",
+        ("127.0.0.1", plain.sockets[0].getsockname()[1]),
+        protocol=Protocol.TCP,
+        routes=(
+            Route("from-web", (RequestMatch(sources=("web",)),), (Destination("special"),)),
+            Route("rest"),
+        ),
+    )
+    other = service(
+        "special", ("127.0.0.1", special.sockets[0].getsockname()[1]), protocol=Protocol.TCP
+    )
+    async with plain, special, running(snapshot(up, other, callers=("web", "batch"))) as m:
+        answers = {}
+        for caller in ("web", "batch"):
+            reader, writer = await asyncio.open_connection(*m.address(f"{caller}>up"))
+            async with asyncio.timeout(5):
+                answers[caller] = await reader.read()
+            writer.close()
+        await eventually(lambda: len([r for r in m.records() if r["destination"] == "up"]) == 2)
+    assert answers == {"web": b"special", "batch": b"plain"}
+    routes = {r["source"]: r["route"] for r in m.records() if r["destination"] == "up"}
+    assert routes == {"web": "from-web", "batch": "rest"}
 
 
 async def test_half_close_is_relayed() -> None:
