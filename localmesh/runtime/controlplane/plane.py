@@ -230,8 +230,8 @@ class ControlPlane:
             try:
                 snapshot = self._compile(initial.loaded.inputs, version, self.source.label)
             except ConfigError as exc:
-                if persisted is None:
-                    raise
+                if persisted is None:  # nothing stays active: not the reload's hint
+                    raise ConfigError(exc.problems, "fix it and start again") from None
                 error = exc
             else:
                 await self._apply(snapshot)

@@ -155,6 +155,20 @@ def test_run_with_a_broken_mesh_and_no_state_exits_2_with_the_position(tmp_path:
     assert done.returncode == 2
     assert f"{mesh}:3:5" in done.stderr
     assert "Traceback" not in done.stderr
+    # valid YAML the compiler refuses (no default listener above port 55535): nothing was
+    # active before, so the hint must not say the previous configuration stays active
+    mesh.write_text("services:\n  api:\n    ports: [60000]\n    endpoints: ['127.0.0.1:9']\n")
+    done = subprocess.run(
+        [*LOCALMESH, "run", "--mesh", str(mesh), "--admin", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "no default host-mode listener above port 55535" in done.stderr
+    assert "stays active" not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_client_commands_say_when_no_runtime_answers() -> None:
