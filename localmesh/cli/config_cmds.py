@@ -150,6 +150,16 @@ def _load(mesh: Path | None, project: ComposeProject | None) -> tuple[MeshConfig
     return infer_mesh(project, _image_ports(project)), None
 
 
+def _check_host_mode(config: MeshConfig) -> None:
+    """Without a compose project the mesh runs in host mode (`localmesh run`): compile it
+    as that would, so its listener problems (a port with no default listener, two
+    listeners or the admin API on one socket) are found here, not at start."""
+    from localmesh.runtime.controlplane.compile import Inputs, compile_snapshot
+
+    admin = (config.mesh.admin_bind, config.mesh.admin_port)
+    compile_snapshot(Inputs(config), version=1, origin="validate", reserved=[admin])
+
+
 def _summary(config: MeshConfig) -> str:
     meshed = sum(1 for s in config.services if s.meshed)
     routes = sum(len(s.routes) for s in config.services) + sum(
@@ -256,6 +266,8 @@ def register(app: typer.Typer) -> None:
         try:  # a broken compose file is a ConfigError too, with its own positions
             project = _checked_project(compose, no_compose)
             config, path = _load(mesh, project)
+            if project is None:
+                _check_host_mode(config)
         except ConfigError as exc:
             if not as_json:
                 raise

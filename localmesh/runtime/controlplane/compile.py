@@ -117,7 +117,7 @@ def compile_snapshot(
     )
     problems += check_snapshot(snapshot, reserved=reserved, host_mode=inputs.host_mode)
     if problems:
-        raise ConfigError(problems, hint="the previous configuration stays active")
+        raise ConfigError(problems)  # a reload's rejection says what stays active
     return snapshot
 
 

@@ -169,6 +169,16 @@ def test_run_with_a_broken_mesh_and_no_state_exits_2_with_the_position(tmp_path:
     assert "no default host-mode listener above port 55535" in done.stderr
     assert "stays active" not in done.stderr
     assert "Traceback" not in done.stderr
+    # and validate finds it first: without a compose project it checks host mode's listeners
+    checked = subprocess.run(
+        [*LOCALMESH, "validate", "--no-compose", "--mesh", str(mesh)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert checked.returncode == 2
+    assert f"{mesh}:2:3: api:60000: no default host-mode listener" in checked.stderr
 
 
 def test_client_commands_say_when_no_runtime_answers() -> None:
