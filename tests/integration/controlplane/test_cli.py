@@ -144,39 +144,30 @@ def test_run_serves_reloads_on_sighup_and_stops_cleanly(
 
 def test_run_with_a_broken_mesh_and_no_state_exits_2_with_the_position(tmp_path: Path) -> None:
     mesh = tmp_path / "mesh.yaml"
+
+    def localmesh(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*LOCALMESH, *args], capture_output=True, text=True, timeout=30, check=False
+        )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return localmesh("run", "--mesh", str(mesh), "--admin", f"127.0.0.1:{free_port()}")
+
     mesh.write_text("services:\n  api:\n    portz: [80]\n")
-    done = subprocess.run(
-        [*LOCALMESH, "run", "--mesh", str(mesh), "--admin", f"127.0.0.1:{free_port()}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run()
     assert done.returncode == 2
     assert f"{mesh}:3:5" in done.stderr
     assert "Traceback" not in done.stderr
     # valid YAML the compiler refuses (no default listener above port 55535): nothing was
     # active before, so the hint must not say the previous configuration stays active
     mesh.write_text("services:\n  api:\n    ports: [60000]\n    endpoints: ['127.0.0.1:9']\n")
-    done = subprocess.run(
-        [*LOCALMESH, "run", "--mesh", str(mesh), "--admin", f"127.0.0.1:{free_port()}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run()
     assert done.returncode == 2
     assert "no default host-mode listener above port 55535" in done.stderr
     assert "stays active" not in done.stderr
     assert "Traceback" not in done.stderr
     # and validate finds it first: without a compose project it checks host mode's listeners
-    checked = subprocess.run(
-        [*LOCALMESH, "validate", "--no-compose", "--mesh", str(mesh)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    checked = localmesh("validate", "--no-compose", "--mesh", str(mesh))
     assert checked.returncode == 2
     assert f"{mesh}:2:3: api:60000: no default host-mode listener" in checked.stderr
 
