@@ -35,7 +35,7 @@ from localmesh.runtime.dataplane.core import wire
 from localmesh.runtime.dataplane.core.balancer import hash_key
 from localmesh.runtime.dataplane.core.fault import decide as decide_fault
 from localmesh.runtime.dataplane.core.headers import HOP_BY_HOP, connection_tokens
-from localmesh.runtime.dataplane.core.policy import Caller
+from localmesh.runtime.dataplane.core.policy import UNKNOWN, Caller
 from localmesh.runtime.dataplane.core.retry import Outcome, backoff, budget_allows, is_retriable
 from localmesh.runtime.dataplane.core.routing import CompiledRoute, RouteMatcher
 from localmesh.runtime.dataplane.core.uri import BadTarget, split_target
@@ -600,12 +600,15 @@ class Exchange:
         self, vhost: VirtualHost, route: CompiledRoute[RouteTarget], caller: Caller
     ) -> bool:
         now = self.down.ctx.now()
+        # per_source: per caller; callers from outside the mesh per address, so one noisy
+        # client does not empty the bucket of every other unknown one
+        source = caller.name if caller.name != UNKNOWN else self.down.peer_ip
         wait = 0.0
         if vhost.rate_limiter is not None:
-            wait = vhost.rate_limiter.take(caller.name, now)
+            wait = vhost.rate_limiter.take(source, now)
         limiter = vhost.route_limiters.get(route.name)
         if not wait and limiter is not None:
-            wait = limiter.take(caller.name, now)
+            wait = limiter.take(source, now)
         if not wait:
             return False
         self.down.ctx.metrics.rate_limited(route.name)

@@ -21,10 +21,12 @@ from localmesh.config.model import (
     HealthCheck,
     HealthCheckKind,
     OutlierDetection,
+    Protocol,
     RateLimit,
     RetryPolicy,
     Route,
 )
+from localmesh.runtime.snapshot import ListenerSpec
 from tests.integration.dataplane.harness import Mesh, eventually, running, service, snapshot
 from tests.support.services import HttpBackend, free_port, run_http_backend
 
@@ -338,6 +340,34 @@ async def test_rate_limit_answers_429_with_retry_after(http_backend: HttpBackend
     assert headers["x-localmesh-reason"] == "rate-limited"
     assert headers["retry-after"] == "2"
     assert mesh.metrics._rate_limited.values == {"limited": 1}
+
+
+async def test_rate_limit_per_source_keeps_unknown_callers_apart_by_address(
+    http_backend: HttpBackend,
+) -> None:
+    api = service(
+        "api",
+        addr(http_backend),
+        rate_limit=RateLimit(requests_per_second=0.1, burst=1, per_source=True),
+    )
+    # no pinned caller: connections from 127.0.0.2/.3 (no service lives there) are unknown
+    listener = ListenerSpec("open>api", "api", 8000, Protocol.HTTP, "127.0.0.1", 0)
+    async with running(snapshot(api, listeners=[listener])) as mesh:
+
+        async def status_from(ip: str) -> int:
+            reader, writer = await asyncio.open_connection(
+                *mesh.address("open>api"), local_addr=(ip, 0)
+            )
+            writer.write(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            async with asyncio.timeout(5):
+                raw = await reader.read()
+            writer.close()
+            return int(raw[9:12])
+
+        assert await status_from("127.0.0.2") == 200
+        assert await status_from("127.0.0.2") == 429
+        assert await status_from("127.0.0.3") == 200  # another unknown caller, its own bucket
+    assert {r["source"] for r in mesh.records()} == {"unknown"}
 
 
 async def test_rate_limit_per_source(http_backend: HttpBackend) -> None:
