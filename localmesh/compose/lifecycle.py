@@ -413,13 +413,7 @@ def check_project_owner(client: Any, generated: GenerateResult) -> None:
     """A project name already running from another directory is refused: Compose would
     silently recreate that project's containers from this directory's files."""
     mine = {str(generated.compose_file), str(generated.compose_file.resolve())}
-    try:
-        containers = client.containers.list(
-            filters={"label": f"com.docker.compose.project={generated.plan.project}"}
-        )
-    except docker.errors.DockerException:
-        return
-    for container in containers:
+    for container in _running(client, generated.plan.project):
         files = (container.labels or {}).get("com.docker.compose.project.config_files", "")
         if files and not mine & set(files.split(",")):
             where = Path(files.split(",")[0]).parent
@@ -432,15 +426,20 @@ def check_project_owner(client: Any, generated: GenerateResult) -> None:
             )
 
 
-def _ports_held_by(client: Any, project: str) -> set[int]:
-    held: set[int] = set()
+def _running(client: Any, project: str) -> list[Any]:
+    """The project's running containers (none when the engine does not answer: the
+    checks that use them then leave the verdict to Compose)."""
     try:
-        containers = client.containers.list(
-            filters={"label": f"com.docker.compose.project={project}"}
+        return list(
+            client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
         )
     except docker.errors.DockerException:
-        return held
-    for container in containers:
+        return []
+
+
+def _ports_held_by(client: Any, project: str) -> set[int]:
+    held: set[int] = set()
+    for container in _running(client, project):
         for bindings in (container.ports or {}).values():
             held.update(int(b["HostPort"]) for b in bindings or () if b.get("HostPort"))
     return held

@@ -96,7 +96,8 @@ class AccessLog:
             line = _encode(record).encode("ascii") + b"\n"
             self._pending.append(line)
             status = record.get("status")
-            if (isinstance(status, int) and status >= 400) or record.get("flags", "-") != "-":
+            flags = record.get("flags", _NO_FLAGS)
+            if (isinstance(status, int) and status >= 400) or flags != _NO_FLAGS:
                 self._errors.append((self._made + 1, line))
             self._added()
 
