@@ -3,13 +3,19 @@
 Layout of ``$LOCALMESH_HOME/ca`` (0700)::
 
     root.pem            the trust anchor; the only thing `trust` installs or containers mount
-    root-key.pem        0600; used only to create or renew the intermediate
-    intermediate.pem    issues every leaf: ingress servers, workloads, clients
+    root-key.pem        0600; used only to sign the intermediate and mesh signers
+    intermediate.pem    issues every leaf the host needs: ingress servers, workloads, clients
     intermediate-key.pem 0600
 
 Why two levels: the root key stays cold on disk (touched once every couple of years), the
 hot key that `localmesh run` holds in memory can be renewed without re-trusting anything.
-Every lifetime below carries its reason.
+
+A **mesh signer** (``issue_signer``) is a second, narrow intermediate for one project's mesh
+container, which must keep issuing workload identities while nobody runs localmesh on the
+host (``localmesh up -d``) and must never hold this CA's keys. Its name constraints permit
+only ``spiffe://<trust_domain>`` URIs and exclude every DNS name and IP address, so its key
+cannot certify a host name the developer's browser would trust; lasting 30 days, a lost key
+soon signs nothing. Every lifetime below carries its reason.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ INTERMEDIATE_RENEW_BEFORE = 60 * DAY
 SERVER_LIFETIME = 30 * DAY
 #: SPIFFE's customary SVID lifetime; rotation at 2/3 leaves 8 h of slack for a stuck rotator.
 WORKLOAD_LIFETIME = 1 * DAY
+#: A mesh signer is renewed by `localmesh up`/`generate` at 2/3 of its life; 30 days lets a
+#: detached project run a month without the host, and bounds a leaked key like the ingress's.
+SIGNER_LIFETIME = 30 * DAY
 #: People and test runners re-run `issue-client` rarely; a quarter keeps a lost key short-lived.
 CLIENT_LIFETIME = 90 * DAY
 #: Back-date leaves a little (at most 60 s) so a peer whose clock is slightly behind still
@@ -74,7 +83,7 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 @dataclass(frozen=True, slots=True)
 class IssuedCert:
-    """A leaf certificate, its key, and the intermediates a peer needs to reach the root."""
+    """A certificate, its key, and the intermediates a peer needs to reach the root."""
 
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
@@ -122,6 +131,75 @@ class IssuedCert:
 
 
 @dataclass(frozen=True, slots=True)
+class Issuer:
+    """A CA certificate with its key, signing leaves: the CA's intermediate on the host, a
+    mesh signer in the mesh container. ``chain`` is what a leaf sends after itself."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    chain: tuple[x509.Certificate, ...]
+
+    def issue_workload(
+        self,
+        trust_domain: str,
+        service: str,
+        *,
+        lifetime: float = WORKLOAD_LIFETIME,
+        now: dt.datetime | None = None,
+    ) -> IssuedCert:
+        """An X.509 SVID: the SPIFFE URI is the identity; usable as TLS server and client."""
+        spiffe = workload_spiffe_id(trust_domain, service)
+        return self.issue(
+            # A dot would make OpenSSL read the CN as a host name and check it against the
+            # root's DNS constraints; the CN is informational, the URI is the identity.
+            subject=_name(O="localmesh workload", OU=trust_domain, CN=service.replace(".", "_")),
+            sans=[x509.UniformResourceIdentifier(spiffe)],
+            usages=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            lifetime=lifetime,
+            now=now,
+        )
+
+    def issue(
+        self,
+        *,
+        subject: x509.Name,
+        sans: list[x509.GeneralName],
+        usages: list[x509.ObjectIdentifier],
+        lifetime: float,
+        now: dt.datetime | None,
+    ) -> IssuedCert:
+        if lifetime <= 0:
+            raise CAError(f"certificate lifetime must be positive, not {lifetime}")
+        now = now or _utcnow()
+        not_before = now - dt.timedelta(seconds=min(MAX_BACKDATE, lifetime / 100))
+        # No leaf outlives its issuer.
+        not_after = min(now + dt.timedelta(seconds=lifetime), self.cert.not_valid_after_utc)
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+        )
+        cert = builder.sign(self.key, hashes.SHA256())
+        return IssuedCert(cert=cert, key=key, chain=self.chain)
+
+
+@dataclass(frozen=True, slots=True)
 class CAInfo:
     """What `localmesh ca show` reports."""
 
@@ -164,7 +242,7 @@ class CertificateAuthority:
         self.directory = directory
         self.root = root
         self.intermediate = intermediate
-        self._intermediate_key = intermediate_key
+        self._issuer = Issuer(intermediate, intermediate_key, (intermediate,))
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -254,7 +332,7 @@ class CertificateAuthority:
             else:
                 sans.append(x509.DNSName(name.value))
         first = next((n.value for n in names if not n.is_ip), names[0].value)
-        return self._issue(
+        return self._issuer.issue(
             subject=_name(O="localmesh development certificate", CN=first),
             sans=sans,
             usages=[ExtendedKeyUsageOID.SERVER_AUTH],
@@ -270,17 +348,8 @@ class CertificateAuthority:
         lifetime: float = WORKLOAD_LIFETIME,
         now: dt.datetime | None = None,
     ) -> IssuedCert:
-        """An X.509 SVID: the SPIFFE URI is the identity; usable as TLS server and client."""
-        spiffe = workload_spiffe_id(trust_domain, service)
-        return self._issue(
-            # A dot would make OpenSSL read the CN as a host name and check it against the
-            # root's DNS constraints; the CN is informational, the URI is the identity.
-            subject=_name(O="localmesh workload", OU=trust_domain, CN=service.replace(".", "_")),
-            sans=[x509.UniformResourceIdentifier(spiffe)],
-            usages=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-            lifetime=lifetime,
-            now=now,
-        )
+        """A service's SPIFFE identity (see ``Issuer.issue_workload``)."""
+        return self._issuer.issue_workload(trust_domain, service, lifetime=lifetime, now=now)
 
     def issue_client(
         self,
@@ -292,7 +361,7 @@ class CertificateAuthority:
     ) -> IssuedCert:
         """A client certificate for a person or test runner: ``spiffe://<td>/client/<name>``."""
         spiffe = client_spiffe_id(trust_domain, name)
-        return self._issue(
+        return self._issuer.issue(
             subject=_name(O="localmesh client", OU=trust_domain, CN=name),
             sans=[x509.UniformResourceIdentifier(spiffe)],
             usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
@@ -300,46 +369,49 @@ class CertificateAuthority:
             now=now,
         )
 
-    def _issue(
+    def issue_signer(
         self,
+        trust_domain: str,
         *,
-        subject: x509.Name,
-        sans: list[x509.GeneralName],
-        usages: list[x509.ObjectIdentifier],
-        lifetime: float,
-        now: dt.datetime | None,
+        lifetime: float = SIGNER_LIFETIME,
+        now: dt.datetime | None = None,
     ) -> IssuedCert:
-        if lifetime <= 0:
-            raise CAError(f"certificate lifetime must be positive, not {lifetime}")
+        """A mesh signer for ``trust_domain`` (see the module docstring), signed by the root:
+        the root allows one CA below it on a path, and the signer is that CA."""
+        workload_spiffe_id(trust_domain, "x")  # the trust domain's syntax, checked up front
+        root_key = _load_key(self.directory / ROOT_KEY)
         now = now or _utcnow()
-        not_before = now - dt.timedelta(seconds=min(MAX_BACKDATE, lifetime / 100))
-        # No leaf outlives its issuer.
-        not_after = min(now + dt.timedelta(seconds=lifetime), self.intermediate.not_valid_after_utc)
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
+        not_after = min(now + dt.timedelta(seconds=lifetime), self.root.not_valid_after_utc)
+        constraints = x509.NameConstraints(
+            permitted_subtrees=[x509.UniformResourceIdentifier(trust_domain)],
+            excluded_subtrees=[
+                x509.DNSName(""),  # the empty name matches every DNS name
+                x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")),
+                x509.IPAddress(ipaddress.ip_network("::/0")),
+            ],
+        )
+        cert = (
             x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.intermediate.subject)
+            .subject_name(_name(O="localmesh mesh signer", OU=trust_domain, CN="mesh signer"))
+            .issuer_name(self.root.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
+            .not_valid_before(now - dt.timedelta(seconds=MAX_BACKDATE))
             .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(cert_sign=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(constraints, critical=True)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self._intermediate_key.public_key()
-                ),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
                 critical=False,
             )
+            .sign(root_key, hashes.SHA256())
         )
-        cert = builder.sign(self._intermediate_key, hashes.SHA256())
-        return IssuedCert(cert=cert, key=key, chain=(self.intermediate,))
+        return IssuedCert(cert=cert, key=key, chain=())
 
 
 # --- building blocks ---------------------------------------------------------------------------

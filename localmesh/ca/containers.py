@@ -5,12 +5,12 @@ Host side (``write_container_certs(ca, out_dir, ...)``, ``out_dir`` usually
 
     trust/ca.pem            the mesh root alone                      (0644)
     trust/bundle.pem        the host's public roots + the mesh root  (0644)
-    <service>/cert.pem      the service's workload cert + intermediate (0644)
-    <service>/key.pem       its key                                  (0600, directory 0700)
+    services/<service>/cert.pem  the service's workload cert + intermediate (0644)
+    services/<service>/key.pem   its key                            (0600, directory 0700)
     ingress/cert.pem        with ingress hosts: one server cert naming every ingress name
     ingress/key.pem         (hosts, localhost/127.0.0.1/::1, extra_cert_hosts)
-    localmesh/{cert,key}.pem  the mesh's own workload identity (``mesh_identity``): what the
-                            gateway presents under mutual TLS origination
+    signer/{cert,key}.pem   with ``signer=True``: the project's mesh signer (see
+                            ``authority``), for the mesh container alone
 
 Container side: ``trust/`` is mounted read-only at ``/etc/localmesh/trust`` and the
 service's own directory at ``/etc/localmesh/identity``. Directories, not single files, are
@@ -27,14 +27,18 @@ ingress serves the certificate issued here: ``MountedCertificates`` stands in fo
 there. That certificate lasts 30 days; ``localmesh up``/``generate`` renews it at 2/3 of
 its life, and a host added to a running mesh needs one of them to be re-run. Being every
 service's sidecar, the mesh container also originates mutual TLS as whichever service
-calls, with the identity in that service's directory (``MountedCertificates.workload``);
-those are renewed the same way, and while ``localmesh up`` runs in the foreground it
-renews whatever falls due (``compose.generate.renew_certs``).
+calls: those identities it issues and rotates itself with the mesh signer
+(``MountedCertificates.issue_workload``), so a detached project keeps them valid for as long
+as the signer lasts (30 days, renewed like the ingress certificate). The identities in the
+services' own directories are the apps' and are renewed on the host, by ``up``/``generate``
+and every ten minutes while ``localmesh up`` runs in the foreground
+(``compose.generate.renew_certs``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,11 +50,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from localmesh.ca import files
-from localmesh.ca.authority import WORKLOAD_LIFETIME, CertificateAuthority, IssuedCert
+from localmesh.ca.authority import WORKLOAD_LIFETIME, CertificateAuthority, IssuedCert, Issuer
 from localmesh.ca.names import INGRESS_DEFAULT_NAMES, parse_host, workload_spiffe_id
-from localmesh.ca.rotation import RotatingCert, rotation_due
+from localmesh.ca.rotation import rotation_due
 from localmesh.config.model import Ingress
 from localmesh.errors import CAError
+
+log = logging.getLogger(__name__)
 
 CONTAINER_TRUST_DIR = "/etc/localmesh/trust"
 CONTAINER_IDENTITY_DIR = "/etc/localmesh/identity"
@@ -59,9 +65,10 @@ CONTAINER_BUNDLE = f"{CONTAINER_TRUST_DIR}/bundle.pem"
 CONTAINER_CERT = f"{CONTAINER_IDENTITY_DIR}/cert.pem"
 CONTAINER_KEY = f"{CONTAINER_IDENTITY_DIR}/key.pem"
 INGRESS_DIR = "ingress"
-# The mesh's own identity; named like the mesh's compose service, which no user service
-# can be called, so it never meets a service's directory.
-MESH_IDENTITY_DIR = "localmesh"
+SIGNER_DIR = "signer"
+# Services' identities live one level down, so no service name ("trust", "ingress", ...)
+# can meet the mesh's own directories.
+SERVICES_DIR = "services"
 
 
 def trust_environment() -> dict[str, str]:
@@ -142,16 +149,17 @@ def write_container_certs(
     services: Iterable[str],
     *,
     ingress_names: Sequence[str] = (),
-    mesh_identity: str | None = None,
+    signer: bool = False,
     lifetime: float = WORKLOAD_LIFETIME,
     now: dt.datetime | None = None,
 ) -> ContainerCerts:
-    """Write the trust bundle, each service's workload identity, the mesh's own
-    (``mesh_identity``: its workload name) and (``ingress_names``, see
-    ``ingress_cert_names``) the ingress certificate under ``out_dir``.
+    """Write the trust bundle, each service's workload identity, (``ingress_names``, see
+    ``ingress_cert_names``) the ingress certificate and (``signer``) the mesh signer under
+    ``out_dir``.
 
-    An existing cert is kept while it is signed by the current intermediate, names the same
-    identity and is not yet due for rotation, so running ``generate`` twice changes nothing.
+    An existing cert is kept while it is signed by the current intermediate (the signer: by
+    the root), names the same identity and is not yet due for rotation, so running
+    ``generate`` twice changes nothing.
     """
     now = now or dt.datetime.now(dt.UTC)
     files.ensure_private_dir(out_dir)
@@ -163,28 +171,34 @@ def write_container_certs(
     _write_if_changed(trust_dir / "bundle.pem", system.rstrip(b"\n") + b"\n" + root)
     written: dict[str, ServiceCerts] = {}
     issued: list[str] = []
-    identities = [(s, out_dir / s) for s in services]
-    if mesh_identity is not None:
-        identities.append((mesh_identity, out_dir / MESH_IDENTITY_DIR))
-    for service, directory in identities:
+    for service in services:
+        directory = out_dir / SERVICES_DIR / service
         entry = ServiceCerts(service, workload_spiffe_id(trust_domain, service), directory)
         if not _still_good(ca, entry, now):
-            files.ensure_private_dir(entry.directory)
+            files.ensure_private_dir(directory.parent)
+            files.ensure_private_dir(directory)
             ca.issue_workload(trust_domain, service, lifetime=lifetime, now=now).write(
                 entry.cert, entry.key
             )
-            issued.append(directory.name)
-        if directory.name != MESH_IDENTITY_DIR:
-            written[service] = entry
+            issued.append(service)
+        written[service] = entry
     ingress_dir = None
     if ingress_names:
         ingress_dir = out_dir / INGRESS_DIR
         cert, key = ingress_dir / "cert.pem", ingress_dir / "key.pem"
-        found = _reusable(ca, cert, key, now)
+        found = _reusable(ca.intermediate, cert, key, now)
         if found is None or _server_names(found) != {parse_host(n).value for n in ingress_names}:
             files.ensure_private_dir(ingress_dir)
             ca.issue_server(ingress_names, now=now).write(cert, key)
             issued.append(INGRESS_DIR)
+    if signer:
+        signer_dir = out_dir / SIGNER_DIR
+        cert, key = signer_dir / "cert.pem", signer_dir / "key.pem"
+        found = _reusable(ca.root, cert, key, now)
+        if found is None or _signer_domains(found) != [trust_domain]:
+            files.ensure_private_dir(signer_dir)
+            ca.issue_signer(trust_domain, now=now).write(cert, key)
+            issued.append(SIGNER_DIR)
     return ContainerCerts(trust_dir, written, ingress_dir, tuple(issued))
 
 
@@ -202,24 +216,23 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 
 def _still_good(ca: CertificateAuthority, entry: ServiceCerts, now: dt.datetime) -> bool:
-    cert = _reusable(ca, entry.cert, entry.key, now)
+    cert = _reusable(ca.intermediate, entry.cert, entry.key, now)
     return cert is not None and _sans(cert).get_values_for_type(x509.UniformResourceIdentifier) == [
         entry.spiffe_id
     ]
 
 
 def _reusable(
-    ca: CertificateAuthority, cert_path: Path, key_path: Path, now: dt.datetime
+    issuer: x509.Certificate, cert_path: Path, key_path: Path, now: dt.datetime
 ) -> x509.Certificate | None:
-    """A cert that is ours, not yet due, and matches its key (its names are checked apart)."""
+    """A cert ``issuer`` signed, not yet due, matching its key (names are checked apart)."""
     if not (cert_path.exists() and key_path.exists()):
         return None
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     try:
-        cert.verify_directly_issued_by(ca.intermediate)
-        _sans(cert)
+        cert.verify_directly_issued_by(issuer)
         key = serialization.load_pem_private_key(files.read_private(key_path), password=None)
-    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+    except (ValueError, TypeError, InvalidSignature):
         return None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     same_key = key.public_key().public_bytes(serialization.Encoding.DER, spki) == (
@@ -229,8 +242,21 @@ def _reusable(
     return cert if same_key and now < due else None
 
 
+def _signer_domains(cert: x509.Certificate) -> list[str]:
+    """The trust domains a mesh signer may certify (its permitted URI hosts)."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return []
+    permitted = constraints.permitted_subtrees or []
+    return [n.value for n in permitted if isinstance(n, x509.UniformResourceIdentifier)]
+
+
 def _sans(cert: x509.Certificate) -> x509.SubjectAlternativeName:
-    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return x509.SubjectAlternativeName([])
 
 
 def _server_names(cert: x509.Certificate) -> set[str]:
@@ -241,23 +267,22 @@ def _server_names(cert: x509.Certificate) -> set[str]:
 
 
 class MountedCertificates:
-    """The CA's stand-in inside the mesh container: the mesh root and the ingress certificate
-    issued on the host, read from the certificates directory mounted read-only. It hands out
-    that one certificate for any names it covers; other names need the host to issue again.
+    """The CA's stand-in inside the mesh container, reading the certificates directory the
+    host wrote (mounted read-only): the mesh root; the ingress certificate issued on the
+    host, handed out for any names it covers (other names need the host to issue again);
+    workload identities, issued here with the mesh signer.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._served: set[int] = set()  # serials of ingress certificates handed out
 
     @property
     def root_pem(self) -> bytes:
         return (self.directory / "trust" / "ca.pem").read_bytes()
 
     def issue_server(self, hosts: Iterable[str]) -> IssuedCert:
-        """The ingress certificate on disk. One already handed out and due for rotation is
-        refused (the rotator retries later): handing it out again would leave it due, and
-        the rotator would rotate it again at once, in a loop, until the host renewed it."""
+        """The ingress certificate on disk, as long as it names ``hosts``. Until the host
+        has renewed a due one, rotations get it back and fail (``RotatingCert.rotate``)."""
         where = self.directory / INGRESS_DIR
         hint = "run `localmesh up` again: it issues the ingress certificate on the host"
         issued = _load_issued(where, "ingress certificate", hint)
@@ -268,31 +293,31 @@ class MountedCertificates:
                 f"the ingress certificate issued on the host does not name {', '.join(missing)}",
                 hint,
             )
-        due = rotation_due(issued.not_before, issued.not_after)
-        if issued.serial in self._served and dt.datetime.now(dt.UTC) >= due:
-            raise CAError(f"the ingress certificate in {where} is not renewed yet", hint)
-        self._served.add(issued.serial)
+        if dt.datetime.now(dt.UTC) >= rotation_due(issued.not_before, issued.not_after):
+            log.warning("the ingress certificate in %s is due for renewal: %s", where, hint)
         return issued
 
-    def workload(self, directory: str, spiffe_id: str) -> RotatingCert:
-        """The workload identity the host issued into ``directory`` (a service's name, or
-        ``MESH_IDENTITY_DIR``). At 2/3 of its life it is read again: the host renews it on
-        ``localmesh up``/``generate``; until then each attempt fails with that hint and the
-        rotator retries."""
-        where = self.directory / directory
-        hint = "run `localmesh up` again: it issues workload identities on the host"
-        loaded: list[int] = []
-
-        def load() -> IssuedCert:
-            issued = _load_issued(where, f"workload identity {spiffe_id}", hint)
-            if spiffe_id not in issued.uris:
-                raise CAError(f"the certificate in {where} is not {spiffe_id}", hint)
-            if loaded and issued.serial == loaded[-1]:
-                raise CAError(f"the workload identity in {where} is not renewed yet", hint)
-            loaded.append(issued.serial)
-            return issued
-
-        return RotatingCert(spiffe_id, load)
+    def issue_workload(
+        self,
+        trust_domain: str,
+        service: str,
+        *,
+        lifetime: float = WORKLOAD_LIFETIME,
+        now: dt.datetime | None = None,
+    ) -> IssuedCert:
+        """A workload identity issued here, with the mesh signer the host wrote (read each
+        time: the host renews it). From the signer's 2/3 on, each issue says so in the log."""
+        where = self.directory / SIGNER_DIR
+        hint = "run `localmesh up` again: it renews the mesh signer on the host"
+        signer = _load_issued(where, "mesh signer", hint)
+        now = now or dt.datetime.now(dt.UTC)
+        expiry = f"{signer.not_after:%Y-%m-%d %H:%M} UTC"
+        if signer.not_after <= now:
+            raise CAError(f"the mesh signer in {where} expired on {expiry}", hint)
+        if now >= rotation_due(signer.not_before, signer.not_after):
+            log.warning("the mesh signer expires on %s: %s", expiry, hint)
+        issuer = Issuer(signer.cert, signer.key, (signer.cert,))
+        return issuer.issue_workload(trust_domain, service, lifetime=lifetime, now=now)
 
 
 def _load_issued(where: Path, what: str, hint: str) -> IssuedCert:

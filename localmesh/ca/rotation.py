@@ -21,9 +21,10 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from localmesh.ca import files
-from localmesh.ca.authority import WORKLOAD_LIFETIME, CertificateAuthority, IssuedCert
+from localmesh.ca.authority import WORKLOAD_LIFETIME, IssuedCert
 from localmesh.ca.names import workload_spiffe_id
 from localmesh.errors import CAError
 
@@ -34,8 +35,9 @@ ROTATE_AT = 2 / 3
 #: a suspended laptop spent asleep, the certificate's clock does.
 MAX_SLEEP = 60.0
 #: After a failed issue, retry this soon (sooner when less time is left). In the mesh
-#: container a failure usually means the host has not renewed the files yet, which can take
-#: hours: each retry logs an error, so once a minute, not every few seconds.
+#: container a failure usually means the host has not renewed the files yet (the ingress
+#: certificate, the mesh signer), which can take hours: each retry logs an error, so once a
+#: minute, not every few seconds.
 RETRY_AFTER = 60.0
 
 
@@ -100,8 +102,15 @@ class RotatingCert:
         self._on_rotate.append(callback)
 
     def rotate(self) -> IssuedCert:
-        """Issue a new certificate and swap it into every attached context."""
+        """Issue a new certificate and swap it into every attached context.
+
+        Getting the certificate already held is a failure to retry later, not a rotation:
+        in the mesh container ``issue`` reads what the host wrote, which may not be renewed
+        yet, and "rotating" to it would leave it due, to be rotated again at once, in a loop.
+        """
         new = self._issue()
+        if new.serial == self.current.serial:
+            raise CAError(f"the certificate for {self.name} is not renewed yet")
         for ctx in list(self._contexts):
             load_into(ctx, new)
         self.current = new
@@ -117,12 +126,26 @@ class RotatingCert:
         return new
 
 
+class WorkloadIssuer(Protocol):
+    """Where workload identities come from: the CA on the host, the mesh signer in the mesh
+    container (``ca.containers.MountedCertificates``)."""
+
+    def issue_workload(
+        self,
+        trust_domain: str,
+        service: str,
+        *,
+        lifetime: float = WORKLOAD_LIFETIME,
+        now: dt.datetime | None = None,
+    ) -> IssuedCert: ...
+
+
 class WorkloadIdentity(RotatingCert):
     """A service's SPIFFE identity (``spiffe://<td>/svc/<service>``), 24 h by default."""
 
     def __init__(
         self,
-        ca: CertificateAuthority,
+        ca: WorkloadIssuer,
         trust_domain: str,
         service: str,
         lifetime: float = WORKLOAD_LIFETIME,
@@ -210,7 +233,7 @@ class WorkloadIdentities:
 
     def __init__(
         self,
-        ca: CertificateAuthority,
+        ca: WorkloadIssuer,
         trust_domain: str,
         rotator: Rotator,
         lifetime: float = WORKLOAD_LIFETIME,

@@ -32,7 +32,6 @@ import yaml
 from localmesh.ca import files
 from localmesh.ca.authority import CertificateAuthority
 from localmesh.ca.containers import ContainerCerts, ingress_cert_names, write_container_certs
-from localmesh.ca.names import INGRESS_IDENTITY
 from localmesh.compose import emit, engine, image
 from localmesh.compose.addresses import parse_subnet
 from localmesh.compose.plan import MeshPlan, stable_json
@@ -157,8 +156,9 @@ def generate(
 
 def renew_certs(result: GenerateResult) -> tuple[str, ...]:
     """Renew what ``generate`` wrote for the containers that has fallen due (2/3 of its
-    life): what a running project needs, since the mesh container reads renewed files but
-    cannot issue them. Returns what was issued (service names, ``localmesh``, ``ingress``)."""
+    life): the apps' identities, the ingress certificate and the mesh signer, which the
+    mesh container reads but cannot issue. Returns what was issued (service names,
+    ``ingress``, ``signer``)."""
     state = result.compose_file.parent
     return _container_certs(CertificateAuthority.load(), state, result.mesh, result.plan).issued
 
@@ -172,7 +172,8 @@ def _container_certs(
         mesh.mesh.trust_domain,
         [c.service for c in plan.clients],
         ingress_names=ingress_cert_names(mesh.ingress),  # the mesh container cannot issue
-        mesh_identity=INGRESS_IDENTITY,  # what it presents under mutual TLS as itself
+        signer=True,  # it issues the identities it originates mutual TLS with
+        lifetime=mesh.mesh.workload_cert_lifetime,
     )
 
 

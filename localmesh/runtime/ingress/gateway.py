@@ -20,7 +20,8 @@ certificates issued and its upstream TLS contexts built *before* the data plane 
 anything fails, nothing changes. The gateway also gives the data plane TLS origination
 (``services.<name>.tls``; ``mutual`` presents the gateway's workload identity,
 ``spiffe://<td>/svc/ingress``). Every certificate rotates from one task while it runs.
-Inside the mesh container the certificates come from the host (``MountedCertificates``).
+Inside the mesh container the ingress certificate comes from the host and workload
+identities from the mesh signer the host wrote (``MountedCertificates``).
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from localmesh.ca.authority import CertificateAuthority
-from localmesh.ca.containers import MESH_IDENTITY_DIR, MountedCertificates
-from localmesh.ca.names import INGRESS_IDENTITY, workload_spiffe_id
-from localmesh.ca.rotation import RotatingCert, Rotator, WorkloadIdentities
+from localmesh.ca.containers import MountedCertificates
+from localmesh.ca.rotation import Rotator, WorkloadIdentities
 from localmesh.compose.rewrite import CONTAINER_CERTS
 from localmesh.config.model import ClientCerts, Ingress, Service, TLSMode
 from localmesh.errors import LocalmeshError, RuntimeStartError
@@ -233,33 +233,12 @@ class IngressGateway:
         if self._origination is None or self._origination_domain != self._trust_domain:
             self._origination_domain = self._trust_domain
             ca = self._certificate_authority()
-            identities: Callable[[str], RotatingCert]
-            if isinstance(ca, CertificateAuthority):
-                lifetime = self._workload_lifetime
-                identities = WorkloadIdentities(ca, self._trust_domain, self.rotator, lifetime).get
-            else:
-                identities = self._mounted_identities(ca, self._trust_domain)
+            lifetime = self._workload_lifetime
+            identities = WorkloadIdentities(ca, self._trust_domain, self.rotator, lifetime).get
             self._origination = UpstreamTLSContexts(ca.root_pem, self._trust_domain, identities)
         origin = self._origination.get(service, caller=caller or None)
         assert origin is not None
         return UpstreamTLS(origin.context, origin.server_hostname, origin.check_peer)
-
-    def _mounted_identities(
-        self, certs: MountedCertificates, trust_domain: str
-    ) -> Callable[[str], RotatingCert]:
-        """In the mesh container: workload identities the host issued (see ``ca.containers``),
-        loaded on first use and re-read by the rotator when due."""
-        loaded: dict[str, RotatingCert] = {}
-
-        def get(name: str) -> RotatingCert:
-            identity = loaded.get(name)
-            if identity is None:
-                where = MESH_IDENTITY_DIR if name == INGRESS_IDENTITY else name
-                identity = certs.workload(where, workload_spiffe_id(trust_domain, name))
-                loaded[name] = self.rotator.add(identity)
-            return identity
-
-        return get
 
     # -- internals --------------------------------------------------------------------------
 
@@ -278,10 +257,8 @@ class IngressGateway:
         if self.tls is not None and settings == self._tls_settings:
             return
         if self.tls is None:
-            ca = self._certificate_authority()
-            # certificates mounted from the host are renewed there (`localmesh up`), not here
-            rotator = self.rotator if isinstance(ca, CertificateAuthority) else None
-            self.tls = IngressTLS(ca, rotator)
+            # In the mesh container a rotation re-reads the certificate the host renewed.
+            self.tls = IngressTLS(self._certificate_authority(), self.rotator)
         try:
             self.tls.update(ingress)
         except LocalmeshError as exc:

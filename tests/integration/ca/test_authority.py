@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import stat
 import subprocess
@@ -13,7 +14,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from localmesh.ca import authority
-from localmesh.ca.authority import CertificateAuthority, IssuedCert
+from localmesh.ca.authority import CertificateAuthority, IssuedCert, Issuer
 from localmesh.errors import CAError
 
 
@@ -144,7 +145,7 @@ def test_the_root_constraints_hold_even_for_a_cert_signed_anyway(
     local_ca: CertificateAuthority, tmp_path: Path
 ) -> None:
     """If the intermediate key leaked, a cert for a public name still fails verification."""
-    forged = local_ca._issue(
+    forged = local_ca._issuer.issue(
         subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bank")]),
         sans=[x509.DNSName("www.bank.example.com")],
         usages=[ExtendedKeyUsageOID.SERVER_AUTH],
@@ -153,6 +154,45 @@ def test_the_root_constraints_hold_even_for_a_cert_signed_anyway(
     )
     out = openssl_verify(local_ca, forged, tmp_path)
     assert "permitted subtree violation" in out
+
+
+def test_a_mesh_signer_certifies_workloads_of_its_trust_domain_only(
+    local_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """What the mesh container holds: its leaves verify against the root; a leaf for a host
+    name, an address or another trust domain fails, even when signed anyway."""
+    issued = local_ca.issue_signer("shop")
+    signer = issued.cert
+    assert signer.issuer == local_ca.root.subject
+    basic = signer.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical
+    assert basic.value.ca
+    assert basic.value.path_length == 0
+    days = (signer.not_valid_after_utc - signer.not_valid_before_utc).days
+    assert days == 30
+    issuer = Issuer(signer, issued.key, (signer,))
+    svid = issuer.issue_workload("shop", "api")
+    assert svid.uris == ("spiffe://shop/svc/api",)
+    assert svid.chain == (signer,)
+    assert svid.cert_pem.endswith(issued.cert_pem)  # the leaf, then the signer
+    assert "OK" in openssl_verify(local_ca, svid, tmp_path)
+
+    def forged(*sans: x509.GeneralName) -> IssuedCert:
+        return issuer.issue(
+            subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]),
+            sans=list(sans),
+            usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+            lifetime=3600,
+            now=None,
+        )
+
+    uri = x509.UniformResourceIdentifier
+    for bad, error in [
+        (forged(x509.DNSName("web.localhost")), "excluded subtree violation"),
+        (forged(x509.IPAddress(ipaddress.ip_address("127.0.0.1"))), "excluded subtree violation"),
+        (forged(uri("spiffe://bank/svc/api")), "permitted subtree violation"),
+    ]:
+        assert error in openssl_verify(local_ca, bad, tmp_path)
 
 
 def test_expired_leaf_fails_verification(local_ca: CertificateAuthority, tmp_path: Path) -> None:

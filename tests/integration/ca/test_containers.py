@@ -20,7 +20,7 @@ from localmesh.ca.containers import (
     CONTAINER_CERT,
     CONTAINER_KEY,
     INGRESS_DIR,
-    MESH_IDENTITY_DIR,
+    SIGNER_DIR,
     MountedCertificates,
     write_container_certs,
 )
@@ -43,7 +43,7 @@ def test_layout_modes_and_environment(local_ca: CertificateAuthority, tmp_path: 
     assert bundle.endswith(local_ca.root_pem)
     assert bundle.count(b"BEGIN CERTIFICATE") > 50  # the public roots are still there
     api = certs.services["api"]
-    assert api.directory == out / "api"
+    assert api.directory == out / "services" / "api"
     assert _mode(api.directory) == 0o700
     assert _mode(api.key) == 0o600
     cert = x509.load_pem_x509_certificate(api.cert.read_bytes())
@@ -51,7 +51,7 @@ def test_layout_modes_and_environment(local_ca: CertificateAuthority, tmp_path: 
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://shop/svc/api"]
     assert certs.volumes("api") == [
         f"{out / 'trust'}:/etc/localmesh/trust:ro",
-        f"{out / 'api'}:/etc/localmesh/identity:ro",
+        f"{out / 'services' / 'api'}:/etc/localmesh/identity:ro",
     ]
     env = api.environment()
     assert env["SSL_CERT_FILE"] == env["REQUESTS_CA_BUNDLE"] == env["CURL_CA_BUNDLE"]
@@ -62,10 +62,12 @@ def test_layout_modes_and_environment(local_ca: CertificateAuthority, tmp_path: 
 
 def test_a_second_run_changes_nothing(local_ca: CertificateAuthority, tmp_path: Path) -> None:
     out = tmp_path / "certs"
-    first = write_container_certs(local_ca, out, "shop", ["api"], mesh_identity="ingress")
-    assert first.issued == ("api", MESH_IDENTITY_DIR)
+    first = write_container_certs(local_ca, out, "shop", ["api"], signer=True)
+    assert first.issued == ("api", SIGNER_DIR)
+    assert _mode(out / SIGNER_DIR) == 0o700
+    assert _mode(out / SIGNER_DIR / "key.pem") == 0o600
     snapshot = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*.pem")}
-    second = write_container_certs(local_ca, out, "shop", ["api"], mesh_identity="ingress")
+    second = write_container_certs(local_ca, out, "shop", ["api"], signer=True)
     assert second.issued == ()
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*.pem")} == snapshot
 
@@ -100,30 +102,57 @@ def test_service_cert_serves_tls_that_ca_pem_verifies(
         assert urllib.request.urlopen(url, context=client).read() == b"ok"
 
 
-def test_mounted_workload_identities_follow_the_host(
+def test_no_service_name_meets_the_mesh_s_own_directories(
     local_ca: CertificateAuthority, tmp_path: Path
 ) -> None:
-    """Inside the mesh container a service's identity (and the mesh's own, in its reserved
-    directory) is read from what the host wrote; re-reading it fails, with the hint, until
-    the host has renewed it, then swaps in the new certificate."""
+    """Services named like the trust, ingress or signer directories keep their own: a key
+    in trust/ would be mounted into every container."""
     out = tmp_path / "certs"
-    certs = write_container_certs(local_ca, out, "shop", ["api"], mesh_identity="ingress")
-    assert set(certs.services) == {"api"}  # the mesh's identity is not a service's
+    names = ["shop.localhost"]
+    services = ["trust", "ingress", "signer"]
+    certs = write_container_certs(local_ca, out, "shop", services, ingress_names=names, signer=True)
+    assert sorted(p.name for p in (out / "trust").iterdir()) == ["bundle.pem", "ca.pem"]
+    for service in services:
+        cert = x509.load_pem_x509_certificate(certs.services[service].cert.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+            f"spiffe://shop/svc/{service}"
+        ]
+    served = MountedCertificates(out).issue_server(names).cert
+    assert served.subject.rfc4514_string().startswith("CN=shop.localhost,")
+
+
+def test_the_mesh_container_issues_identities_with_the_signer_the_host_renews(
+    local_ca: CertificateAuthority, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Inside the mesh container workload identities are issued from the mounted mesh
+    signer, read again on each issue, so a signer the host renewed is used from then on.
+    A due signer still issues (with a warning in the log); a missing or expired one is an
+    error with the hint, which the rotator retries."""
+    out = tmp_path / "certs"
     mounted = MountedCertificates(out)
-    api = mounted.workload("api", "spiffe://shop/svc/api")
-    mesh = mounted.workload(MESH_IDENTITY_DIR, "spiffe://shop/svc/ingress")
-    assert mesh.current.uris == ("spiffe://shop/svc/ingress",)
-    with pytest.raises(CAError, match="not renewed yet"):
-        api.rotate()
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=17)  # past 2/3 of 24 h
-    write_container_certs(local_ca, out, "shop", ["api"], mesh_identity="ingress", now=later)
-    first = api.current.serial
-    assert api.rotate().serial != first
-    with pytest.raises(CAError, match="is not spiffe://shop/svc/web"):
-        mounted.workload("api", "spiffe://shop/svc/web")
-    with pytest.raises(CAError, match="no usable workload identity spiffe://shop/svc/web") as err:
-        mounted.workload("web", "spiffe://shop/svc/web")
+    with pytest.raises(CAError, match="no usable mesh signer") as err:
+        mounted.issue_workload("shop", "api")
     assert "run `localmesh up` again" in (err.value.hint or "")
+    aged = dt.datetime.now(dt.UTC) - dt.timedelta(days=21)  # due at day 20 of 30
+    write_container_certs(local_ca, out, "shop", [], signer=True, now=aged)
+    first_signer = x509.load_pem_x509_certificate((out / SIGNER_DIR / "cert.pem").read_bytes())
+    svid = mounted.issue_workload("shop", "api", lifetime=3600)
+    assert svid.uris == ("spiffe://shop/svc/api",)
+    assert svid.cert.issuer == first_signer.subject
+    assert svid.chain == (first_signer,)
+    assert (svid.not_after - svid.not_before).total_seconds() <= 3600 + 60
+    assert "the mesh signer expires on" in caplog.text
+    renewed = write_container_certs(local_ca, out, "shop", [], signer=True)
+    assert renewed.issued == (SIGNER_DIR,)
+    second = mounted.issue_workload("shop", "api")
+    assert second.chain[0].serial_number != first_signer.serial_number
+    second.cert.verify_directly_issued_by(second.chain[0])
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
+    with pytest.raises(CAError, match=r"the mesh signer in .* expired on"):
+        mounted.issue_workload("shop", "api", now=later)
+    other_domain = write_container_certs(local_ca, out, "bank", [], signer=True)
+    assert other_domain.issued == (SIGNER_DIR,)  # a changed trust domain gets its own signer
 
 
 def test_mounted_ingress_certificate_due_is_retried_not_rotated_in_a_loop(

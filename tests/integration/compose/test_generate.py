@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from localmesh.ca import files
 from localmesh.ca.authority import CertificateAuthority
@@ -220,15 +221,15 @@ def test_without_an_engine_generate_still_writes_and_says_so(
 def test_renew_certs_reissues_what_fell_due_and_nothing_else(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a foreground `localmesh up` runs every few minutes: a workload identity past
-    2/3 of its life is issued again in place (the mesh container reads it from there)."""
+    """What a foreground `localmesh up` runs every few minutes: an app's workload identity
+    past 2/3 of its life is issued again in place (the app's container mounts it)."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     (tmp_path / "compose.yaml").write_text(
         "services:\n  a:\n    image: busybox\n  b:\n    image: busybox\n"
     )
     result = generate(GenerateOptions(cwd=tmp_path, base_image="localmesh-base:bookworm"))
     assert renew_certs(result) == ()  # all fresh
-    certs = result.compose_file.parent / "certs"
+    certs = result.compose_file.parent / "certs" / "services"
     ca = CertificateAuthority.load()
     aged = dt.datetime.now(dt.UTC) - dt.timedelta(hours=17)  # 17 of 24 hours: due
     ca.issue_workload(result.mesh.mesh.trust_domain, "a", now=aged).write(
@@ -241,6 +242,21 @@ def test_renew_certs_reissues_what_fell_due_and_nothing_else(
     assert renew_certs(result) == ()
 
 
+def test_container_identities_last_the_configured_workload_cert_lifetime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mesh.workload_cert_lifetime`` holds for the identities mounted into containers too
+    (they were always 24 h): the docs' advice for apps that read their cert only at start."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    (tmp_path / "compose.yaml").write_text("services:\n  a:\n    image: busybox\n")
+    (tmp_path / "mesh.yaml").write_text("mesh:\n  workload_cert_lifetime: 72h\n")
+    result = generate(GenerateOptions(cwd=tmp_path, base_image="localmesh-base:bookworm"))
+    pem = (result.compose_file.parent / "certs" / "services" / "a" / "cert.pem").read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert dt.timedelta(hours=72) <= lifetime <= dt.timedelta(hours=72, minutes=1)
+
+
 def test_foreground_up_reports_renewals_and_survives_a_broken_ca(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -248,7 +264,7 @@ def test_foreground_up_reports_renewals_and_survives_a_broken_ca(
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     (tmp_path / "compose.yaml").write_text("services:\n  a:\n    image: busybox\n")
     result = generate(GenerateOptions(cwd=tmp_path, base_image="localmesh-base:bookworm"))
-    certs = result.compose_file.parent / "certs"
+    certs = result.compose_file.parent / "certs" / "services"
     aged = dt.datetime.now(dt.UTC) - dt.timedelta(hours=17)
     CertificateAuthority.load().issue_workload(result.mesh.mesh.trust_domain, "a", now=aged).write(
         certs / "a" / "cert.pem", certs / "a" / "key.pem"
