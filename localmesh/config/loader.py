@@ -866,6 +866,7 @@ def _read_outlier(r: _Reader, node: Node, path: str) -> OutlierDetection | None:
             "interval": r.duration,
             "base_ejection_time": r.duration,
             "max_ejection_percent": r.percent,
+            "min_health_percent": r.percent,
         },
         what="a mapping, or false to turn outlier detection off",
     )

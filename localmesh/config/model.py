@@ -197,6 +197,10 @@ class OutlierDetection:
     interval: float = 10.0
     base_ejection_time: float = 30.0
     max_ejection_percent: float = 10.0
+    # Istio's minHealthPercent (Envoy's panic threshold) at Envoy's default, not Istio's 0:
+    # compose services mostly run one replica, and ejecting the only endpoint turns its
+    # errors into 30 s of 503s after it has recovered.
+    min_health_percent: float = 50.0
 
 
 class HealthCheckKind(StrEnum):

@@ -271,6 +271,23 @@ async def test_outlier_ejects_a_failing_endpoint(
     assert statuses[4:] == [200] * 16
 
 
+@pytest.mark.parametrize(("min_health_percent", "after"), [(50.0, 200), (0.0, 503)])
+async def test_an_ejected_only_endpoint_keeps_getting_traffic_unless_told_otherwise(
+    min_health_percent: float, after: int
+) -> None:
+    """A single replica answering five 503s is ejected; by default (Envoy's 50% panic
+    threshold) it still gets the requests after it recovered, where Istio's 0 answers
+    503 no-healthy-upstream for the whole ejection time."""
+    od = OutlierDetection(min_health_percent=min_health_percent)
+    with run_http_backend("api", failing_app(5)) as backend:
+        api = service("api", addr(backend), retries=None, outlier_detection=od)
+        async with running(snapshot(api)) as mesh, aiohttp.ClientSession() as s:
+            statuses = [(await get(s, mesh.url("web>api", "/")))[0] for _ in range(8)]
+            assert mesh.plane.clusters()[0]["endpoints"][0]["ejected"]
+            assert mesh.plane.clusters()[0]["panic"] is (after == 200)
+    assert statuses == [503] * 5 + [after] * 3
+
+
 async def test_health_check_takes_a_dead_endpoint_out(http_backend: HttpBackend) -> None:
     hc = HealthCheck(HealthCheckKind.HTTP, path="/health", interval=0.05, unhealthy_threshold=1)
     api = service("api", dead(), addr(http_backend), retries=None, health_check=hc)
@@ -282,7 +299,8 @@ async def test_health_check_takes_a_dead_endpoint_out(http_backend: HttpBackend)
 
 async def test_no_healthy_upstream() -> None:
     hc = HealthCheck(HealthCheckKind.TCP, interval=0.05, unhealthy_threshold=1)
-    api = service("api", dead(), retries=None, health_check=hc)
+    no_panic = OutlierDetection(min_health_percent=0)  # else the dead one gets traffic anyway
+    api = service("api", dead(), retries=None, health_check=hc, outlier_detection=no_panic)
     async with running(snapshot(api)) as mesh, aiohttp.ClientSession() as s:
         await eventually(lambda: not mesh.plane.clusters()[0]["endpoints"][0]["healthy"])
         status, headers = await get(s, mesh.url("web>api", "/"))

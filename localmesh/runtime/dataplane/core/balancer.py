@@ -105,9 +105,10 @@ class Picker:
         if not ring:
             return None
         start = bisect_left(ring, _hash64(key)) % len(ring)
+        panic = self.cluster.panic  # current: pick() asked for candidates first
         for i in range(len(ring)):
             host = hosts[(start + i) % len(ring)]
-            if host.healthy and not host.ejected(now):
+            if panic or (host.healthy and not host.ejected(now)):
                 return host
         return None
 

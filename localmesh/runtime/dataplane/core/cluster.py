@@ -16,7 +16,10 @@ the endpoints of one service and the counters its circuit breaker decides on:
   ``consecutive_gateway_errors`` 502/503/504, connect failures and resets count as both) is
   ejected for ``base_ejection_time`` times the number of its ejections; the count decays by
   one per ``interval`` without ejection. At most ``max_ejection_percent`` of the endpoints
-  are ejected at once, but always at least one may be (Envoy's rule).
+  are ejected at once, but always at least one may be (Envoy's rule). When fewer than
+  ``min_health_percent`` of them are available (ejected or failing health checks), the
+  cluster **panics** (Envoy's panic threshold): it balances over all its endpoints, since
+  sending to a suspect endpoint beats answering 503 with no endpoint at all.
 - **active health checks**: ``unhealthy_threshold`` failed checks in a row take an endpoint
   out, ``healthy_threshold`` passing ones bring it back.
 
@@ -171,6 +174,7 @@ class ClusterState:
         "max_requests_per_connection",
         "name",
         "outlier",
+        "panic",
         "pending",
         "pool",
         "version",
@@ -194,6 +198,7 @@ class ClusterState:
         self.active_requests = 0
         self.active_retries = 0
         self.version = 0  # bumped whenever availability may have changed
+        self.panic = False  # too few endpoints available: balancing over all of them
         self._available: list[EndpointState] = []
         self._refresh_at = math.inf
 
@@ -238,7 +243,11 @@ class ClusterState:
         self._refresh_at = -math.inf
 
     def _rebuild(self, now: float) -> None:
-        self._available = [e for e in self.endpoints if e.healthy and not e.ejected(now)]
+        available = [e for e in self.endpoints if e.healthy and not e.ejected(now)]
+        od = self.outlier
+        total = len(self.endpoints)
+        self.panic = od is not None and len(available) * 100.0 < od.min_health_percent * total
+        self._available = list(self.endpoints) if self.panic else available
         ends = [e.ejected_until for e in self.endpoints if e.ejected(now)]
         self._refresh_at = min(ends) if ends else math.inf
         self.version += 1
@@ -318,8 +327,10 @@ class ClusterState:
         return False
 
     def describe(self, now: float) -> dict[str, object]:
+        self.available(now)  # panic as of now
         return {
             "name": self.name,
+            "panic": self.panic,
             "connections": self.connections,
             "pending_requests": self.pending,
             "active_requests": self.active_requests,

@@ -14,8 +14,12 @@ from localmesh.runtime.dataplane.core.cluster import ClusterState, EndpointState
 pytestmark = pytest.mark.unit
 
 
-def make(n: int, labels: list[tuple[tuple[str, str], ...]] | None = None) -> ClusterState:
-    od = OutlierDetection(consecutive_5xx=1, max_ejection_percent=100)
+def make(
+    n: int, labels: list[tuple[tuple[str, str], ...]] | None = None, panic_below: float = 0.0
+) -> ClusterState:
+    od = OutlierDetection(
+        consecutive_5xx=1, max_ejection_percent=100, min_health_percent=panic_below
+    )
     c = ClusterState("api", ConnectionPool(), od)
     c.set_endpoints(
         EndpointState("10.0.0.1", 9000 + i, labels[i] if labels else ()) for i in range(n)
@@ -74,6 +78,23 @@ def test_subsets_and_no_healthy_endpoint() -> None:
         c.report_failure(ep, now=0.0)
     assert p.pick(0.5) is None
     assert Picker(c, LoadBalancer(), labels=v1).pick(0.5) is c.endpoints[0]
+
+
+def test_a_panicking_cluster_balances_over_every_endpoint() -> None:
+    """Below min_health_percent available, ejected endpoints get traffic again (Envoy's
+    panic threshold), by every policy, consistent hashing included."""
+    c = make(4, panic_below=50.0)
+    c.report_failure(c.endpoints[0], now=0.0)
+    assert not c.panic  # 3 of 4 available
+    rr = Picker(c, LoadBalancer(LbPolicy.ROUND_ROBIN))
+    assert {rr.pick(0.5) for _ in range(8)} == set(c.endpoints[1:])
+    for ep in c.endpoints[1:3]:
+        c.report_failure(ep, now=0.5)
+    assert {rr.pick(1.0) for _ in range(8)} == set(c.endpoints)  # 1 of 4: below 50%
+    assert c.panic
+    ring = Picker(c, LoadBalancer(LbPolicy.CONSISTENT_HASH, hash_key="x-user"))
+    keys = [f"user-{i}".encode() for i in range(50)]
+    assert len({ring.pick(1.0, k) for k in keys}) == 4
 
 
 def test_hash_keys() -> None:

@@ -93,7 +93,10 @@ def test_outlier_ejects_after_consecutive_errors_and_returns() -> None:
 
 def test_gateway_errors_count_separately() -> None:
     od = OutlierDetection(
-        consecutive_5xx=100, consecutive_gateway_errors=2, max_ejection_percent=100
+        consecutive_5xx=100,
+        consecutive_gateway_errors=2,
+        max_ejection_percent=100,
+        min_health_percent=0,  # Istio's default: an ejected last endpoint takes no traffic
     )
     c = cluster(1, od)
     ep = c.endpoints[0]
@@ -124,6 +127,23 @@ def test_ejection_multiplier_decays_while_quiet() -> None:
     c.report_failure(ep, now=91 + 25)  # quiet for 2 intervals: back to 1st-time length
     assert ep.ejections == 1
     assert math.isclose(ep.ejected_until, 116 + 30)
+
+
+def test_the_only_endpoint_ejected_still_gets_traffic_by_default() -> None:
+    """min_health_percent 50 (Envoy's panic threshold): with 0 of 1 available the cluster
+    panics and balances over all; with 1 of 2 it does not."""
+    od = OutlierDetection(consecutive_5xx=1)
+    single = cluster(1, od)
+    assert single.report_failure(single.endpoints[0], now=0)
+    assert single.available(1) == single.endpoints
+    assert single.panic
+    assert single.describe(1)["panic"] is True
+    assert single.available(31) == single.endpoints  # the ejection is over
+    assert not single.panic
+    pair = cluster(2, OutlierDetection(consecutive_5xx=1, max_ejection_percent=50))
+    assert pair.report_failure(pair.endpoints[0], now=0)
+    assert pair.available(1) == [pair.endpoints[1]]
+    assert not pair.panic
 
 
 def test_no_outlier_detection_never_ejects() -> None:
