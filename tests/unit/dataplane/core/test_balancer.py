@@ -85,13 +85,13 @@ def test_a_panicking_cluster_balances_over_every_endpoint() -> None:
     panic threshold), by every policy, consistent hashing included."""
     c = make(4, panic_below=50.0)
     c.report_failure(c.endpoints[0], now=0.0)
-    assert not c.panic  # 3 of 4 available
+    assert c.describe(0.5)["panic"] is False  # 3 of 4 available
     rr = Picker(c, LoadBalancer(LbPolicy.ROUND_ROBIN))
     assert {rr.pick(0.5) for _ in range(8)} == set(c.endpoints[1:])
     for ep in c.endpoints[1:3]:
         c.report_failure(ep, now=0.5)
     assert {rr.pick(1.0) for _ in range(8)} == set(c.endpoints)  # 1 of 4: below 50%
-    assert c.panic
+    assert c.describe(1.0)["panic"] is True
     ring = Picker(c, LoadBalancer(LbPolicy.CONSISTENT_HASH, hash_key="x-user"))
     keys = [f"user-{i}".encode() for i in range(50)]
     assert len({ring.pick(1.0, k) for k in keys}) == 4
