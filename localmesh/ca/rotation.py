@@ -34,11 +34,11 @@ ROTATE_AT = 2 / 3
 #: Wake at least this often and re-read the wall clock: a monotonic sleep does not count time
 #: a suspended laptop spent asleep, the certificate's clock does.
 MAX_SLEEP = 60.0
-#: After a failed issue, retry this soon (sooner when less time is left). In the mesh
-#: container a failure usually means the host has not renewed the files yet (the ingress
-#: certificate, the mesh signer), which can take hours: each retry logs an error, so once a
-#: minute, not every few seconds.
-RETRY_AFTER = 60.0
+#: After a failed issue, retry this soon (sooner when less time is left: a tenth of it). In
+#: the mesh container a failure means the host has not renewed the ingress certificate yet,
+#: which can take days for a detached project, and each retry logs an error: every five
+#: minutes is soon enough for a certificate with days left, and a line a minute was noise.
+RETRY_AFTER = 300.0
 
 
 def rotation_due(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:

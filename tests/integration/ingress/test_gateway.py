@@ -762,7 +762,7 @@ async def test_in_the_mesh_container_the_ingress_certificate_the_host_renewed_is
         assert gateway.rotator.rotate_due() == []  # not renewed on the host yet
         assert await served_serial() == old
         write_container_certs(local_ca, certs, TD, [], ingress_names=names)
-        skew = dt.timedelta(minutes=2)  # past the retry delay
+        skew = dt.timedelta(minutes=6)  # past the retry delay
         rotated = {c.name for c in gateway.rotator.rotate_due()}
         assert rotated == {
             "ingress shop.localhost",
