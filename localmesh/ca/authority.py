@@ -124,10 +124,10 @@ class IssuedCert:
             return ()
         return tuple(san.value.get_values_for_type(x509.UniformResourceIdentifier))
 
-    def write(self, cert_path: Path, key_path: Path) -> None:
+    def write(self, cert_path: Path, key_path: Path, owner: tuple[int, int] | None = None) -> None:
         """Cert 0644 and key 0600; the key's directory must already be private."""
-        files.write_atomic(key_path, self.key_pem, files.PRIVATE_FILE_MODE)
-        files.write_atomic(cert_path, self.cert_pem, files.PUBLIC_FILE_MODE)
+        files.write_atomic(key_path, self.key_pem, files.PRIVATE_FILE_MODE, owner)
+        files.write_atomic(cert_path, self.cert_pem, files.PUBLIC_FILE_MODE, owner)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,17 +22,17 @@ showing the old inode; and one service's directory only, so no container sees an
 to the public internet would stop verifying. ``NODE_EXTRA_CA_CERTS`` *adds* to Node's roots,
 so it gets ``ca.pem``.
 
-The mesh container gets the whole directory (read-only) but never the CA's keys, so its
-ingress serves the certificate issued here: ``MountedCertificates`` stands in for the CA
-there. That certificate lasts 30 days; ``localmesh up``/``generate`` renews it at 2/3 of
+The mesh container gets the whole directory (read-only but for ``services/``) and never
+the CA's keys, so its ingress serves the certificate issued here: ``MountedCertificates``
+stands in for the CA there. That certificate lasts 30 days; ``localmesh up``/``generate`` renews it at 2/3 of
 its life, and a host added to a running mesh needs one of them to be re-run. Being every
 service's sidecar, the mesh container also originates mutual TLS as whichever service
 calls: those identities it issues and rotates itself with the mesh signer
 (``MountedCertificates.issue_workload``), so a detached project keeps them valid for as long
-as the signer lasts (30 days, renewed like the ingress certificate). The identities in the
-services' own directories are the apps' and are renewed on the host, by ``up``/``generate``
-and every ten minutes while ``localmesh up`` runs in the foreground
-(``compose.generate.renew_certs``).
+as the signer lasts (30 days, renewed like the ingress certificate). It also keeps the
+apps' identity files current (``keep_identity_files``; ``services/`` is mounted writable
+there), which the host writes on ``up``/``generate`` and every ten minutes while ``localmesh
+up`` runs in the foreground (``compose.generate.renew_certs``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import ssl
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from localmesh.ca import files
 from localmesh.ca.authority import WORKLOAD_LIFETIME, CertificateAuthority, IssuedCert, Issuer
 from localmesh.ca.names import INGRESS_DEFAULT_NAMES, parse_host, workload_spiffe_id
-from localmesh.ca.rotation import rotation_due
+from localmesh.ca.rotation import RotatingCert, Rotator, rotation_due
 from localmesh.config.model import Ingress
 from localmesh.errors import CAError
 
@@ -171,11 +171,11 @@ def write_container_certs(
     _write_if_changed(trust_dir / "bundle.pem", system.rstrip(b"\n") + b"\n" + root)
     written: dict[str, ServiceCerts] = {}
     issued: list[str] = []
+    files.ensure_private_dir(out_dir / SERVICES_DIR)  # mounted into the mesh container
     for service in services:
         directory = out_dir / SERVICES_DIR / service
         entry = ServiceCerts(service, workload_spiffe_id(trust_domain, service), directory)
         if not _still_good(ca, entry, now):
-            files.ensure_private_dir(directory.parent)
             files.ensure_private_dir(directory)
             ca.issue_workload(trust_domain, service, lifetime=lifetime, now=now).write(
                 entry.cert, entry.key
@@ -318,6 +318,56 @@ class MountedCertificates:
             log.warning("the mesh signer expires on %s: %s", expiry, hint)
         issuer = Issuer(signer.cert, signer.key, (signer.cert,))
         return issuer.issue_workload(trust_domain, service, lifetime=lifetime, now=now)
+
+
+def keep_identity_files(
+    certs: MountedCertificates, trust_domain: str, services: Iterable[str], lifetime: float
+) -> Rotator:
+    """In the mesh container: a rotator keeping each app's identity files
+    (``services/<service>/``, mounted writable there) current with the mesh signer.
+
+    Each starts from the file the host wrote and is issued anew only when due, written back
+    owned like its directory (the host's user, not the container's root), so an app that
+    re-reads its files stays valid in a detached project. A service without a directory
+    is not the mesh's to keep; one that cannot be kept now is logged and left to the host.
+    """
+    rotator = Rotator()
+    for service in services:
+        directory = certs.directory / SERVICES_DIR / service
+        if not directory.is_dir():
+            continue
+        spiffe_id = workload_spiffe_id(trust_domain, service)
+        issue = _identity_files(certs, directory, trust_domain, service, lifetime)
+        try:
+            rotator.add(RotatingCert(spiffe_id, issue))
+        except (CAError, OSError) as exc:
+            log.warning("cannot keep the identity files of %s current: %s", service, exc)
+    return rotator
+
+
+def _identity_files(
+    certs: MountedCertificates, directory: Path, trust_domain: str, service: str, lifetime: float
+) -> Callable[[], IssuedCert]:
+    spiffe_id = workload_spiffe_id(trust_domain, service)
+    started = False
+
+    def issue() -> IssuedCert:
+        nonlocal started
+        if not started:
+            started = True
+            try:
+                found = _load_issued(directory, "identity", "")
+            except CAError:
+                pass
+            else:
+                if found.uris == (spiffe_id,):
+                    return found  # the host's, until it falls due
+        issued = certs.issue_workload(trust_domain, service, lifetime=lifetime)
+        st = directory.stat()
+        issued.write(directory / "cert.pem", directory / "key.pem", (st.st_uid, st.st_gid))
+        return issued
+
+    return issue
 
 
 def _load_issued(where: Path, what: str, hint: str) -> IssuedCert:

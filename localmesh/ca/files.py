@@ -62,16 +62,20 @@ def check_private(path: Path) -> None:
         )
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
     """Write via a same-directory temp file created with ``mode``, then rename over ``path``.
 
     The file never exists with a wider mode (no chmod after the fact), and a reader never
-    sees half a certificate.
+    sees half a certificate. ``owner`` (uid, gid) is for root writing into a user's
+    directory (the mesh container): where it cannot be given, the file stays the writer's.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)
+        if owner is not None:
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

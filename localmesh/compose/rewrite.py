@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localmesh.ca.containers import CONTAINER_IDENTITY_DIR, CONTAINER_TRUST_DIR, ContainerCerts
+from localmesh.ca.containers import (
+    CONTAINER_IDENTITY_DIR,
+    CONTAINER_TRUST_DIR,
+    SERVICES_DIR,
+    ContainerCerts,
+)
 from localmesh.compose.planner import MESH_KEY, Planned
 from localmesh.compose.project import GENERATED_MARKER
 
@@ -168,6 +173,8 @@ def _mesh_service(model: Mapping[str, Any], planned: Planned, mesh: MeshService)
         _bind(mesh.plan_file, CONTAINER_PLAN),
         _bind(mesh.project_file, CONTAINER_PROJECT),
         _bind(mesh.certs_dir, CONTAINER_CERTS),
+        # the apps' identity files, which the mesh renews with its signer (ca.containers)
+        _bind(mesh.certs_dir / SERVICES_DIR, f"{CONTAINER_CERTS}/{SERVICES_DIR}", read_only=False),
         _bind(mesh.runtime_dir, CONTAINER_STATE, read_only=False),
     ]
     if mesh.mesh_file is not None:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from localmesh.ca.containers import MountedCertificates, keep_identity_files
+from localmesh.compose.rewrite import CONTAINER_CERTS
 from localmesh.errors import RuntimeStartError
 from localmesh.runtime.container import INTERCEPT_PORT, DnsDiscovery, load_plan, setup_network
 from localmesh.runtime.controlplane.admin import AdminApi
@@ -184,6 +186,15 @@ class Runtime:
             self._spawn(self.discovery.run(self.plane.update_discovered), "discovery")
         self._spawn(self.access_log.run(), "access-log")
         self._spawn(self.admin.sampler.run(), "sampler")
+        if plan is not None:
+            apps = [c.service for c in plan.clients]
+            files = keep_identity_files(
+                MountedCertificates(Path(CONTAINER_CERTS)),
+                settings.trust_domain,
+                apps,
+                settings.workload_cert_lifetime,
+            )
+            self._spawn(files.run(), "identity-files")
 
     def _open_sink(self) -> TextIO | None:
         target = self.options.access_log

@@ -22,6 +22,7 @@ from localmesh.ca.containers import (
     INGRESS_DIR,
     SIGNER_DIR,
     MountedCertificates,
+    keep_identity_files,
     write_container_certs,
 )
 from localmesh.ca.rotation import RotatingCert, Rotator, load_into
@@ -153,6 +154,33 @@ def test_the_mesh_container_issues_identities_with_the_signer_the_host_renews(
         mounted.issue_workload("shop", "api", now=later)
     other_domain = write_container_certs(local_ca, out, "bank", [], signer=True)
     assert other_domain.issued == (SIGNER_DIR,)  # a changed trust domain gets its own signer
+
+
+def test_the_mesh_container_keeps_the_apps_identity_files_current(
+    local_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """A detached project's apps that re-read their identity files stay valid: the mesh
+    container rewrites a due one with the signer (owned like its directory), leaves fresh
+    ones alone, and the host's next `generate` takes over again without complaint."""
+    out = tmp_path / "certs"
+    aged = dt.datetime.now(dt.UTC) - dt.timedelta(hours=17)  # due at 16 of 24 hours
+    write_container_certs(local_ca, out, "shop", ["api", "web"], signer=True, now=aged)
+    write_container_certs(local_ca, out, "shop", ["web"], signer=True)  # web renewed
+    services = out / "services"
+    before = {s: (services / s / "cert.pem").read_bytes() for s in ("api", "web")}
+    mounted = MountedCertificates(out)
+    rotator = keep_identity_files(mounted, "shop", ["api", "web", "ghost"], 24 * 3600.0)
+    assert [c.name for c in rotator.rotate_due()] == ["spiffe://shop/svc/api"]
+    api = services / "api"
+    cert = x509.load_pem_x509_certificate((api / "cert.pem").read_bytes())
+    signer = x509.load_pem_x509_certificate((out / SIGNER_DIR / "cert.pem").read_bytes())
+    assert cert.issuer == signer.subject
+    assert _mode(api / "key.pem") == 0o600
+    assert (api / "key.pem").stat().st_uid == api.stat().st_uid
+    assert (services / "web" / "cert.pem").read_bytes() == before["web"]
+    assert rotator.rotate_due() == []
+    again = write_container_certs(local_ca, out, "shop", ["api", "web"], signer=True)
+    assert again.issued == ("api",)  # the host's own again (the signer's is not its)
 
 
 def test_mounted_ingress_certificate_due_is_retried_not_rotated_in_a_loop(
