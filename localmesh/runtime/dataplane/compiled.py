@@ -43,6 +43,7 @@ from localmesh.runtime.dataplane.core.policy import (
 )
 from localmesh.runtime.dataplane.core.ratelimit import RateLimiter
 from localmesh.runtime.dataplane.core.routing import RouteTable, compile_routes
+from localmesh.runtime.dataplane.core.uri import authority_host
 from localmesh.runtime.dataplane.upstream import ClusterRuntime
 from localmesh.runtime.snapshot import ListenerSpec, Snapshot
 
@@ -129,7 +130,8 @@ class HostRouter(RouteSource):
     """The ingress: exact host names first, then ``*.suffix`` wildcards (longest first).
 
     Answers are remembered by the ``Host`` header as sent (clients repeat the same one), so
-    a request costs one lookup instead of lower-casing and splitting the header again.
+    a request costs one lookup instead of normalising the header again. A malformed
+    ``Host`` (``authority_host`` None) has no virtual host.
     """
 
     def __init__(self, hosts: Mapping[str, VirtualHost]) -> None:
@@ -150,8 +152,9 @@ class HostRouter(RouteSource):
         return found
 
     def _find(self, authority: bytes) -> VirtualHost | None:
-        host = authority.lower()
-        host = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
+        host = authority_host(authority)  # what the ingress's 421 check reads too
+        if host is None:
+            return None
         found = self._exact.get(host)
         if found is not None:
             return found

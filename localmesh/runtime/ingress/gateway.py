@@ -49,7 +49,8 @@ from localmesh.runtime.dataplane import (
     UpstreamTLS,
 )
 from localmesh.runtime.dataplane.core.policy import UNKNOWN_CALLER
-from localmesh.runtime.ingress.hosts import authority_host, find_host, misdirected
+from localmesh.runtime.dataplane.core.uri import authority_host
+from localmesh.runtime.ingress.hosts import find_host, misdirected
 from localmesh.runtime.ingress.identity import client_identity
 from localmesh.runtime.ingress.listener import TLSListener
 from localmesh.runtime.ingress.origination import UpstreamTLSContexts
@@ -344,7 +345,8 @@ class IngressGateway:
         memo = self._misdirected_memo
         if authority in memo:
             return memo[authority]
-        host = find_host(authority_host(authority.decode("latin-1")), self._ingress.hosts)
+        name = authority_host(authority)  # as the router reads it; None: it routes nowhere
+        host = find_host(name.decode("latin-1") if name else None, self._ingress.hosts)
         reason = None
         if host is not None and misdirected(host, verified_client=False):
             reason = f"{host.host} requires a client certificate: connect with it as the TLS SNI"

@@ -8,7 +8,8 @@ and client-certificate policy) and the HTTP side (``Host`` → routes).
 SNI and ``Host`` can disagree: a client could open TLS for a host that does not ask for a
 certificate and then send ``Host:`` of one that requires it. ``misdirected`` catches that
 per request; the answer is ``421 Misdirected Request`` (RFC 9110 §15.5.20), which tells a
-client to open a new connection for that host.
+client to open a new connection for that host. A ``Host`` is read with the data plane's
+``authority_host``, the function its router uses, so the check sees the host routed to.
 """
 
 from __future__ import annotations
@@ -16,17 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from localmesh.config.model import ClientCerts, IngressHost
-
-
-def authority_host(authority: str) -> str:
-    """``Host``/``:authority`` without port or IPv6 brackets, lower-cased, no trailing dot."""
-    text = authority.strip().lower()
-    if text.startswith("["):
-        end = text.find("]")
-        return text[1:end] if end > 0 else text
-    if text.count(":") == 1:
-        text = text.split(":", 1)[0]
-    return text.rstrip(".")
+from localmesh.runtime.dataplane.core.uri import authority_host
 
 
 def match_host(name: str | None, patterns: Iterable[str]) -> str | None:
@@ -59,7 +50,7 @@ def misdirected(request_host: IngressHost | None, verified_client: bool) -> bool
 
 def redirect_location(authority: str, target: str, https_port: int) -> str:
     """Where a plain-HTTP request goes: same host and target, HTTPS port (omitted if 443)."""
-    host = authority_host(authority) or "localhost"
+    host = (authority_host(authority.encode("latin-1")) or b"localhost").decode("latin-1")
     if ":" in host:
         host = f"[{host}]"
     port = "" if https_port == 443 else f":{https_port}"

@@ -301,6 +301,34 @@ async def test_host_requiring_a_cert_on_a_connection_without_one_is_421(edge: Ed
     assert json.loads(body)["backend"] == "whoami"
 
 
+async def raw_status(port: int, head: bytes, ctx: ssl.SSLContext | None = None) -> bytes:
+    """The status line's code for one raw request (TLS with SNI shop.localhost if ``ctx``)."""
+    sni = "shop.localhost" if ctx is not None else None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=sni)
+    try:
+        writer.write(head)
+        return (await reader.readuntil(b"\r\n")).split(b" ")[1]
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("plain", [False, True])
+@pytest.mark.parametrize(
+    "host", [b"admin.localhost:1:2", b"admin.localhost:8443:", b"admin.localhost::"]
+)
+async def test_a_malformed_host_never_reaches_a_host_that_requires_certs(
+    edge: Edge, host: bytes, plain: bool
+) -> None:
+    # the router and the 421 check once read these differently: 200 from admin, no cert
+    head = b"GET /whoami HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    if plain:
+        await edge.gateway.apply(edge.snapshot(version=2, redirect="false"))
+        assert await raw_status(edge.http, head) == b"404"
+    else:
+        assert await raw_status(edge.https, head, edge.context()) == b"404"
+    assert edge.backends["whoami"].hits == {}
+
+
 async def test_a_host_that_starts_requiring_certs_is_421_on_open_connections(edge: Edge) -> None:
     await edge.gateway.apply(edge.snapshot(version=2, admin_certs="optional"))  # none required
     reader, writer = await asyncio.open_connection(

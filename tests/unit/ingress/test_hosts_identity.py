@@ -6,7 +6,6 @@ import pytest
 
 from localmesh.config.model import ClientCerts, IngressHost
 from localmesh.runtime.ingress.hosts import (
-    authority_host,
     find_host,
     match_host,
     misdirected,
@@ -36,19 +35,6 @@ PATTERNS = ["shop.localhost", "*.localhost", "*.api.localhost"]
 )
 def test_exact_beats_wildcard_and_longest_suffix_wins(name: str | None, expected: str) -> None:
     assert match_host(name, PATTERNS) == expected
-
-
-@pytest.mark.parametrize(
-    ("authority", "host"),
-    [
-        ("Shop.Localhost:8443", "shop.localhost"),
-        ("shop.localhost.", "shop.localhost"),
-        ("[::1]:8443", "::1"),
-        ("127.0.0.1", "127.0.0.1"),
-    ],
-)
-def test_authority_host(authority: str, host: str) -> None:
-    assert authority_host(authority) == host
 
 
 def test_a_required_host_without_a_client_cert_is_misdirected() -> None:

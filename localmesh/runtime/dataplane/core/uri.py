@@ -1,4 +1,5 @@
-"""Request targets: split path and query, normalise paths before routing and policy.
+"""Request targets and authorities: split path and query, normalise paths before routing
+and policy, and read the host a ``Host`` header names.
 
 Policies and routes match on the normalised path, so ``/admin/../x``, ``//admin`` or
 ``/%61dmin`` cannot slip past a rule written for ``/admin`` (Envoy's
@@ -9,6 +10,7 @@ slash, no percent sign) is returned untouched without copying.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Final
 
@@ -20,6 +22,48 @@ class BadTarget(ValueError):
 _UNRESERVED_ESCAPE: Final = re.compile(
     rb"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])"
 )
+
+#: RFC 3986 reg-name (lower-cased): unreserved, sub-delims, percent-encoded octets.
+_REG_NAME: Final = re.compile(rb"(?:[a-z0-9._~!$&'()*+,;=-]|%[0-9a-f]{2})+")
+_IPV6_CHARS: Final = frozenset(b"0123456789abcdef:.")
+
+
+def authority_host(authority: bytes) -> bytes | None:
+    """The host a ``Host`` value names: lower-cased, one trailing dot and a ``:port``
+    (1-65535) dropped, an IPv6 literal unbracketed in its canonical form; ``b""`` for an
+    empty value, None for one that is not ``uri-host [":" port]`` (RFC 9112 §3.2).
+
+    Whoever decides something by host (the ingress routes, its client-certificate check,
+    the HTTP redirect) must read it through this one function: two readings of one odd
+    value (``admin.localhost:1:2``) would let a request be routed to a host whose checks
+    never saw it.
+    """
+    if not authority:
+        return b""
+    text = authority.lower()
+    if text.startswith(b"["):
+        end = text.find(b"]")
+        literal, port = text[1:end], text[end + 1 :]
+        if end < 0 or not literal or not _IPV6_CHARS.issuperset(literal):
+            return None
+        try:
+            host = ipaddress.IPv6Address(literal.decode("ascii")).compressed.encode("ascii")
+        except ValueError:
+            return None
+    else:
+        colon = text.find(b":")
+        host, port = (text, b"") if colon < 0 else (text[:colon], text[colon:])
+        if host.endswith(b"."):
+            host = host[:-1]
+        if _REG_NAME.fullmatch(host) is None:
+            return None
+    if port:
+        digits = port[1:]
+        if not (port[:1] == b":" and 0 < len(digits) <= 5 and digits.isdigit()):
+            return None
+        if not 0 < int(digits) < 65536:
+            return None
+    return host
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:

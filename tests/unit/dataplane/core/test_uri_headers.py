@@ -13,7 +13,12 @@ from localmesh.runtime.dataplane.core.headers import (
     _id_lines,
     connection_tokens,
 )
-from localmesh.runtime.dataplane.core.uri import BadTarget, normalize_path, split_target
+from localmesh.runtime.dataplane.core.uri import (
+    BadTarget,
+    authority_host,
+    normalize_path,
+    split_target,
+)
 from localmesh.runtime.dataplane.core.wire import join_flags, local_response
 
 pytestmark = pytest.mark.unit
@@ -63,6 +68,54 @@ def test_split_target_refuses_nonsense() -> None:
 )
 def test_normalize_path(path: bytes, expected: bytes) -> None:
     assert normalize_path(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("authority", "host"),
+    [
+        (b"Shop.Localhost:8443", b"shop.localhost"),
+        (b"shop.localhost.", b"shop.localhost"),
+        (b"shop.localhost.:443", b"shop.localhost"),
+        (b"127.0.0.1:1", b"127.0.0.1"),
+        (b"[::1]:8443", b"::1"),
+        (b"[0:0::0:1]", b"::1"),
+        (b"a_b~c!%41", b"a_b~c!%41"),
+        (b"x:65535", b"x"),
+        (b"", b""),  # no host named (HTTP/1.0, or a target without one)
+    ],
+)
+def test_authority_host(authority: bytes, host: bytes) -> None:
+    assert authority_host(authority) == host
+
+
+@pytest.mark.parametrize(
+    "authority",
+    [
+        b"admin.localhost:1:2",  # the audit's bypass: one reader took "admin.localhost"
+        b"admin.localhost:8443:",
+        b"admin.localhost:",
+        b"admin.localhost:65536",
+        b"admin.localhost:123456",
+        b"admin.localhost:+80",
+        b"admin.localhost:8 0",
+        b"a/b?c",
+        b"user@admin.localhost",
+        b"admin localhost",
+        b"%zz",
+        b".",
+        b":80",
+        b"[::1",
+        b"[]",
+        b"[::1]x",
+        b"[::1]:",
+        b"[v1.fe]",
+        b"[fe80::1%25eth0]",
+        b"[1.2.3.4]",
+        b"::1",  # an IPv6 literal needs its brackets
+    ],
+)
+def test_authority_host_refuses_what_is_not_host_and_port(authority: bytes) -> None:
+    assert authority_host(authority) is None
 
 
 def test_request_ids_are_uuid4_shaped_and_distinct() -> None:
