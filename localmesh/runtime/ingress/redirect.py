@@ -29,7 +29,7 @@ class RedirectProtocol(asyncio.Protocol):
         self._https_port = https_port
         self._header_timeout = header_timeout
         self._parser = httptools.HttpRequestParser(self)
-        self._url = b"/"
+        self._url = b""
         self._host = b""
         self._size = 0
         self._transport: asyncio.Transport | None = None
@@ -59,7 +59,7 @@ class RedirectProtocol(asyncio.Protocol):
 
     # httptools callbacks
     def on_url(self, url: bytes) -> None:
-        self._url = url
+        self._url += url  # llhttp hands the target over in pieces when it spans reads
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() == b"host":

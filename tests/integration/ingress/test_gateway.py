@@ -401,6 +401,19 @@ async def test_plain_http_is_redirected_with_308(edge: Edge) -> None:
     assert edge.backends["api"].hits == {}
 
 
+async def test_a_target_split_across_reads_is_redirected_whole(edge: Edge) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.http)
+    try:
+        writer.write(b"GET /first-part")
+        await asyncio.sleep(0.2)
+        writer.write(b"/second-part?q=1 HTTP/1.1\r\nHost: shop.localhost\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    location = f"https://shop.localhost:{edge.https}/first-part/second-part?q=1"
+    assert f"location: {location}\r\n".encode() in head
+
+
 async def test_plain_http_served_when_redirect_is_off(edge: Edge) -> None:
     await edge.gateway.apply(edge.snapshot(version=2, redirect="false"))
     async with session() as s:
