@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from localmesh.ca.authority import CertificateAuthority
-from localmesh.ca.containers import MountedCertificates
+from localmesh.ca.containers import MountedCertificates, ingress_cert_names
 from localmesh.ca.rotation import Rotator, WorkloadIdentities
 from localmesh.compose.rewrite import CONTAINER_CERTS
 from localmesh.config.model import ClientCerts, Ingress, Service, TLSMode
@@ -131,6 +131,7 @@ class IngressGateway:
         self._anonymous = DownstreamIdentity(UNKNOWN_CALLER, None, misdirected=self._misdirected)
         self._misdirected_memo: dict[bytes, str | None] = {}
         self._any_required = False
+        self._served: tuple[str, ...] = ()  # what plain HTTP redirects to HTTPS
 
     # -- the data plane's API ---------------------------------------------------------------
 
@@ -169,6 +170,7 @@ class IngressGateway:
         self._ingress = ingress
         self._misdirected_memo.clear()
         self._any_required = any(h.client_certs is ClientCerts.REQUIRED for h in ingress.hosts)
+        self._served = ingress_cert_names(ingress)
         if self._rotating is None:
             self._rotating = asyncio.get_running_loop().create_task(
                 self.rotator.run(), name="ingress certificate rotation"
@@ -322,7 +324,7 @@ class IngressGateway:
         ingress = self._ingress
         if ingress.redirect_http:
             https_port = self._https.address[1] if self._https else ingress.https_port
-            return RedirectProtocol(https_port)
+            return RedirectProtocol(https_port, self._served)
         assert self._plain_protocol is not None
         return self._plain_protocol()
 

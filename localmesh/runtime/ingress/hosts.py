@@ -14,10 +14,14 @@ client to open a new connection for that host. A ``Host`` is read with the data 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from localmesh.config.model import ClientCerts, IngressHost
 from localmesh.runtime.dataplane.core.uri import authority_host
+
+#: An absolute-form request target (RFC 9112 §3.2.2): its authority, then the rest.
+_ABSOLUTE = re.compile(rb"https?://([^/?#]*)(.*)", re.IGNORECASE | re.DOTALL)
 
 
 def match_host(name: str | None, patterns: Iterable[str]) -> str | None:
@@ -48,11 +52,44 @@ def misdirected(request_host: IngressHost | None, verified_client: bool) -> bool
     )
 
 
-def redirect_location(authority: str, target: str, https_port: int) -> str:
-    """Where a plain-HTTP request goes: same host and target, HTTPS port (omitted if 443)."""
-    host = (authority_host(authority.encode("latin-1")) or b"localhost").decode("latin-1")
-    if ":" in host:
-        host = f"[{host}]"
-    port = "" if https_port == 443 else f":{https_port}"
-    path = target if target.startswith("/") else "/"
-    return f"https://{host}{port}{path}"
+def redirect(
+    method: bytes,
+    target: bytes,
+    hosts: Sequence[bytes],
+    *,
+    http11: bool,
+    served: Sequence[str],
+    https_port: int,
+) -> tuple[int, bytes]:
+    """What the plain-HTTP listener answers (``redirect_http``): ``(status, location)``.
+
+    308 to the same host and target on the HTTPS port (omitted if 443) when the host is one
+    ``served`` (the names the ingress holds certificates for), so the redirect never points
+    a client at a name the ingress cannot serve. The host is the target's for an
+    absolute-form target, else ``Host``'s (RFC 9112 §3.2.2). Otherwise:
+    - 404 for another host: what Envoy answers when no virtual host matches; 421 would
+      tell the client to retry on a new connection, which cannot help on plain HTTP;
+    - 400 for HTTP/1.1 without ``Host``, two of them, a malformed one (RFC 9112 §3.2),
+      or a target that is neither a path nor an ``http(s)://`` URL with a host;
+    - 405 for CONNECT: it asks for a tunnel, there is nothing to redirect.
+    """
+    if method == b"CONNECT":
+        return 405, b""
+    if len(hosts) > 1 or (http11 and not hosts):
+        return 400, b""
+    host = authority_host(hosts[0] if hosts else b"")
+    if host is None:
+        return 400, b""
+    path = target
+    if not target.startswith(b"/"):
+        absolute = _ABSOLUTE.fullmatch(target)
+        host = authority_host(absolute[1]) if absolute is not None else None
+        if not host or absolute is None:  # an http(s) URL must name a host (RFC 9110 §4.2.1)
+            return 400, b""
+        path = absolute[2] if absolute[2].startswith(b"/") else b"/" + absolute[2]
+    if match_host(host.decode("latin-1"), served) is None:
+        return 404, b""
+    if b":" in host:
+        host = b"[" + host + b"]"
+    port = b"" if https_port == 443 else b":%d" % https_port
+    return 308, b"https://" + host + port + path

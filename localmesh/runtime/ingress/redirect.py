@@ -1,4 +1,5 @@
-"""The plain-HTTP ingress listener when ``ingress.redirect_http`` is on: 308 to HTTPS.
+"""The plain-HTTP ingress listener when ``ingress.redirect_http`` is on: 308 to HTTPS
+for the names the ingress serves (``hosts.redirect`` decides).
 
 308 (not 301/302) so a POST stays a POST with its body (RFC 9110 §15.4.9). The request
 head is parsed with llhttp (httptools), bounded in size and time like every data-plane
@@ -15,22 +16,36 @@ from typing import cast
 
 import httptools
 
-from localmesh.runtime.ingress.hosts import redirect_location
+from localmesh.runtime.ingress.hosts import redirect
 
 log = logging.getLogger("localmesh.ingress")
 
 MAX_HEAD = 64 * 1024
+REASONS = {
+    308: b"Permanent Redirect",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
+#: Every method but CONNECT is redirected (RFC 9110 §15.5.6: a 405 lists what is allowed).
+ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
 
 
 class RedirectProtocol(asyncio.Protocol):
-    """Answers the first request on a connection with ``308 Location: https://...``."""
+    """Answers the first request on a connection with ``308 Location: https://...``
+    (or why not: see ``hosts.redirect``); ``served``: the names it redirects."""
 
-    def __init__(self, https_port: int, header_timeout: float = 10.0) -> None:
+    def __init__(
+        self, https_port: int, served: tuple[str, ...], header_timeout: float = 10.0
+    ) -> None:
         self._https_port = https_port
+        self._served = served
         self._header_timeout = header_timeout
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
-        self._host = b""
+        self._hosts: list[bytes] = []
         self._size = 0
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -63,13 +78,19 @@ class RedirectProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() == b"host":
-            self._host = value
+            self._hosts.append(value)
 
     def on_headers_complete(self) -> None:
-        location = redirect_location(
-            self._host.decode("latin-1"), self._url.decode("latin-1"), self._https_port
+        parser = self._parser
+        status, location = redirect(
+            parser.get_method(),
+            self._url,
+            self._hosts,
+            http11=parser.get_http_version() == "1.1",
+            served=self._served,
+            https_port=self._https_port,
         )
-        self._answer(308, location.encode("latin-1"))
+        self._answer(status, location)
 
     def _answer(self, status: int, location: bytes) -> None:
         transport = self._transport
@@ -77,11 +98,11 @@ class RedirectProtocol(asyncio.Protocol):
             return
         if self._timer is not None:
             self._timer.cancel()
-        reason = {308: b"Permanent Redirect", 400: b"Bad Request", 408: b"Request Timeout"}
-        reason[431] = b"Request Header Fields Too Large"
-        head = b"HTTP/1.1 %d %s\r\n" % (status, reason[status])
+        head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])
         if location:
             head += b"location: " + location + b"\r\n"
+        if status == 405:
+            head += b"allow: " + ALLOW + b"\r\n"
         head += b"content-length: 0\r\nconnection: close\r\n\r\n"
         transport.write(head)
         transport.close()

@@ -414,6 +414,60 @@ async def test_a_target_split_across_reads_is_redirected_whole(edge: Edge) -> No
     assert f"location: {location}\r\n".encode() in head
 
 
+async def plain_answer(edge: Edge, request: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """One raw request to the plain-HTTP port: the status code and the response headers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.http)
+    try:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    status, *lines = head.rstrip(b"\r\n").split(b"\r\n")
+    return status.split(b" ")[1], dict(line.split(b": ", 1) for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (b"GET /x HTTP/1.1\r\nHost: evil.example\r\n\r\n", b"404"),
+        (b"GET /x HTTP/1.1\r\nHost: a/b?c\r\n\r\n", b"400"),
+        (b"GET /x HTTP/1.1\r\nHost: shop.localhost:1:2\r\n\r\n", b"400"),
+        (b"GET /x HTTP/1.1\r\nHost: shop.localhost\r\nHost: evil.example\r\n\r\n", b"400"),
+        (b"GET /x HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET http://evil.example/x HTTP/1.1\r\nHost: shop.localhost\r\n\r\n", b"404"),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", b"405"),
+    ],
+)
+async def test_plain_http_redirects_only_hosts_the_ingress_serves(
+    edge: Edge, request_head: bytes, status: bytes
+) -> None:
+    got, headers = await plain_answer(edge, request_head)
+    assert got == status
+    assert b"location" not in headers
+    if status == b"405":
+        assert b"CONNECT" not in headers[b"allow"]
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "location"),
+    [
+        (
+            b"http://v1.apps.localhost/p?q=1",
+            b"shop.localhost",
+            "https://v1.apps.localhost:{}/p?q=1",
+        ),
+        (b"/y", b"localhost", "https://localhost:{}/y"),  # the default certificate's names
+        (b"/y", b"[::1]:80", "https://[::1]:{}/y"),
+    ],
+)
+async def test_plain_http_redirect_of_other_served_names(
+    edge: Edge, target: bytes, host: bytes, location: str
+) -> None:
+    got, headers = await plain_answer(edge, b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, host))
+    assert got == b"308"
+    assert headers[b"location"] == location.format(edge.https).encode()
+
+
 async def test_plain_http_served_when_redirect_is_off(edge: Edge) -> None:
     await edge.gateway.apply(edge.snapshot(version=2, redirect="false"))
     async with session() as s:

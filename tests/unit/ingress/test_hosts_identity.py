@@ -9,7 +9,7 @@ from localmesh.runtime.ingress.hosts import (
     find_host,
     match_host,
     misdirected,
-    redirect_location,
+    redirect,
 )
 from localmesh.runtime.ingress.identity import (
     client_identity,
@@ -49,17 +49,47 @@ def test_a_required_host_without_a_client_cert_is_misdirected() -> None:
     assert not misdirected(find_host("other.localhost", hosts), verified_client=False)
 
 
+SERVED = ("shop.localhost", "*.apps.localhost", "localhost", "127.0.0.1", "::1")
+
+
 @pytest.mark.parametrize(
-    ("authority", "target", "port", "location"),
+    ("method", "target", "hosts", "http11", "answer"),
     [
-        ("shop.localhost:8080", "/a?b=1", 8443, "https://shop.localhost:8443/a?b=1"),
-        ("shop.localhost", "/", 443, "https://shop.localhost/"),
-        ("[::1]:8080", "/x", 8443, "https://[::1]:8443/x"),
-        ("", "*", 8443, "https://localhost:8443/"),
+        (b"POST", b"/a?b=1", [b"Shop.localhost:8080"], True, "https://shop.localhost:8443/a?b=1"),
+        (b"GET", b"/", [b"[::1]:8080"], True, "https://[::1]:8443/"),
+        (b"GET", b"/", [b"localhost"], False, "https://localhost:8443/"),
+        (b"GET", b"/", [b"x.apps.localhost."], True, "https://x.apps.localhost:8443/"),
+        # absolute form: the target's authority and path, Host ignored (RFC 9112 §3.2.2)
+        (b"GET", b"http://x.apps.localhost/p?q", [b"shop.localhost"], True,
+         "https://x.apps.localhost:8443/p?q"),
+        (b"GET", b"HTTPS://127.0.0.1:80?q", [b"shop.localhost"], True,
+         "https://127.0.0.1:8443/?q"),
+        (b"GET", b"/", [b"evil.example"], True, 404),
+        (b"GET", b"http://evil.example/", [b"shop.localhost"], True, 404),
+        (b"GET", b"/", [b""], True, 404),
+        (b"GET", b"/", [], False, 404),  # HTTP/1.0 without Host: no host named
+        (b"GET", b"/x", [b"a/b?c"], True, 400),
+        (b"GET", b"/x", [b"shop.localhost:1:2"], True, 400),
+        (b"GET", b"/x", [], True, 400),
+        (b"GET", b"/x", [b"shop.localhost", b"shop.localhost"], True, 400),
+        (b"GET", b"http://user@shop.localhost/", [b"shop.localhost"], True, 400),
+        (b"GET", b"http:///p", [b"shop.localhost"], True, 400),
+        (b"GET", b"ftp://shop.localhost/p", [b"shop.localhost"], True, 400),
+        (b"OPTIONS", b"*", [b"shop.localhost"], True, 400),
+        (b"CONNECT", b"shop.localhost:443", [b"shop.localhost"], True, 405),
     ],
-)
-def test_redirect_location(authority: str, target: str, port: int, location: str) -> None:
-    assert redirect_location(authority, target, port) == location
+)  # fmt: skip
+def test_redirect(
+    method: bytes, target: bytes, hosts: list[bytes], http11: bool, answer: str | int
+) -> None:
+    expected = (308, answer.encode()) if isinstance(answer, str) else (answer, b"")
+    got = redirect(method, target, hosts, http11=http11, served=SERVED, https_port=8443)
+    assert got == expected
+
+
+def test_redirect_to_443_leaves_the_port_out() -> None:
+    got = redirect(b"GET", b"/", [b"shop.localhost"], http11=True, served=SERVED, https_port=443)
+    assert got == (308, b"https://shop.localhost/")
 
 
 PEERCERT = {
