@@ -24,8 +24,9 @@ so it gets ``ca.pem``.
 
 The mesh container gets the whole directory (read-only but for ``services/``) and never
 the CA's keys, so its ingress serves the certificate issued here: ``MountedCertificates``
-stands in for the CA there. That certificate lasts 30 days; ``localmesh up``/``generate`` renews it at 2/3 of
-its life, and a host added to a running mesh needs one of them to be re-run. Being every
+stands in for the CA there. That certificate lasts 30 days; ``localmesh up``/``generate``
+renews it at 2/3 of its life, and a host added to a running mesh needs one of them to be
+re-run. Being every
 service's sidecar, the mesh container also originates mutual TLS as whichever service
 calls: those identities it issues and rotates itself with the mesh signer
 (``MountedCertificates.issue_workload``), so a detached project keeps them valid for as long
