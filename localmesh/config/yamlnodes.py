@@ -8,7 +8,9 @@ differently keeps a ``quirk`` note, so a type error on it can explain itself ins
 guessing.
 
 Also refused here, because pyyaml accepts them silently: duplicate keys (the last one
-would win), several documents in one file, unknown tags, and alias bombs.
+would win), several documents in one file, unknown tags, and alias bombs. Hostile input
+that would crash a parser (nesting deep enough to exhaust Python's stack, integers longer
+than Python converts) is a ConfigError with a position too: a reload must never die on it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from localmesh.errors import ConfigError, Position, Problem
 _PLAIN = "!localmesh/plain"  # our tag for untyped plain scalars
 _YAML = "tag:yaml.org,2002:"
 _MAX_NODES = 200_000  # aliases may fan out; beyond this the file is an alias bomb
+_MAX_DEPTH = 100  # composing and converting recurse per level; mesh.yaml needs about 10
 
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
 _TRUE = re.compile(r"^(?:true|True|TRUE)$")
@@ -119,6 +122,20 @@ class _Loader(Reader, Scanner, Parser, Composer, BaseResolver):
         Parser.__init__(self)
         Composer.__init__(self)
         BaseResolver.__init__(self)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """pyyaml's, refusing nesting before it exhausts the stack (a RecursionError)."""
+        if self.depth >= _MAX_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {_MAX_DEPTH} levels", mark
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
         if kind is yaml.ScalarNode and implicit[0]:
@@ -134,9 +151,16 @@ def parse_yaml(text: str, filename: str) -> Node | None:
     """The file's single document as nodes; ``None`` for an empty file.
 
     Raises ConfigError (with every structural problem found) for YAML syntax errors,
-    several documents, duplicate keys, unsupported tags and alias bombs.
+    several documents, duplicate keys, unsupported tags, alias bombs, control characters,
+    too deep nesting and too long numbers.
     """
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks every character up front
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        pos = Position(filename, before.count("\n") + 1, len(before) - before.rfind("\n"))
+        problem = Problem(f"character U+{exc.character:04X} is not allowed in YAML", pos)
+        raise ConfigError(problem) from None
     try:
         root = loader.get_single_node()
     except yaml.composer.ComposerError as exc:
@@ -189,6 +213,7 @@ class _Converter:
         self.problems: list[Problem] = []
         self.count = 0
         self.active: set[int] = set()  # ids of nodes on the current path (alias cycles)
+        self.depth = 0  # aliases nest composed trees: each within _MAX_DEPTH, not their sum
 
     def pos(self, node: yaml.Node) -> Position:
         return _mark_position(self.filename, node.start_mark)
@@ -205,7 +230,13 @@ class _Converter:
             return Scalar(None, "", self.pos(node))
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node)
+        if self.depth >= _MAX_DEPTH:
+            self.problems.append(
+                Problem(f"nested deeper than {_MAX_DEPTH} levels (through aliases)", self.pos(node))
+            )
+            raise ConfigError(self.problems)
         self.active.add(id(node))
+        self.depth += 1
         try:
             if isinstance(node, yaml.SequenceNode):
                 self.check_collection_tag(node, "seq")
@@ -215,6 +246,7 @@ class _Converter:
             return self.mapping(node)
         finally:
             self.active.discard(id(node))
+            self.depth -= 1
 
     def check_collection_tag(self, node: yaml.Node, expected: str) -> None:
         if node.tag != _YAML + expected:
@@ -277,7 +309,7 @@ class _Converter:
         pos = self.pos(node)
         text = str(node.value)
         if node.tag == _PLAIN:
-            value, quirk = resolve_plain(text)
+            value, quirk = self.resolve(text, pos)
             return Scalar(value, text, pos, quoted=False, quirk=quirk)
         quoted = node.style in ("'", '"', "|", ">")
         if node.tag in (_YAML + "str", "!"):
@@ -289,7 +321,7 @@ class _Converter:
             _YAML + "null": type(None),
         }.get(node.tag)
         if explicit is not None:
-            value, _ = resolve_plain(text)
+            value, _ = self.resolve(text, pos)
             if isinstance(value, explicit) and not (explicit is int and isinstance(value, bool)):
                 return Scalar(value, text, pos, quoted=quoted)
             if explicit is float and isinstance(value, int) and not isinstance(value, bool):
@@ -300,6 +332,15 @@ class _Converter:
             Problem(f"unsupported YAML tag {node.tag}", pos, hint="remove the tag")
         )
         return Scalar(text, text, pos, quoted=quoted)
+
+    def resolve(
+        self, text: str, pos: Position
+    ) -> tuple[str | int | float | bool | None, str | None]:
+        try:
+            return resolve_plain(text)
+        except ValueError:  # an integer beyond Python's 4300-digit conversion limit
+            self.problems.append(Problem("number too long", pos))
+            return text, None
 
 
 def resolve_plain(text: str) -> tuple[str | int | float | bool | None, str | None]:

@@ -8,12 +8,15 @@ Life of a config change::
         ─▶ apply(snapshot)  RuntimeStartError ─┘  kept in status/events, metric++;
         ─▶ active: persisted as last good, event "snapshot"   traffic stays on the old one
 
+Any other exception from load or compile is a bug, but still only a rejected reload
+(logged with its traceback): the watch never dies of it, and the old snapshot serves.
+
 The data plane's ``apply`` swaps atomically or raises and keeps its old state, so at every
 moment exactly one snapshot serves, and a failure anywhere above leaves it in place.
 
-At start, a mesh.yaml that does not load or compile falls back to the inputs persisted
-by the last run (``LastGoodStore``): the runtime serves them, says so in ``/status`` and
-the log, and applies the file as soon as an edit makes it valid again.
+At start, a mesh.yaml that does not load or compile (for any reason) falls back to the
+inputs persisted by the last run (``LastGoodStore``): the runtime serves them, says so in
+``/status`` and the log, and applies the file as soon as an edit makes it valid again.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class Initial:
     (a fresh load that may still fail to compile falls back to the persisted inputs)."""
 
     loaded: Loaded | None
-    error: ConfigError | None
+    error: LocalmeshError | None
     persisted: Persisted | None
     seen: dict[Path, Fingerprint]
 
@@ -97,16 +100,16 @@ class Initial:
 
 async def load_initial(source: Source, store: LastGoodStore | None) -> Initial:
     """Load the inputs once before anything starts (the runtime needs the mesh settings
-    to build metrics and bind the admin API); raise ``ConfigError`` if there is neither a
+    to build metrics and bind the admin API); raise the load's error if there is neither a
     valid config nor a persisted one."""
     persisted = store.load() if store else None
     seen = {p.absolute(): fingerprint(p) for p in source.paths()}
     try:
         loaded = await asyncio.to_thread(source.load)
-    except ConfigError as exc:
+    except Exception as exc:
         if persisted is None:
             raise
-        return Initial(None, exc, persisted, seen)
+        return Initial(None, _as_rejection(exc, source.label), persisted, seen)
     return Initial(loaded, None, persisted, seen)
 
 
@@ -233,6 +236,10 @@ class ControlPlane:
                 if persisted is None:  # nothing stays active: not the reload's hint
                     raise ConfigError(exc.problems, "fix it and start again") from None
                 error = exc
+            except Exception as exc:
+                if persisted is None:
+                    raise
+                error = _as_rejection(exc, self.source.label)
             else:
                 await self._apply(snapshot)
                 self._watch.reset([*seen, *initial.loaded.files], seen)
@@ -274,9 +281,9 @@ class ControlPlane:
                 loaded = await asyncio.to_thread(self.source.load)
                 version = self._next_version()
                 snapshot = self._compile(loaded.inputs, version, self.source.label)
-            except ConfigError as exc:
+            except Exception as exc:
                 self._watch.reset([*paths, *_problem_files(exc)], seen)
-                self._reject(exc, trigger)
+                self._reject(_as_rejection(exc, self.source.label), trigger)
                 return False
             self._watch.reset([*(p.absolute() for p in self.source.paths()), *loaded.files], seen)
             return await self._publish(snapshot, loaded.inputs, trigger)
@@ -290,8 +297,8 @@ class ControlPlane:
             inputs = self._active.inputs
             try:
                 snapshot = self._compile(inputs, self._next_version(), "discovery")
-            except ConfigError as exc:
-                self._reject(exc, "discovery")
+            except Exception as exc:
+                self._reject(_as_rejection(exc, "discovery"), "discovery")
                 return False
             return await self._publish(snapshot, inputs, "discovery", keep_persisted=True)
 
@@ -387,8 +394,20 @@ class ControlPlane:
         self.events.emit("rejected", trigger=trigger, active_version=current, **_error(exc))
 
 
-def _problem_files(exc: ConfigError) -> list[Path]:
-    return [Path(p.position.file).absolute() for p in exc.problems if p.position is not None]
+def _problem_files(exc: BaseException) -> list[Path]:
+    problems = exc.problems if isinstance(exc, ConfigError) else []
+    return [Path(p.position.file).absolute() for p in problems if p.position is not None]
+
+
+def _as_rejection(exc: Exception, what: str) -> LocalmeshError:
+    """A load or compile failure as a rejection; a bug's traceback goes to the log."""
+    if isinstance(exc, LocalmeshError):
+        return exc
+    log.error("unexpected error loading %s", what, exc_info=exc)
+    return LocalmeshError(
+        f"unexpected error loading {what}: {exc!r}",
+        hint="a bug in localmesh (traceback in the log); the last good config keeps serving",
+    )
 
 
 def _error(exc: LocalmeshError) -> dict[str, Any]:

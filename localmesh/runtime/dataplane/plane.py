@@ -104,8 +104,13 @@ class DataPlane:
             self._sweeper = spawn(self._sweep_forever(), name="dataplane sweeper")
 
     def addresses(self) -> dict[str, tuple[str, int]]:
-        """Listener name -> the (host, port) it is bound to (bind_port 0 resolved)."""
-        return {name: lst.address for name, lst in self._listeners.items() if lst.server}
+        """Listener name -> the (host, port) it is bound to (bind_port 0 resolved); a
+        listener closing (drain at stop) has no sockets left and is not listed."""
+        return {
+            name: lst.address
+            for name, lst in self._listeners.items()
+            if lst.server is not None and lst.server.sockets
+        }
 
     def clusters(self) -> list[dict[str, Any]]:
         """Per cluster (service port): endpoints with health, outlier state, active requests."""

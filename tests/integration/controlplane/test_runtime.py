@@ -177,3 +177,24 @@ async def test_a_port_taken_by_another_process_is_rejected_on_reload(
     finally:
         blocker.close()
         await blocker.wait_closed()
+
+
+async def test_status_answers_while_listeners_close_for_the_drain(
+    tmp_path: Path, backends: list[HttpBackend]
+) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    port = free_port()
+    mesh.write_text(mesh_text(port, backends[:1], "1"))
+    async with running(mesh) as runtime, aiohttp.ClientSession() as session:
+        base = admin_url(runtime)
+        slow = asyncio.create_task(session.get(f"http://127.0.0.1:{port}/delay/800"))
+        await asyncio.sleep(0.2)  # in flight: the drain waits for it
+        stopping = asyncio.create_task(runtime.stop())
+        assert runtime.admin is not None
+        await until(lambda: runtime.admin is not None and runtime.admin.draining)
+        await asyncio.sleep(0.1)
+        async with session.get(base + "/status") as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["ready"] is False
+        (await slow).release()
+        await stopping

@@ -131,3 +131,47 @@ def test_syntax_errors_and_documents() -> None:
         parse_yaml("a: 1\n---\nb: 2\n", "m.yaml")
     with pytest.raises(ConfigError, match="tabs"):
         parse_yaml("a:\n\tb: 1\n", "m.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("x-deep: " + "[" * 600 + "]" * 600 + "\n", (1, 108), "nested deeper than 100"),
+        ("x-deep: " + "{a: " * 600 + "1" + "}" * 600 + "\n", (1, 402), "nested deeper than 100"),
+        (
+            "x:" + "".join("\n" + " " * i + f"k{i}:" for i in range(1, 600)) + " 1\n",
+            (100, 100),
+            "nested deeper than 100",
+        ),
+        (
+            "a0: &a0 "
+            + "[" * 90
+            + "1"
+            + "]" * 90
+            + "\n"
+            + "".join(
+                f"a{i}: &a{i} " + "[" * 90 + f"*a{i - 1}" + "]" * 90 + "\n" for i in range(1, 20)
+            ),
+            (1, 18),
+            "through aliases",
+        ),
+        ("mesh:\n  admin_port: " + "9" * 5000 + "\n", (2, 15), "number too long"),
+        ("mesh:\n  name: a\x00b\n", (2, 10), "U+0000 is not allowed"),
+    ],
+    ids=["flow", "flow-map", "block", "alias-chain", "long-int", "nul"],
+)
+def test_hostile_input_is_a_config_error_with_a_position_not_a_crash(
+    text: str, where: tuple[int, int], message: str
+) -> None:
+    """Python's stack and int conversion limits must not escape as RecursionError or
+    ValueError: a reload that raises those used to kill the runtime's file watch."""
+    with pytest.raises(ConfigError) as err:
+        parse_yaml(text, "m.yaml")
+    problem = err.value.problems[0]
+    assert problem.position is not None
+    assert (problem.position.line, problem.position.column) == where
+    assert message in problem.message
+
+
+def test_a_quoted_long_number_is_just_text() -> None:
+    assert scalar('"' + "9" * 5000 + '"').value == "9" * 5000

@@ -274,3 +274,66 @@ async def test_discovery_changes_recompile_without_touching_files(tmp_path: Path
     assert not await plane.update_discovered(bad)
     assert len(recorder.applied) == 3
     assert "unknown service 'ghost'" in plane.status()["last_error"]["message"]
+
+
+class Flaky(MeshFileSource):
+    """mesh.yaml, but ``load`` raises whatever ``fail`` is set to (a loader bug)."""
+
+    fail: Exception | None = None
+
+    def load(self) -> Loaded:
+        if self.fail is not None:
+            raise self.fail
+        return super().load()
+
+
+async def test_an_unexpected_load_failure_is_a_rejected_reload_not_a_dead_watch(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(env.mesh, GOOD.format(port=18001, timeout="5s"))
+    source = Flaky(env.mesh)
+    plane = ControlPlane(
+        source, env.recorder, store=None, metrics=env.metrics, events=env.events, settle=0.01
+    )
+    await plane.start(await load_initial(source, None))
+    source.fail = RecursionError("maximum recursion depth exceeded")
+    assert await plane.reload("test") is False
+    assert plane.snapshot is not None
+    assert plane.snapshot.version == 1
+    assert "RecursionError" in plane.status()["last_error"]["message"]
+    logged = [r for r in caplog.records if r.exc_info and r.levelname == "ERROR"]
+    assert logged, "the traceback is logged at error level"
+    source.fail = None
+    write(env.mesh, GOOD.format(port=18001, timeout="6s"))
+    assert await plane.reload("test") is True
+    assert plane.last_error is None
+
+
+async def test_any_load_failure_at_start_falls_back_to_the_persisted_config(env: Env) -> None:
+    write(env.mesh, GOOD.format(port=18001, timeout="5s"))
+    await env.start()
+    await env.stop()
+    source = Flaky(env.mesh)
+    source.fail = RecursionError("maximum recursion depth exceeded")
+    store = LastGoodStore(env.state)
+    plane = ControlPlane(source, env.recorder, store=store, metrics=env.metrics, events=env.events)
+    await plane.start(await load_initial(source, store))
+    assert plane.serving_persisted
+    assert "RecursionError" in plane.status()["last_error"]["message"]
+
+
+async def test_deeply_nested_yaml_is_rejected_with_a_position_and_the_watch_goes_on(
+    env: Env,
+) -> None:
+    good = GOOD.format(port=18001, timeout="5s")
+    write(env.mesh, good)
+    plane = await env.start()
+    write(env.mesh, good + "x-deep: " + "[" * 600 + "]" * 600 + "\n")
+    await until(lambda: plane.last_error is not None)
+    problem = plane.status()["last_error"]["problems"][0]
+    assert (problem["line"], problem["column"]) == (8, 108)
+    write(env.mesh, GOOD.format(port=18001, timeout="6s"))
+    await until(lambda: plane.last_error is None)
+    assert env.task is not None
+    assert not env.task.done()
+    assert [s.version for s in env.recorder.applied] == [1, 2]
