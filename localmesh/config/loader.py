@@ -1928,10 +1928,23 @@ def parse_mesh_text(
     filename: str,
     project: ComposeProject | None = None,
     image_ports: ImagePorts | None = None,
+    *,
+    empty_ok: bool = True,
 ) -> MeshConfig:
     """Parse and validate mesh.yaml text; raise ConfigError with every problem found.
-    ``image_ports``: local images' EXPOSE lists, when an engine was asked."""
+    ``image_ports``: local images' EXPOSE lists, when an engine was asked. ``empty_ok``
+    False refuses a file with no content (a truncating editor's mid-write state on a
+    reload) instead of reading it as a mesh with nothing in it."""
     root = parse_yaml(text, filename)
+    if root is None and not empty_ok:
+        raise ConfigError(
+            Problem(
+                "mesh.yaml is empty",
+                Position(filename, 1, 1),
+                hint="an editor may be half-way through saving it; the last good config "
+                "keeps serving until it has content",
+            )
+        )
     r = _Reader(filename, project)
     mesh = MeshSettings(name=project.name) if project is not None and project.name else None
     drafts: dict[str, _ServiceDraft] = {}
@@ -2006,7 +2019,11 @@ def parse_mesh_text(
 
 
 def load_mesh_file(
-    path: Path, project: ComposeProject | None = None, image_ports: ImagePorts | None = None
+    path: Path,
+    project: ComposeProject | None = None,
+    image_ports: ImagePorts | None = None,
+    *,
+    empty_ok: bool = True,
 ) -> MeshConfig:
     """Read and validate a mesh.yaml file (see parse_mesh_text)."""
     try:
@@ -2022,7 +2039,7 @@ def load_mesh_file(
         ) from None
     except OSError as exc:
         raise ConfigError(Problem(f"cannot read {path}: {exc.strerror}")) from None
-    return parse_mesh_text(text, str(path), project, image_ports)
+    return parse_mesh_text(text, str(path), project, image_ports, empty_ok=empty_ok)
 
 
 def _merge_with_compose(

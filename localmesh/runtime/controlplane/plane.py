@@ -61,8 +61,12 @@ class Source(Protocol):
         """Files to watch even when nothing could be loaded yet."""
         ...
 
-    def load(self) -> Loaded:
-        """Read and validate the inputs; raise ``ConfigError`` (with positions) if bad."""
+    def load(self, *, reloading: bool = False) -> Loaded:
+        """Read and validate the inputs; raise ``ConfigError`` (with positions) if bad.
+
+        ``reloading``: an empty mesh.yaml is an error (an editor truncates a file before
+        writing it), not an empty mesh; at start it still means what it says.
+        """
         ...
 
 
@@ -278,7 +282,7 @@ class ControlPlane:
             paths = {*self.watched, *(p.absolute() for p in self.source.paths())}
             seen = {p: fingerprint(p) for p in paths}
             try:
-                loaded = await asyncio.to_thread(self.source.load)
+                loaded = await asyncio.to_thread(self.source.load, reloading=True)
                 version = self._next_version()
                 snapshot = self._compile(loaded.inputs, version, self.source.label)
             except Exception as exc:

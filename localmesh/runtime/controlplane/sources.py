@@ -32,8 +32,8 @@ class MeshFileSource:
     def paths(self) -> tuple[Path, ...]:
         return (self.path,)
 
-    def load(self) -> Loaded:
-        config = load_mesh_file(self.path)
+    def load(self, *, reloading: bool = False) -> Loaded:
+        config = load_mesh_file(self.path, empty_ok=not reloading)
         files = {self.path, *(p.absolute() for p in config_files(config))}
         return Loaded(Inputs(config), tuple(sorted(files)))
 
@@ -52,13 +52,16 @@ class ContainerSource:
     def paths(self) -> tuple[Path, ...]:
         return tuple(p for p in (self.mesh_path, self.plan_path, self.project_path) if p)
 
-    def load(self) -> Loaded:
+    def load(self, *, reloading: bool = False) -> Loaded:
         plan = load_plan(self.plan_path)
         project = load_project_json(self.project_path)
         if self.mesh_path is not None:
             try:
                 config = load_mesh_file(
-                    self.mesh_path, project, image_ports=plan_image_ports(plan, project)
+                    self.mesh_path,
+                    project,
+                    image_ports=plan_image_ports(plan, project),
+                    empty_ok=not reloading,
                 )
             except ConfigError as exc:  # named as the user knows it, not where it is mounted
                 raise exc.relative_to(str(self.mesh_path.parent)) from None

@@ -240,7 +240,7 @@ class ContainerLikeSource:
     def paths(self) -> tuple[Path, ...]:
         return ()
 
-    def load(self) -> Loaded:
+    def load(self, *, reloading: bool = False) -> Loaded:
         config = MeshConfig(
             mesh=MeshSettings(name="shop"), services=(Service("api", ports=(PortSpec(8000),)),)
         )
@@ -281,10 +281,10 @@ class Flaky(MeshFileSource):
 
     fail: Exception | None = None
 
-    def load(self) -> Loaded:
+    def load(self, *, reloading: bool = False) -> Loaded:
         if self.fail is not None:
             raise self.fail
-        return super().load()
+        return super().load(reloading=reloading)
 
 
 async def test_an_unexpected_load_failure_is_a_rejected_reload_not_a_dead_watch(
@@ -337,3 +337,27 @@ async def test_deeply_nested_yaml_is_rejected_with_a_position_and_the_watch_goes
     assert env.task is not None
     assert not env.task.done()
     assert [s.version for s in env.recorder.applied] == [1, 2]
+
+
+@pytest.mark.parametrize("blank", ["", "  \n\n", "# saving...\n"])
+async def test_an_empty_mesh_yaml_on_reload_is_rejected_and_the_last_good_serves(
+    env: Env, blank: str
+) -> None:
+    write(env.mesh, GOOD.format(port=18001, timeout="5s"))
+    plane = await env.start()
+    env.mesh.write_text(blank)  # truncated in place, as a truncating editor leaves it
+    await until(lambda: plane.last_error is not None)
+    problem = plane.status()["last_error"]["problems"][0]
+    assert (problem["file"], problem["line"], problem["column"]) == (str(env.mesh), 1, 1)
+    assert problem["message"] == "mesh.yaml is empty"
+    assert [s.version for s in env.recorder.applied] == [1]
+    write(env.mesh, GOOD.format(port=18001, timeout="6s"))
+    await until(lambda: plane.last_error is None)
+
+
+async def test_an_empty_mesh_yaml_at_start_is_an_empty_mesh(env: Env) -> None:
+    env.mesh.write_text("")
+    plane = await env.start()
+    assert plane.snapshot is not None
+    assert plane.snapshot.listeners == ()
+    assert plane.last_error is None

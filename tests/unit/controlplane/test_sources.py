@@ -123,3 +123,16 @@ def test_a_port_known_only_from_the_image_gets_its_listener(tmp_path: Path) -> N
     snap = compile_snapshot(source.load().inputs, version=1, origin="t")
     binds = {(lst.name, lst.bind_host, lst.bind_port) for lst in snap.listeners}
     assert ("search:7700", "10.240.0.140", 7700) in binds
+
+
+def test_an_empty_mesh_yaml_is_the_inferred_mesh_at_start_and_refused_on_reload(
+    tmp_path: Path,
+) -> None:
+    write_plan(tmp_path / "plan.json")
+    (tmp_path / "project.json").write_text(json.dumps(PROJECT))
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("")
+    source = ContainerSource(tmp_path / "plan.json", tmp_path / "project.json", mesh, 15001)
+    assert {s.name for s in source.load().inputs.config.services} >= {"api", "legacy"}
+    with pytest.raises(ConfigError, match=r"^mesh.yaml:1:1: mesh.yaml is empty"):
+        source.load(reloading=True)
