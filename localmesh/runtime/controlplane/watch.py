@@ -3,9 +3,11 @@
 Polling, not inotify: Docker Desktop bind mounts drop inotify events, and a stat of a
 handful of files every 250 ms costs nothing. A change is a different content hash, not a
 different mtime (``touch`` or an editor rewriting the same bytes changes nothing), and it
-is reported only once the content is *settled* (the same on two reads in a row), so a
-reload never sees an editor's half-written file. A file that disappears is a change too
-(its fingerprint becomes "missing"); the reload then reports it.
+is reported only once the content is *settled* (the same on two reads in a row). A file
+replaced by rename (most editors) or written within the settle window is never seen
+half-written; a writer that pauses longer mid-file can be (no settle time tells a pause
+from the end), hence the docs' advice to write aside and rename. A file that disappears is
+a change too (its fingerprint becomes "missing"); the reload then reports it.
 """
 
 from __future__ import annotations
