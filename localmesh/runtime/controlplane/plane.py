@@ -41,6 +41,8 @@ from localmesh.runtime.telemetry import MeshMetrics
 
 log = logging.getLogger("localmesh.controlplane")
 
+_DISCOVERY = "discovery"  # the trigger of a discovery update
+
 Apply = Callable[[Snapshot], Awaitable[None]]
 
 
@@ -174,7 +176,9 @@ class ControlPlane:
         self.settle = settle
         self.discovered = Discovered()
         self.counters = Counters()
-        self.last_error: Rejection | None = None
+        # the latest rejection of the files (load, compile, bind) and of discovery, apart:
+        # a discovery update fixes only its own, the file stays as broken as it was
+        self._errors: dict[str, Rejection] = {}
         self.started = time.time()
         self._active: _Active | None = None
         self._watch = FileWatch()
@@ -185,6 +189,11 @@ class ControlPlane:
     @property
     def snapshot(self) -> Snapshot | None:
         return self._active.snapshot if self._active else None
+
+    @property
+    def last_error(self) -> Rejection | None:
+        """The most recent rejection still unresolved."""
+        return max(self._errors.values(), key=lambda r: r.at, default=None)
 
     @property
     def serving_persisted(self) -> bool:
@@ -302,9 +311,9 @@ class ControlPlane:
             try:
                 snapshot = self._compile(inputs, self._next_version(), "discovery")
             except Exception as exc:
-                self._reject(_as_rejection(exc, "discovery"), "discovery")
+                self._reject(_as_rejection(exc, _DISCOVERY), _DISCOVERY)
                 return False
-            return await self._publish(snapshot, inputs, "discovery", keep_persisted=True)
+            return await self._publish(snapshot, inputs, _DISCOVERY, from_discovery=True)
 
     async def watch_forever(self) -> None:
         """Poll the watched files; reload once a change has settled. Cancel to stop."""
@@ -331,23 +340,26 @@ class ControlPlane:
         )
 
     async def _publish(
-        self, snapshot: Snapshot, inputs: Inputs, trigger: str, keep_persisted: bool = False
+        self, snapshot: Snapshot, inputs: Inputs, trigger: str, from_discovery: bool = False
     ) -> bool:
+        """Apply ``snapshot`` unless it is the active one. A discovery update recompiles the
+        active inputs: it keeps their persisted state and does not clear a file's error."""
         active = self._active
         if active is not None and content_hash(snapshot) == content_hash(active.snapshot):
             self.counters.unchanged += 1
-            if not keep_persisted:
+            if not from_discovery:
                 active.from_persisted = False
                 active.persisted_created = None
-                self.last_error = None
+            self._succeeded(from_discovery)
             return True
         try:
             await self._apply(snapshot)
         except RuntimeStartError as exc:
             self._reject(exc, trigger)
             return False
-        from_persisted = keep_persisted and active is not None and active.from_persisted
+        from_persisted = from_discovery and active is not None and active.from_persisted
         self._activate(snapshot, inputs, from_persisted=from_persisted)
+        self._succeeded(from_discovery)
         if from_persisted and active is not None:
             assert self._active is not None
             self._active.persisted_created = active.persisted_created
@@ -356,8 +368,6 @@ class ControlPlane:
     def _activate(self, snapshot: Snapshot, inputs: Inputs, *, from_persisted: bool) -> None:
         self._active = _Active(snapshot, inputs, time.time(), from_persisted)
         self.counters.applied += 1
-        if not from_persisted:
-            self.last_error = None
         self.metrics.config_reload(True, snapshot.version)
         if self.store is not None:
             try:
@@ -386,9 +396,18 @@ class ControlPlane:
             endpoints={k: [e.address for e in v] for k, v in snapshot.endpoints.items()},
         )
 
+    def _succeeded(self, from_discovery: bool) -> None:
+        """Clear the errors this success answers: a reload compiles the files with the
+        current discovery (both fine now); a discovery update only its own."""
+        if from_discovery:
+            self._errors.pop(_DISCOVERY, None)
+        else:
+            self._errors.clear()
+
     def _reject(self, exc: LocalmeshError, trigger: str) -> None:
         problems = tuple(exc.problems) if isinstance(exc, ConfigError) else ()
-        self.last_error = Rejection(exc.message, problems, time.time(), trigger)
+        kind = _DISCOVERY if trigger == _DISCOVERY else "files"
+        self._errors[kind] = Rejection(exc.message, problems, time.time(), trigger)
         self.counters.rejected += 1
         self.metrics.config_reload(False)
         current = self._active.snapshot.version if self._active else None

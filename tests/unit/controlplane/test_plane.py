@@ -361,3 +361,21 @@ async def test_an_empty_mesh_yaml_at_start_is_an_empty_mesh(env: Env) -> None:
     assert plane.snapshot is not None
     assert plane.snapshot.listeners == ()
     assert plane.last_error is None
+
+
+async def test_a_discovery_update_keeps_the_error_of_a_still_broken_mesh_yaml(env: Env) -> None:
+    write(env.mesh, GOOD.format(port=18001, timeout="5s"))
+    plane = await env.start()
+    write(env.mesh, BAD.format(port=18001, timeout="5s"))
+    await until(lambda: plane.last_error is not None)
+    # a container started: the discovery update applies on top of the last good mesh.yaml
+    assert await plane.update_discovered(Discovered(sources={"127.0.0.9": "api"}))
+    assert [s.version for s in env.recorder.applied] == [1, 2]
+    assert "retires" in plane.status()["last_error"]["message"]
+    # a discovery failure is the latest error; once discovery is fine, the file's is back
+    assert not await plane.update_discovered(Discovered(sources={"127.0.0.9": "ghost"}))
+    assert "ghost" in plane.status()["last_error"]["message"]
+    assert await plane.update_discovered(Discovered())
+    assert "retires" in plane.status()["last_error"]["message"]
+    write(env.mesh, GOOD.format(port=18001, timeout="6s"))
+    await until(lambda: plane.last_error is None)
