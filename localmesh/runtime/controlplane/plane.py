@@ -22,6 +22,7 @@ inputs persisted by the last run (``LastGoodStore``): the runtime serves them, s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -347,9 +348,20 @@ class ControlPlane:
         active = self._active
         if active is not None and content_hash(snapshot) == content_hash(active.snapshot):
             self.counters.unchanged += 1
-            if not from_discovery:
+            if not from_discovery and active.from_persisted:
+                # fixed back to the persisted content: nothing to apply, but it now comes
+                # from the file (status must not say "from persisted" any more)
+                active.snapshot = dataclasses.replace(active.snapshot, origin=snapshot.origin)
+                active.inputs = inputs
                 active.from_persisted = False
                 active.persisted_created = None
+                log.info(
+                    "%s is valid again, the same config as the persisted one: snapshot %d "
+                    "now from %s",
+                    self.source.label,
+                    active.snapshot.version,
+                    snapshot.origin,
+                )
             self._succeeded(from_discovery)
             return True
         try:

@@ -195,7 +195,10 @@ async def test_restart_fixed_to_the_persisted_content_stops_saying_persisted(env
     try:
         write(env.mesh, good)  # same inputs as persisted: same hash, nothing to apply
         await until(lambda: plane.last_error is None)
-        assert plane.status()["serving_persisted"] is False
+        status = plane.status()
+        assert status["serving_persisted"] is False
+        assert status["snapshot"]["origin"] == "mesh.yaml"
+        assert status["snapshot"]["version"] == 2
         assert len(second.recorder.applied) == 1
     finally:
         await second.stop()
