@@ -393,6 +393,14 @@ def render_status(doc: dict[str, Any]) -> Group:
                 f"{escape(str(doc.get('source')))} is invalid[/]"
             )
         )
+    restart = doc.get("restart_required")
+    if restart:
+        parts.append(
+            Text.from_markup(
+                f"[yellow]restart needed: {escape(', '.join(restart))} changed, read only at "
+                "start (localmesh run again; container mode: localmesh up)[/]"
+            )
+        )
     err = doc.get("last_error")
     if err:
         parts.append(

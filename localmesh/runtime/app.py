@@ -141,8 +141,9 @@ class Runtime:
         initial = await load_initial(self.source, self.store)
         settings = initial.inputs.config.mesh
         self.metrics = MeshMetrics(settings.name, settings.trust_domain)
-        # "--access-log off" silences the output only: `localmesh logs` still has records
-        self.access_log = AccessLog(self._open_sink(), enabled=settings.access_log)
+        # "--access-log off" silences the output only: `localmesh logs` still has records;
+        # mesh.access_log is each snapshot's (compiled.access_log), so a reload can turn it on
+        self.access_log = AccessLog(self._open_sink())
         plan = load_plan(self.options.plan) if self.options.plan is not None else None
         if plan is not None:
             # VIPs before listeners: the data plane binds VIP:port

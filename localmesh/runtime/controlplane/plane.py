@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from localmesh.config.model import MeshConfig
+from localmesh.config.model import MeshConfig, MeshSettings
 from localmesh.errors import ConfigError, LocalmeshError, Problem, RuntimeStartError
 from localmesh.runtime.controlplane.codec import content_hash
 from localmesh.runtime.controlplane.compile import Discovered, Inputs, compile_snapshot
@@ -43,6 +43,10 @@ from localmesh.runtime.telemetry import MeshMetrics
 log = logging.getLogger("localmesh.controlplane")
 
 _DISCOVERY = "discovery"  # the trigger of a discovery update
+
+#: Mesh settings the runtime reads once at start (metrics labels, the admin API's socket);
+#: the others (access_log, metrics, peer_auth, ...) are part of each snapshot.
+START_ONLY = ("name", "trust_domain", "admin_port", "admin_bind")
 
 Apply = Callable[[Snapshot], Awaitable[None]]
 
@@ -180,6 +184,8 @@ class ControlPlane:
         # the latest rejection of the files (load, compile, bind) and of discovery, apart:
         # a discovery update fixes only its own, the file stays as broken as it was
         self._errors: dict[str, Rejection] = {}
+        self._start_settings: MeshSettings | None = None
+        self.restart_required: tuple[str, ...] = ()  # START_ONLY settings edited since
         self.started = time.time()
         self._active: _Active | None = None
         self._watch = FileWatch()
@@ -222,6 +228,7 @@ class ControlPlane:
             "serving_persisted": self.serving_persisted,
             "persisted_created": active.persisted_created if active else None,
             "last_error": self.last_error.as_dict() if self.last_error else None,
+            "restart_required": [f"mesh.{name}" for name in self.restart_required],
             "reloads": {
                 "applied": self.counters.applied,
                 "rejected": self.counters.rejected,
@@ -239,6 +246,7 @@ class ControlPlane:
         Raises ``ConfigError`` when the config is broken and nothing was persisted, and
         ``RuntimeStartError`` when the data plane cannot bind.
         """
+        self._start_settings = initial.inputs.config.mesh  # what the runtime was built with
         persisted = initial.persisted
         version = (persisted.version if persisted else 0) + 1
         seen = initial.seen
@@ -300,7 +308,10 @@ class ControlPlane:
                 self._reject(_as_rejection(exc, self.source.label), trigger)
                 return False
             self._watch.reset([*(p.absolute() for p in self.source.paths()), *loaded.files], seen)
-            return await self._publish(snapshot, loaded.inputs, trigger)
+            published = await self._publish(snapshot, loaded.inputs, trigger)
+            if published:
+                self._check_start_only(loaded.inputs.config.mesh)
+            return published
 
     async def update_discovered(self, discovered: Discovered) -> bool:
         """Recompile the active inputs with new endpoints/sources (scale up or down)."""
@@ -407,6 +418,25 @@ class ControlPlane:
             serving_persisted=from_persisted,
             endpoints={k: [e.address for e in v] for k, v in snapshot.endpoints.items()},
         )
+
+    def _check_start_only(self, settings: MeshSettings) -> None:
+        """Warn (log and status) when an applied reload changed a setting read at start:
+        the rest of the edit serves, that part only after a restart."""
+        started = self._start_settings
+        assert started is not None
+        changed = tuple(n for n in START_ONLY if getattr(settings, n) != getattr(started, n))
+        for name in changed:
+            if name not in self.restart_required:
+                log.warning(
+                    "mesh.%s changed from %r to %r: it is read only at start; the runtime "
+                    "keeps %r until restarted (localmesh run again; container mode: "
+                    "localmesh up)",
+                    name,
+                    getattr(started, name),
+                    getattr(settings, name),
+                    getattr(started, name),
+                )
+        self.restart_required = changed
 
     def _succeeded(self, from_discovery: bool) -> None:
         """Clear the errors this success answers: a reload compiles the files with the

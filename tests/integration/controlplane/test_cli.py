@@ -192,6 +192,7 @@ def test_status_table_shows_traffic_errors_and_the_persisted_warning() -> None:
         "uptime": 125,
         "snapshot": {"version": 4, "hash": "abcd", "origin": "persisted"},
         "serving_persisted": True,
+        "restart_required": ["mesh.admin_port"],
         "last_error": {
             "message": "bad",
             "trigger": "start",
@@ -233,6 +234,7 @@ def test_status_table_shows_traffic_errors_and_the_persisted_warning() -> None:
     text = console.export_text()
     assert "snapshot v4 (abcd) from persisted · up 2m05s · ready" in text
     assert "serving the persisted last good config: mesh.yaml is invalid" in text
+    assert "restart needed: mesh.admin_port changed, read only at start" in text
     assert "/p/mesh.yaml:8:5: unknown key (did you mean 'retries'?)" in text
     assert "8000/http 127.0.0.1:18000" in text
     assert "127.0.0.1:9002 ejected" in text

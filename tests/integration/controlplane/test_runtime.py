@@ -198,3 +198,25 @@ async def test_status_answers_while_listeners_close_for_the_drain(
             assert (await r.json())["ready"] is False
         (await slow).release()
         await stopping
+
+
+async def test_access_log_turned_on_by_a_reload_logs(
+    tmp_path: Path, backends: list[HttpBackend]
+) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    port = free_port()
+    text = mesh_text(port, backends[:1], "1")
+    mesh.write_text(text.replace("name: shop", "name: shop\n  access_log: false"))
+    async with running(mesh) as runtime, aiohttp.ClientSession() as session:
+        log = runtime.access_log
+        assert log is not None
+        async with session.get(f"http://127.0.0.1:{port}/echo") as r:
+            assert r.status == 200
+        assert log.recent() == []
+        write_atomic(mesh, text)
+        await until(lambda: runtime.plane is not None and runtime.plane.counters.applied == 2)
+        async with session.get(f"http://127.0.0.1:{port}/echo") as r:
+            assert r.status == 200
+        assert len(log.recent()) == 1
+        assert runtime.plane is not None
+        assert runtime.plane.status()["restart_required"] == []

@@ -382,3 +382,20 @@ async def test_a_discovery_update_keeps_the_error_of_a_still_broken_mesh_yaml(en
     assert "retires" in plane.status()["last_error"]["message"]
     write(env.mesh, GOOD.format(port=18001, timeout="6s"))
     await until(lambda: plane.last_error is None)
+
+
+async def test_a_reload_changing_a_start_only_setting_warns_and_keeps_serving(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = GOOD.format(port=18001, timeout="5s")
+    write(env.mesh, good)
+    plane = await env.start()
+    assert plane.status()["restart_required"] == []
+    write(env.mesh, good.replace("name: shop", "name: shop\n  admin_port: 15401"))
+    await until(lambda: len(env.recorder.applied) == 2)  # the rest of the edit applies
+    assert plane.status()["restart_required"] == ["mesh.admin_port"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("mesh.admin_port" in m and "restart" in m for m in warned)
+    write(env.mesh, good.replace("timeout: 5s", "timeout: 6s"))
+    await until(lambda: len(env.recorder.applied) == 3)
+    assert plane.status()["restart_required"] == []
