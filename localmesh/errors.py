@@ -107,9 +107,19 @@ class CAError(LocalmeshError):
 
 
 class RuntimeStartError(LocalmeshError):
-    """The runtime could not start serving (a port is taken, no usable snapshot)."""
+    """The runtime could not start serving (a port is taken, no usable snapshot).
+
+    ``position``: where the input declares what failed (a port's ``listen:``), so a
+    rejected reload points at the line to change like a config error does.
+    """
 
     exit_code = 3
+
+    def __init__(
+        self, message: str, hint: str | None = None, position: Position | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.position = position
 
 
 class NotRunningError(LocalmeshError):

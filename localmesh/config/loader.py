@@ -649,7 +649,7 @@ def _read_ports(
         ):
             port = r.port(item, item_path)
             if port is not None:
-                spec = PortSpec(port, protocol_for(port, image)[0])
+                spec = PortSpec(port, protocol_for(port, image)[0], position=item.position)
                 guessed.add(port)
         elif isinstance(item, Scalar) and isinstance(item.value, str):
             m = PORT_SHORTHAND.match(item.text)
@@ -670,7 +670,7 @@ def _read_ports(
             elif not 0 < int(m.group(1)) <= 65535:
                 r.error(item, item_path, f"{m.group(1)} is out of range, expected a port 1-65535")
             else:
-                spec = PortSpec(int(m.group(1)), Protocol(m.group(2)))
+                spec = PortSpec(int(m.group(1)), Protocol(m.group(2)), position=item.position)
         else:
             fields = r.mapping(
                 item,
@@ -688,14 +688,16 @@ def _read_ports(
                 if protocol is None:
                     continue
             listen: str | None = None
+            at = item.position
             if "listen" in fields:
                 addr = _address(r, fields["listen"][1], f"{item_path}.listen")
                 if addr is None:
                     continue
                 listen = f"{addr[0]}:{addr[1]}" if ":" not in addr[0] else f"[{addr[0]}]:{addr[1]}"
-                r.listens.append((listen, f"{item_path}.listen", fields["listen"][1].position))
+                at = fields["listen"][1].position
+                r.listens.append((listen, f"{item_path}.listen", at))
             if port is not None:
-                spec = PortSpec(port, protocol or protocol_for(port, image)[0], listen)
+                spec = PortSpec(port, protocol or protocol_for(port, image)[0], listen, at)
                 if protocol is None:
                     guessed.add(port)
         if spec is None:

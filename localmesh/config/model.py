@@ -236,6 +236,7 @@ class PortSpec:
     port: int
     protocol: Protocol = Protocol.HTTP
     listen: str | None = None  # host mode: "127.0.0.1:15432"; None = the VIP/port in container mode
+    position: Position | None = field(default=None, compare=False)  # its listen:, else the entry
 
 
 @dataclass(frozen=True, slots=True)

@@ -447,7 +447,7 @@ class ControlPlane:
             self._errors.clear()
 
     def _reject(self, exc: LocalmeshError, trigger: str) -> None:
-        problems = tuple(exc.problems) if isinstance(exc, ConfigError) else ()
+        problems = tuple(_problems(exc))
         kind = _DISCOVERY if trigger == _DISCOVERY else "files"
         self._errors[kind] = Rejection(exc.message, problems, time.time(), trigger)
         self.counters.rejected += 1
@@ -475,6 +475,14 @@ def _as_rejection(exc: Exception, what: str) -> LocalmeshError:
     )
 
 
+def _problems(exc: LocalmeshError) -> list[Problem]:
+    """A rejection's problems: a config error's, or a bind failure at its listen: line."""
+    if isinstance(exc, ConfigError):
+        return exc.problems
+    if isinstance(exc, RuntimeStartError) and exc.position is not None:
+        return [Problem(exc.message, exc.position, hint=exc.hint)]
+    return []
+
+
 def _error(exc: LocalmeshError) -> dict[str, Any]:
-    problems = exc.problems if isinstance(exc, ConfigError) else []
-    return {"message": exc.message, "problems": [p.as_dict() for p in problems]}
+    return {"message": exc.message, "problems": [p.as_dict() for p in _problems(exc)]}

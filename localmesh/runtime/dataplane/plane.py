@@ -34,7 +34,7 @@ from typing import Any
 
 from localmesh.config.model import Protocol as Proto
 from localmesh.config.model import Service, TLSMode
-from localmesh.errors import RuntimeStartError
+from localmesh.errors import Position, RuntimeStartError
 from localmesh.runtime.dataplane.compiled import CompiledSnapshot, LimiterStore, RouteSource
 from localmesh.runtime.dataplane.context import Clock, IdentifyHook, ListenerContext
 from localmesh.runtime.dataplane.core.cluster import FailureReports
@@ -296,6 +296,7 @@ class DataPlane:
                         f"listener {name}: cannot listen on {spec.bind_host}:{spec.bind_port}:"
                         f" {exc.strerror or exc}",
                         hint="another process holds the port; set listen: to a free one",
+                        position=_declared_at(snapshot, spec),
                     ) from exc
                 fresh.append(listener)
         except BaseException:
@@ -397,6 +398,15 @@ class DataPlane:
                     conn.wait_since = ticks
                 elif ticks - conn.wait_since > tcp_idle_span:
                     conn.timed_out()
+
+
+def _declared_at(snapshot: Snapshot, spec: ListenerSpec) -> Position | None:
+    """Where the config declares the port a listener serves (its listen:, else the entry)."""
+    service = snapshot.config.service(spec.service)
+    if service is None:
+        return None
+    port = next((p for p in service.ports if p.port == spec.port), None)
+    return port.position if port is not None and port.position else service.position
 
 
 def _close_transport(transport: asyncio.BaseTransport | None) -> None:

@@ -167,7 +167,12 @@ async def test_a_port_taken_by_another_process_is_rejected_on_reload(
             write_atomic(mesh, mesh_text(taken, backends, "2"))
             assert runtime.plane is not None
             await until(lambda: runtime.plane is not None and runtime.plane.last_error is not None)
-            assert str(taken) in runtime.plane.status()["last_error"]["message"]
+            error = runtime.plane.status()["last_error"]
+            assert str(taken) in error["message"]
+            # at the port's listen: value, like every other rejection
+            [problem] = error["problems"]
+            assert (problem["file"], problem["line"], problem["column"]) == (str(mesh), 5, 34)
+            assert "address already in use" in problem["message"].lower()
             async with (
                 aiohttp.ClientSession() as session,
                 session.get(f"http://127.0.0.1:{port}/echo") as r,
