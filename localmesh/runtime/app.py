@@ -23,6 +23,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,8 +241,16 @@ class Runtime:
         await self._stop.wait()
 
     async def stop(self) -> None:
-        self.events.emit("stopping", drain_timeout=self.options.drain_timeout)
-        drain = asyncio.ensure_future(self._teardown(self.options.drain_timeout))
+        """Drain and close; the log says when the drain starts and ends (an operator who
+        sent SIGTERM sees the runtime is waiting on in-flight requests, not stuck)."""
+        timeout = self.options.drain_timeout
+        log.info(
+            "stopping: draining in-flight requests for up to %gs (a second signal skips the wait)",
+            timeout,
+        )
+        self.events.emit("stopping", drain_timeout=timeout)
+        started = time.monotonic()
+        drain = asyncio.ensure_future(self._teardown(timeout))
         force = asyncio.ensure_future(self._force.wait())
         await asyncio.wait({drain, force}, return_when=asyncio.FIRST_COMPLETED)
         if not drain.done():
@@ -251,6 +260,8 @@ class Runtime:
                 await drain
             if self.dataplane is not None:
                 await self.dataplane.close(0)
+        else:
+            log.info("stopped after a %.1fs drain", time.monotonic() - started)
         force.cancel()
 
     async def _teardown(self, drain_timeout: float) -> None:

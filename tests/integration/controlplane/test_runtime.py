@@ -8,6 +8,7 @@ zero failed requests, and a restart with a broken file serves the persisted snap
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,3 +226,16 @@ async def test_access_log_turned_on_by_a_reload_logs(
         assert len(log.recent()) == 1
         assert runtime.plane is not None
         assert runtime.plane.status()["restart_required"] == []
+
+
+async def test_a_graceful_stop_logs_when_the_drain_starts_and_ends(
+    tmp_path: Path, backends: list[HttpBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(mesh_text(free_port(), backends[:1], "1"))
+    caplog.set_level(logging.INFO, "localmesh.runtime")
+    async with running(mesh):
+        pass
+    said = [r.getMessage() for r in caplog.records if r.name == "localmesh.runtime"]
+    assert any(m.startswith("stopping: draining in-flight requests for up to 1s") for m in said)
+    assert any(m.startswith("stopped after a ") for m in said)
