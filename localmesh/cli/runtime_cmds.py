@@ -74,6 +74,61 @@ def admin_address(given: str | None, here: Path | None = None) -> str:
         return DEFAULT_ADMIN
 
 
+def mesh_container_state(here: Path) -> str | None:
+    """The state of the mesh container of the project ``localmesh up`` started here (e.g.
+    "exited (137)"), when it is not running; None when there is no such project, no engine
+    answers, or the container runs (then its state explains nothing)."""
+    import docker.errors
+
+    from localmesh.compose import engine
+    from localmesh.compose.lifecycle import MESH_SERVICE
+
+    try:
+        project = json.loads((here / ".localmesh" / "plan.json").read_text())["project"]
+        client = engine.connect()
+        found = client.containers.list(
+            all=True,
+            filters={
+                "label": [
+                    f"com.docker.compose.project={project}",
+                    f"com.docker.compose.service={MESH_SERVICE}",
+                ]
+            },
+        )
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        LocalmeshError,
+        docker.errors.DockerException,
+    ):
+        return None
+    if not found:
+        return f"the mesh container of project {project} does not exist"
+    container = found[0]
+    if container.status == "running":
+        return None
+    code = container.attrs.get("State", {}).get("ExitCode")
+    exited = f" ({code})" if container.status == "exited" and code is not None else ""
+    return f"the mesh container {container.name} is {container.status}{exited}"
+
+
+def first_status(client: AdminClient, given: str | None) -> Any:
+    """``/status``; when nothing answers and the project here has a mesh container that is
+    not running, the error says its state instead of only asking whether it runs."""
+    try:
+        return client.get("/status")
+    except NotRunningError as exc:
+        state = None if given else mesh_container_state(Path.cwd())
+        if state is None:
+            raise
+        raise NotRunningError(
+            f"cannot reach the admin API at {client.address}: {state}",
+            hint="`docker logs` on it says why; `localmesh up -d` starts it again",
+        ) from exc
+
+
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
@@ -235,22 +290,23 @@ def register(app: typer.Typer) -> None:
           LOCALMESH_ADMIN=127.0.0.1:15001 localmesh status --json
         """
         client = AdminClient(admin_address(admin))
+        first = first_status(client, admin)
         if json_out:
-            print_json(client.get("/status"))
+            print_json(first)
             return
         if not watch:
-            console.print(render_status(client.get("/status")))
+            console.print(render_status(first))
             return
         if not console.is_terminal:  # piped: a Live display would show nothing until the end
             try:
+                doc = first
                 while True:
-                    console.print(render_status(client.get("/status")))
+                    console.print(render_status(doc))
                     time.sleep(interval)
+                    doc = client.get("/status")
             except KeyboardInterrupt:
                 return
-        with Live(
-            render_status(client.get("/status")), console=console, auto_refresh=False
-        ) as live:
+        with Live(render_status(first), console=console, auto_refresh=False) as live:
             try:
                 while True:
                     time.sleep(interval)

@@ -88,3 +88,48 @@ def test_logs_says_when_nothing_matched(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "no records (service nope) yet" in captured.err
+
+
+class _Container:
+    """A Docker SDK container as the engine lists it."""
+
+    def __init__(self) -> None:
+        self.name = "shop-localmesh-1"
+        self.status = "exited"
+        self.attrs = {"State": {"ExitCode": 137}}
+
+
+class _Engine:
+    """A Docker SDK client that lists ``found``."""
+
+    def __init__(self, found: list[_Container]) -> None:
+        self.found = found
+        self.asked: dict[str, object] = {}
+
+    @property
+    def containers(self) -> _Engine:
+        return self
+
+    def list(self, **kwargs: object) -> list[_Container]:
+        self.asked = kwargs
+        return self.found
+
+
+def test_status_says_the_mesh_container_is_dead_when_the_admin_api_does_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from localmesh.compose import engine
+
+    (tmp_path / ".localmesh").mkdir()
+    plan = {"project": "shop", "published": {"admin": free_port(), "https": 9443}}
+    (tmp_path / ".localmesh" / "plan.json").write_text(json.dumps(plan))
+    fake = _Engine([_Container()])
+    monkeypatch.setattr(engine, "connect", lambda: fake)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOCALMESH_ADMIN", raising=False)
+    assert run(monkeypatch, "status") == 3
+    assert "the mesh container shop-localmesh-1 is exited (137)" in capsys.readouterr().err
+    assert fake.asked["all"] is True
+    fake.found = []
+    assert run(monkeypatch, "status") == 3
+    assert "mesh container of project shop does not exist" in capsys.readouterr().err
