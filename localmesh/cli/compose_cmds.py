@@ -20,11 +20,21 @@ from localmesh.cli.config_cmds import (
     ComposeArgs,
     Json,
     MeshIn,
+    ProjectName,
     compose_options,
 )
 from localmesh.cli.output import console, err_console, print_error, print_json
 from localmesh.compose import lifecycle
-from localmesh.compose.generate import GenerateOptions, GenerateResult, generate, renew_certs
+from localmesh.compose.generate import (
+    COMPOSE_FILE,
+    PLAN_FILE,
+    STATE_DIR,
+    GenerateOptions,
+    GenerateResult,
+    generate,
+    renew_certs,
+)
+from localmesh.compose.plan import MeshPlan
 from localmesh.config.values import parse_duration
 from localmesh.errors import LocalmeshError
 
@@ -231,12 +241,35 @@ def _renew(generated: GenerateResult) -> None:
         console.print(f"renewed the certificates of {', '.join(issued)}")
 
 
-def _down(*, output: Generated = None, volumes: Volumes = False) -> None:
-    """Stop and remove what `localmesh up` started: containers, networks (-v: volumes)."""
+def _down(
+    *, project_name: ProjectName = None, output: Generated = None, volumes: Volumes = False
+) -> None:
+    """Stop and remove what `localmesh up` started: containers, networks (-v: volumes).
+
+    `-p NAME` (as given to `up`) checks that the project up started here is that one.
+    """
+    if project_name is not None:
+        _check_project(project_name, output)
     options = lifecycle.DownOptions(output=output, volumes=volumes)
     with RichUi(console) as ui:
         removed = lifecycle.down(options, ui)
     console.print(f"removed {len(removed)} containers and networks", highlight=False)
+
+
+def _check_project(name: str, output: Path | None) -> None:
+    """``down`` stops what ``up`` generated here: refuse when that is another project than
+    the one named (no plan here: down itself says there is nothing to stop)."""
+    plan_file = (output or Path(STATE_DIR) / COMPOSE_FILE).parent / PLAN_FILE
+    try:
+        text = plan_file.read_text(encoding="utf-8")
+    except OSError:
+        return
+    project = MeshPlan.from_json(text, str(plan_file)).project
+    if project != name:
+        raise LocalmeshError(
+            f"-p {name}: the project `localmesh up` started here is {project}",
+            hint=f"run `localmesh down` in {name}'s directory, or drop -p",
+        )
 
 
 class RichUi:
