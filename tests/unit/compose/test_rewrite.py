@@ -43,7 +43,10 @@ def certs() -> ContainerCerts:
     base = STATE / "certs"
     return ContainerCerts(
         base / "trust",
-        {n: ServiceCerts(n, f"spiffe://localmesh/svc/{n}", base / n) for n in ("app", "api")},
+        {
+            n: ServiceCerts(n, f"spiffe://localmesh/svc/{n}", base / "services" / n)
+            for n in ("app", "api")
+        },
     )
 
 
@@ -84,7 +87,7 @@ def test_user_values_stay_and_additions_come_after() -> None:
         "/etc/localmesh/trust",
         "/etc/localmesh/identity",
     ]
-    assert app["volumes"][2]["source"] == "/p/.localmesh/certs/app"
+    assert app["volumes"][2]["source"] == "/p/.localmesh/certs/services/app"
     assert all(v.get("read_only") for v in app["volumes"][1:])
     assert app["networks"] == {"default": None, "localmesh": None}
 
@@ -122,6 +125,7 @@ def test_mesh_service_from_the_template() -> None:
         "/etc/localmesh/plan.json": True,
         "/etc/localmesh/project.json": True,
         "/etc/localmesh/certs": True,
+        "/etc/localmesh/certs/services": False,  # the apps' identities, renewed by the mesh
         "/var/lib/localmesh": False,  # last known good survives a restart of the container
     }
     assert "@" not in repr(mesh)  # every template token filled in
