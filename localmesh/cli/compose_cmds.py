@@ -41,7 +41,11 @@ from localmesh.errors import LocalmeshError
 Output = Annotated[
     Path | None,
     typer.Option(
-        "-o", "--output", metavar="FILE", help="Where to write (default .localmesh/compose.yaml)."
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="Where to write the compose file (default .localmesh/compose.yaml; "
+        "the rest stays in .localmesh/).",
     ),
 ]
 Generated = Annotated[

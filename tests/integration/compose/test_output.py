@@ -1,0 +1,60 @@
+"""Where ``generate`` writes: ``-o`` moves the compose file only, never onto a user's file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from localmesh.compose.generate import GenerateOptions, generate
+from localmesh.compose.planner import EngineFacts
+from localmesh.errors import ConfigError
+
+FACTS = EngineFacts(reachable=False)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALMESH_HOME", str(tmp_path_factory.getbasetemp() / "localmesh-home"))
+    for var in list(os.environ):
+        if var.startswith("COMPOSE_"):
+            monkeypatch.delenv(var)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "shop"
+    root.mkdir()
+    (root / "compose.yaml").write_text("services:\n  web:\n    image: nginx\n")
+    (root / ".gitignore").write_text("node_modules/\n")
+    return root
+
+
+def _generate(root: Path, output: str) -> Path:
+    options = GenerateOptions(output=Path(output), base_image="base:1", cwd=root)
+    return generate(options, facts=FACTS, image_tag="mesh:1").compose_file
+
+
+def test_output_elsewhere_keeps_the_state_in_the_state_directory(project: Path) -> None:
+    before = {p.name for p in project.iterdir()}
+    written = _generate(project, "meshed.yaml")
+    assert written == project / "meshed.yaml"
+    assert {p.name for p in project.iterdir()} == before | {"meshed.yaml", ".localmesh"}
+    assert (project / ".gitignore").read_text() == "node_modules/\n"
+    state = project / ".localmesh"
+    assert {"plan.json", "project.json", "certs", "runtime", ".gitignore"} <= {
+        p.name for p in state.iterdir()
+    }
+    assert str(state / "plan.json") in written.read_text()
+    _generate(project, "meshed.yaml")  # its own output is replaced
+
+
+@pytest.mark.parametrize("output", ["compose.yaml", ".gitignore", ".localmesh"])
+def test_output_never_replaces_a_file_generate_did_not_write(project: Path, output: str) -> None:
+    (project / ".localmesh").mkdir(mode=0o700)
+    before = (project / "compose.yaml").read_text()
+    with pytest.raises(ConfigError, match=f"-o {project / output} "):
+        _generate(project, output)
+    assert (project / "compose.yaml").read_text() == before
+    assert (project / ".gitignore").read_text() == "node_modules/\n"
