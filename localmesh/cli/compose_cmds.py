@@ -35,6 +35,7 @@ from localmesh.compose.generate import (
     renew_certs,
 )
 from localmesh.compose.plan import MeshPlan
+from localmesh.compose.project import working_directory
 from localmesh.config.values import parse_duration
 from localmesh.errors import LocalmeshError
 
@@ -131,7 +132,7 @@ def register(app: typer.Typer) -> None:
 
           docker compose -f .localmesh/compose.yaml config   # what it wrote
         """
-        cwd = Path.cwd()
+        cwd = working_directory()
         result = generate(
             GenerateOptions(
                 files=compose.files,
@@ -156,7 +157,7 @@ def register(app: typer.Typer) -> None:
                 }
             )
             return
-        _show(result, cwd.resolve())
+        _show(result, cwd)
 
     app.command(
         "up",

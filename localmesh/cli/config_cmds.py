@@ -23,7 +23,12 @@ from rich.markup import escape
 
 from localmesh.cli.output import console, err_console, print_json
 from localmesh.compose.generate import engine_facts
-from localmesh.compose.project import ComposeProject, discover_files, load_project
+from localmesh.compose.project import (
+    ComposeProject,
+    discover_files,
+    load_project,
+    working_directory,
+)
 from localmesh.config import analyze, infer_mesh, load_mesh_file, parse_mesh_text, render_inferred
 from localmesh.config.model import MeshConfig
 from localmesh.config.ports import ImagePorts
@@ -82,7 +87,7 @@ class ComposeArgs:
         """The compose project, or None when there is none here and none was asked for."""
         if not self.files and not required:
             try:
-                discover_files(Path.cwd())
+                discover_files(working_directory())
             except ConfigError:
                 return None
         return load_project(self.files, self.env_files, self.project_name, self.profiles)

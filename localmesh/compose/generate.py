@@ -36,7 +36,13 @@ from localmesh.compose import emit, engine, image
 from localmesh.compose.addresses import parse_subnet
 from localmesh.compose.plan import MeshPlan, stable_json
 from localmesh.compose.planner import EngineFacts, make_plan, relative_position
-from localmesh.compose.project import ComposeProject, compose_command, load_project
+from localmesh.compose.project import (
+    ComposeProject,
+    absolute,
+    compose_command,
+    load_project,
+    working_directory,
+)
 from localmesh.compose.rewrite import MeshService, rewrite
 from localmesh.compose.templates import templates_dir
 from localmesh.config import infer_mesh, load_mesh_file
@@ -100,7 +106,7 @@ def generate(
 ) -> GenerateResult:
     """Write the meshed project; ``facts``/``image_tag`` replace the engine and the package
     hash (tests pin them so golden files do not depend on the machine)."""
-    cwd = (options.cwd or Path.cwd()).resolve()
+    cwd = absolute(options.cwd or working_directory())
     project = load_project(
         options.files, options.env_files, options.project_name, options.profiles, cwd
     )

@@ -356,7 +356,7 @@ def relative_position(project: ComposeProject, *path: str) -> Position | None:
     if found is None:
         return None
     try:
-        rel = Path(found.file).resolve().relative_to(project.working_dir)
+        rel = Path(found.file).relative_to(project.working_dir)
     except ValueError:
         return found
     return Position(rel.as_posix(), found.line, found.column)

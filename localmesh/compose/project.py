@@ -116,6 +116,25 @@ def project_args(
     return args
 
 
+def working_directory() -> Path:
+    """The current directory as the shell names it, as Go's ``os.Getwd`` (so Compose) does:
+    ``$PWD`` when it is this directory. Through a symlinked directory, the project is named
+    after the link, and so are its volumes."""
+    pwd = os.environ.get("PWD", "")
+    try:
+        if os.path.isabs(pwd) and os.path.samefile(pwd, "."):
+            return Path(pwd)
+    except OSError:
+        pass
+    return Path.cwd()
+
+
+def absolute(path: Path) -> Path:
+    """``path`` made absolute lexically (Go's ``filepath.Abs``), symlinks kept: Compose takes
+    a linked file's directory as its project directory, for ``.env`` and relative paths."""
+    return Path(os.path.normpath(path))
+
+
 def discover_files(cwd: Path) -> list[Path]:
     """The files Compose would read with no ``-f``: the first default name and its override."""
     env = os.environ.get("COMPOSE_FILE")
@@ -143,8 +162,8 @@ def load_project(
     cwd: Path | None = None,
 ) -> ComposeProject:
     """Normalise the project with real Compose; raise ConfigError with positions on bad input."""
-    cwd = (cwd or Path.cwd()).resolve()
-    paths = [(cwd / f).resolve() for f in files] if files else discover_files(cwd)
+    cwd = absolute(cwd or working_directory())
+    paths = [absolute(cwd / f) for f in files] if files else discover_files(cwd)
     positions: dict[KeyPath, Position] = {}
     for path in paths:
         if not path.is_file():
@@ -153,7 +172,8 @@ def load_project(
 
     cmd = [*compose_command(), *project_args(paths, env_files, project_name, profiles)]
     cmd += ["config", "--format", "json"]
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    env = {**os.environ, "PWD": str(cwd)}  # Compose's working directory, as ours is named
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise _compose_failure(done.stderr, positions, paths)
     model = json.loads(done.stdout)
