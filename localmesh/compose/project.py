@@ -28,14 +28,15 @@ import yaml
 
 from localmesh.errors import ComposeError, ConfigError, Position, Problem
 
-# Compose's own discovery order (compose-go cli/options.go DefaultFileNames / override names).
+# Compose's own discovery order (compose-go cli/options.go DefaultFileNames and
+# DefaultOverrideFileNames): any override name goes with any main name.
 DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
-OVERRIDE_FILES = {
-    "compose.yaml": "compose.override.yaml",
-    "compose.yml": "compose.override.yml",
-    "docker-compose.yml": "docker-compose.override.yml",
-    "docker-compose.yaml": "docker-compose.override.yaml",
-}
+OVERRIDE_FILES = (
+    "compose.override.yml",
+    "compose.override.yaml",
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
+)
 GENERATED_MARKER = "x-localmesh"
 
 KeyPath = tuple[str, ...]
@@ -136,18 +137,16 @@ def absolute(path: Path) -> Path:
 
 
 def discover_files(cwd: Path) -> list[Path]:
-    """The files Compose would read with no ``-f``: the first default name and its override."""
+    """The files Compose would read with no ``-f``: the first default name found here or in
+    a parent directory, and the first override name beside it."""
     env = os.environ.get("COMPOSE_FILE")
     if env:
         sep = os.environ.get("COMPOSE_PATH_SEPARATOR", os.pathsep)
         return [(cwd / p) for p in env.split(sep) if p]
-    for name in DEFAULT_FILES:
-        if (cwd / name).is_file():
-            found = [cwd / name]
-            override = cwd / OVERRIDE_FILES[name]
-            if override.is_file():
-                found.append(override)
-            return found
+    for where in (cwd, *cwd.parents):  # Compose looks up the parent directories too
+        found = [where / n for n in DEFAULT_FILES if (where / n).is_file()][:1]
+        if found:
+            return found + [where / n for n in OVERRIDE_FILES if (where / n).is_file()][:1]
     raise ConfigError(
         Problem(f"no compose file in {cwd}", hint=f"expected one of {', '.join(DEFAULT_FILES)}"),
         hint="run in the project directory or pass -f FILE",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from localmesh.compose.project import load_project, unescape
+from localmesh.compose.project import DEFAULT_FILES, OVERRIDE_FILES, load_project, unescape
 from localmesh.errors import ConfigError
 
 
@@ -129,3 +129,31 @@ def test_a_project_reached_through_a_symlinked_directory_is_named_after_the_link
     assert project.name == "linkproj"
     assert project.model["volumes"]["pgdata"]["name"] == "linkproj_pgdata"
     assert project.working_dir == link
+
+
+@pytest.mark.parametrize("override", OVERRIDE_FILES)
+@pytest.mark.parametrize("main", DEFAULT_FILES)
+def test_any_override_name_goes_with_any_main_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, main: str, override: str
+) -> None:
+    monkeypatch.delenv("COMPOSE_FILE", raising=False)
+    write(tmp_path, main, "services:\n  api:\n    image: x\n")
+    write(tmp_path, override, "services:\n  api:\n    expose: ['9000']\n")
+    project = load_project(cwd=tmp_path)
+    assert [p.name for p in project.files] == [main, override]
+    assert project.services()["api"]["expose"] == ["9000"]
+
+
+def test_discovery_takes_the_first_override_and_looks_up_parent_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Compose does (it warns about the override names it skips)."""
+    monkeypatch.delenv("COMPOSE_FILE", raising=False)
+    write(tmp_path, "compose.yaml", "services:\n  api:\n    image: x\n")
+    for name in OVERRIDE_FILES:
+        write(tmp_path, name, f"services:\n  api:\n    expose: ['{name}']\n")
+    (tmp_path / "src" / "app").mkdir(parents=True)
+    project = load_project(cwd=tmp_path / "src" / "app")
+    assert project.files == (tmp_path / "compose.yaml", tmp_path / "compose.override.yml")
+    assert project.services()["api"]["expose"] == ["compose.override.yml"]
+    assert project.name == tmp_path.name
