@@ -87,7 +87,7 @@ class ComposeArgs:
         """The compose project, or None when there is none here and none was asked for."""
         if not self.files and not required:
             try:
-                discover_files(working_directory())
+                discover_files(working_directory(), self.env_files)
             except ConfigError:
                 return None
         return load_project(self.files, self.env_files, self.project_name, self.profiles)

@@ -143,7 +143,7 @@ def generate(
         runtime_dir=state / RUNTIME_DIR,
         mesh_file=mesh_file,
         sources=tuple(_relative(f, cwd) for f in project.files),
-        profiles=tuple(options.profiles),
+        profiles=project.profiles,
     )
     document = rewrite(project.model, planned, spec, certs)
     text = emit.dump(document, _header(spec.sources, compose_file, cwd))

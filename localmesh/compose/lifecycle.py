@@ -325,7 +325,7 @@ def up(options: UpOptions, ui: Ui) -> UpResult:
     if generated.ca_created:
         ui.note("created a local CA (trust it with `localmesh ca trust`)")
     built = image.ensure_mesh_image(client, recipe, ui.build_progress())
-    runner = ComposeRunner(generated.compose_file, tuple(gen_opts.profiles))
+    runner = ComposeRunner(generated.compose_file, generated.project.profiles)
     check_project_owner(client, generated)
     check_host_ports(client, generated)
     deadline = started + options.timeout

@@ -56,6 +56,7 @@ class ComposeProject:
     files: tuple[Path, ...]
     model: Mapping[str, Any]
     positions: Mapping[KeyPath, Position] = field(default_factory=dict, repr=False)
+    profiles: tuple[str, ...] = ()  # the active ones: --profile, else COMPOSE_PROFILES
 
     def services(self) -> Mapping[str, Mapping[str, Any]]:
         services: Mapping[str, Mapping[str, Any]] = self.model.get("services") or {}
@@ -136,13 +137,36 @@ def absolute(path: Path) -> Path:
     return Path(os.path.normpath(path))
 
 
-def discover_files(cwd: Path) -> list[Path]:
-    """The files Compose would read with no ``-f``: the first default name found here or in
-    a parent directory, and the first override name beside it."""
-    env = os.environ.get("COMPOSE_FILE")
-    if env:
-        sep = os.environ.get("COMPOSE_PATH_SEPARATOR", os.pathsep)
-        return [(cwd / p) for p in env.split(sep) if p]
+def compose_environment(directory: Path, env_files: Sequence[Path], cwd: Path) -> dict[str, str]:
+    """The ``COMPOSE_*`` variables Compose sees for a project in ``directory``: ours, else
+    the ``--env-file``s' or ``directory``'s ``.env``. Read by Compose itself (``.env`` has
+    its own syntax: quotes, ``export``, interpolation), on an empty project."""
+    cmd = [*compose_command(), "--project-directory", str(directory), "-f", "-"]
+    cmd += [arg for e in env_files for arg in ("--env-file", str(e))]
+    done = subprocess.run(
+        [*cmd, "config", "--environment"],
+        input="services: {}\n",
+        cwd=cwd,
+        env={**os.environ, "PWD": str(cwd)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise _compose_failure(done.stderr, {}, ())
+    pairs = (line.partition("=") for line in done.stdout.splitlines())
+    return {k: v for k, _, v in pairs if k.startswith("COMPOSE_")}
+
+
+def discover_files(cwd: Path, env_files: Sequence[Path] = ()) -> list[Path]:
+    """The files Compose would read with no ``-f``: ``COMPOSE_FILE`` (from the environment
+    or ``.env``), else the first default name found here or in a parent directory, and the
+    first override name beside it."""
+    env = compose_environment(cwd, env_files, cwd)
+    listed = env.get("COMPOSE_FILE")
+    if listed:
+        sep = env.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+        return [absolute(cwd / p) for p in listed.split(sep) if p]
     for where in (cwd, *cwd.parents):  # Compose looks up the parent directories too
         found = [where / n for n in DEFAULT_FILES if (where / n).is_file()][:1]
         if found:
@@ -162,7 +186,11 @@ def load_project(
 ) -> ComposeProject:
     """Normalise the project with real Compose; raise ConfigError with positions on bad input."""
     cwd = absolute(cwd or working_directory())
-    paths = [absolute(cwd / f) for f in files] if files else discover_files(cwd)
+    paths = [absolute(cwd / f) for f in files] if files else discover_files(cwd, env_files)
+    if not profiles:  # then Compose's COMPOSE_PROFILES, read in the project's directory
+        env = compose_environment(paths[0].parent, env_files, cwd)
+        listed = env.get("COMPOSE_PROFILES", "").split(",")
+        profiles = tuple(p.strip() for p in listed if p.strip())
     positions: dict[KeyPath, Position] = {}
     for path in paths:
         if not path.is_file():
@@ -185,6 +213,7 @@ def load_project(
         name=str(model.get("name", "")),
         working_dir=cwd,
         files=tuple(paths),
+        profiles=tuple(profiles),
         model=model,
         positions=positions,
     )

@@ -71,7 +71,8 @@ def test_golden(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sch
     document = yaml.safe_load(compose_text)
     jsonschema.Draft7Validator(schema).validate(document)
     unmeshed = {u.service for u in result.plan.unmeshed}
-    _assert_additive(result.project.model, _compose_reads(result.compose_file, case), unmeshed)
+    read = _compose_reads(result.compose_file, result.project.profiles)
+    _assert_additive(result.project.model, read, unmeshed)
 
     again = run(case, work)
     assert not again.changed
@@ -87,11 +88,11 @@ def _error_text(exc: LocalmeshError) -> str:
     return f"{type(exc).__name__}: {exc.message}{hint}\n"
 
 
-def _compose_reads(path: Path, case: Case) -> dict[str, Any]:
+def _compose_reads(path: Path, profiles: tuple[str, ...]) -> dict[str, Any]:
     """The output as ``docker compose`` reads it, with the profiles ``up`` passes."""
-    profiles = [arg for p in case.spec.get("profiles", ()) for arg in ("--profile", p)]
+    flags = [arg for p in profiles for arg in ("--profile", p)]
     done = subprocess.run(
-        [*compose_command(), "-f", str(path), *profiles, "config", "--format", "json"],
+        [*compose_command(), "-f", str(path), *flags, "config", "--format", "json"],
         cwd=path.parent,
         capture_output=True,
         text=True,
