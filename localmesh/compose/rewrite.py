@@ -8,6 +8,10 @@ own values win). Unmeshed services are not touched at all. The project gains the
 ``localmesh`` service (from ``compose-templates/mesh-service.yaml``), the ``localmesh``
 network and the ``x-localmesh`` marker that makes ``generate`` refuse its own output.
 
+The one removal: a ``required: false`` dependency on a service the project does not have
+(an inactive profile's: Compose's normalised JSON drops the service but keeps the
+dependency, and would refuse its own output; ``up`` skips such a dependency anyway).
+
 Pure: paths and the template come in as values.
 """
 
@@ -74,9 +78,9 @@ def rewrite(
 
     services: dict[str, Any] = out.setdefault("services", {})
     meshed = {c.service for c in plan.clients}
-    for name, svc in services.items():
-        if name in meshed:
-            services[name] = _client(name, svc, planned, certs)
+    for name, written in services.items():
+        svc = present_dependencies(written, services)
+        services[name] = _client(name, svc, planned, certs) if name in meshed else svc
     services[MESH_KEY] = _mesh_service(model, planned, mesh)
 
     networks: dict[str, Any] = out.setdefault("networks", {})
@@ -92,6 +96,18 @@ def rewrite(
         "labels": dict(NETWORK_LABELS),
     }
     return out
+
+
+def present_dependencies(svc: Mapping[str, Any], services: Mapping[str, Any]) -> Any:
+    """``svc`` without its optional dependencies on services the project does not have."""
+    depends = svc.get("depends_on") or {}
+    kept = {
+        k: v for k, v in depends.items() if k in services or (v or {}).get("required") is not False
+    }
+    if kept == depends:
+        return svc
+    out = {k: v for k, v in svc.items() if k != "depends_on"}
+    return {**out, "depends_on": kept} if kept else out
 
 
 def _marker(mesh: MeshService) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from localmesh.compose.project import compose_command
+from localmesh.compose.rewrite import present_dependencies
 from localmesh.errors import LocalmeshError
 from tests.integration.compose.golden import (
     SCHEMA,
@@ -116,7 +117,8 @@ def _assert_additive(
                 assert after[key][name] == entry, (key, name)
         else:
             assert after[key] == value, key
-    for name, svc in before["services"].items():
+    for name, service in before["services"].items():
+        svc = present_dependencies(service, before["services"])  # the one removal
         out = after["services"][name]
         if name in unmeshed:
             assert out == svc, name
