@@ -222,23 +222,38 @@ def load_project(
 def _raw_positions(path: Path) -> dict[KeyPath, Position]:
     """Map every key path of a raw compose file to where its key is written (a list item
     by its index, and a scalar one by its value too)."""
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _unreadable(path, data[: exc.start].decode("utf-8"), "it is not UTF-8") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = Position(str(path), mark.line + 1, mark.column + 1) if mark else None
         raise ConfigError(Problem(f"invalid YAML: {exc.problem or exc.context}", pos)) from None
+    except yaml.reader.ReaderError as exc:  # a control character: it carries no mark
+        what = f"the character #x{exc.character:04x} is not allowed in YAML"
+        raise _unreadable(path, text[: exc.position], what) from None
     out: dict[KeyPath, Position] = {}
 
-    def walk(node: yaml.Node | None, prefix: KeyPath) -> None:
+    def walk(node: yaml.Node | None, prefix: KeyPath, within: frozenset[int]) -> None:
+        if id(node) in within:  # `x: &a {b: *a}`: an alias inside its own anchor
+            raise ConfigError(
+                Problem(
+                    f"invalid YAML: {'.'.join(prefix)} refers to a node that contains it",
+                    out[prefix],
+                )
+            )
+        within |= {id(node)}
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if not isinstance(key, yaml.ScalarNode):
                     continue
                 here = (*prefix, str(key.value))
                 out[here] = Position(str(path), key.start_mark.line + 1, key.start_mark.column + 1)
-                walk(value, here)
+                walk(value, here, within)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 here = (*prefix, str(i))
@@ -246,10 +261,17 @@ def _raw_positions(path: Path) -> dict[KeyPath, Position]:
                 out.setdefault(here, pos)
                 if isinstance(item, yaml.ScalarNode):  # `networks: [a, b]`: found by name too
                     out.setdefault((*prefix, str(item.value)), pos)
-                walk(item, here)
+                walk(item, here, within)
 
-    walk(root, ())
+    walk(root, (), frozenset())
     return out
+
+
+def _unreadable(path: Path, before: str, what: str) -> ConfigError:
+    """A file YAML cannot read, at the first character it cannot (``before`` precedes it)."""
+    line = before.count("\n") + 1
+    column = len(before) - (before.rfind("\n") + 1) + 1
+    return ConfigError(Problem(f"invalid YAML: {what}", Position(str(path), line, column)))
 
 
 # "validating /x/compose.yaml: services.a additional properties 'imagee' not allowed"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,38 @@ def test_discovery_takes_the_first_override_and_looks_up_parent_directories(
     assert project.files == (tmp_path / "compose.yaml", tmp_path / "compose.override.yml")
     assert project.services()["api"]["expose"] == ["compose.override.yml"]
     assert project.name == tmp_path.name
+
+
+@pytest.mark.parametrize(
+    ("data", "where", "message"),
+    [
+        (b"services:\n  web:\n    image: ngin\xe9x\n", (3, 16), "it is not UTF-8"),
+        (b"services:\n  web:\n    image: ngin\x7fx\n", (3, 16), "#x007f is not allowed"),
+        (b"services: {}\nx: &a\n  b: *a\n", (3, 3), "x.b refers to a node that contains it"),
+    ],
+    ids=["latin1", "del", "self-alias"],
+)
+def test_unreadable_yaml_is_a_positioned_error(
+    tmp_path: Path, data: bytes, where: tuple[int, int], message: str
+) -> None:
+    path = tmp_path / "compose.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as err:
+        load_project([path], cwd=tmp_path)
+    problem = err.value.problems[0]
+    assert problem.position is not None
+    assert (problem.position.file, problem.position.line, problem.position.column) == (
+        str(path),
+        *where,
+    )
+    assert message in problem.message
+    for command in ("generate", "validate"):  # exit 2 with that one line, no traceback
+        done = subprocess.run(
+            [sys.executable, "-m", "localmesh.cli.main", command],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"compose.yaml:{where[0]}:{where[1]}: invalid YAML" in done.stderr
