@@ -72,6 +72,8 @@ WELL_KNOWN_PORTS: Mapping[int, Protocol] = {
     25: _TCP,  # SMTP
     1025: _TCP,  # SMTP (mailhog, mailpit)
     22: _TCP,  # SSH
+    443: _TCP,  # HTTPS: TLS, which an HTTP listener would parse as garbage
+    8443: _TCP,  # HTTPS, the unprivileged one
 }
 
 _PG = ((5432, Protocol.POSTGRES),)

@@ -148,6 +148,9 @@ def test_image_name(image: str, name: str) -> None:
         (15672, "rabbitmq:3-management", Protocol.HTTP),  # the image knows that port
         (9000, "clickhouse/clickhouse-server:24", Protocol.TCP),
         (8080, "ghcr.io/example/app:1", Protocol.HTTP),
+        (443, "nginx", Protocol.TCP),  # TLS: an HTTP listener would parse it as garbage
+        (8443, "traefik:v3", Protocol.TCP),
+        (443, None, Protocol.TCP),
     ],
 )
 def test_protocol_by_image_then_port_then_image_main_port(
