@@ -84,6 +84,10 @@ _SPECIAL: Final = _DROPPED_SANITIZED | {
     b"x-b3-sampled",
     b"x-forwarded-host",
 }
+# What a Connection header may not remove (RFC 9110 7.6.1): the framing, Host, and every
+# field the mesh reads; a client naming content-length would send its body upstream
+# unframed, to be run as the next request.
+_KEPT: Final = _SPECIAL | {b"host", b"close"}
 
 
 _B3: Final = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled")
@@ -685,8 +689,9 @@ class Exchange:
             return False
         if drop:
             gone = _DROPPED_SANITIZED if sanitize else _DROPPED
-            if tokens - {b"keep-alive", b"close", b"upgrade"}:
-                gone = gone | tokens
+            nominated = tokens - _KEPT
+            if nominated:
+                gone = gone | nominated
             out = [h for h in headers if h[0] not in gone]
         if route.request_ops is not None:
             out = route.request_ops.apply(out)

@@ -101,6 +101,9 @@ NO_TOKENS: Final[frozenset[bytes]] = frozenset()  # a Connection header that nam
 _LOWERED: Final = sum(1 << n for n in {*map(len, HOP_BY_HOP), len(b"content-length")})
 # Connection header values that name no extra hop-by-hop header (nginx sends keep-alive)
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+# Connection tokens that never remove a header: the framing is the mesh's to keep
+# (RFC 9110 7.6.1), or the client would read the rest of the stream as this body.
+_NOT_NOMINABLE: Final = _PLAIN_CONNECTION | {b"content-length", b"transfer-encoding"}
 
 
 def lowered(headers: Headers) -> Headers:
@@ -357,7 +360,7 @@ class UpstreamConnection(asyncio.Protocol):
                     and value != b"close"
                     and value.lower() not in _PLAIN_CONNECTION
                 ):
-                    extra = connection_tokens(value) - _PLAIN_CONNECTION
+                    extra = connection_tokens(value) - _NOT_NOMINABLE
                     if extra:
                         self.connection_tokens = extra | HOP_BY_HOP
             elif low not in HOP_BY_HOP:
