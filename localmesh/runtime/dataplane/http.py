@@ -64,6 +64,7 @@ COARSE_TIMEOUT: Final = 5.0
 PAUSE_PIPELINE: Final = 1  # a later request arrived while one is in flight
 PAUSE_UPSTREAM: Final = 2  # the upstream's write buffer is full, or we are still connecting
 PAUSE_DONE: Final = 4  # the connection will close after the current response
+PAUSE_UPGRADE: Final = 8  # an upgrade request waits for the upstream's 101
 
 CRLF: Final = b"\r\n"
 SEP: Final = b": "
@@ -73,7 +74,13 @@ CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # Request headers never copied upstream as they came: hop-by-hop, and those the mesh
 # rewrites (forwarding) or replaces (an invalid traceparent; a valid one is re-added).
-_DROPPED: Final = HOP_BY_HOP | {b"expect", b"traceparent", b"x-forwarded-for", b"x-forwarded-proto"}
+_DROPPED: Final = HOP_BY_HOP | {
+    b"expect",
+    b"http2-settings",  # an h2c upgrade is not offered upstream (as Envoy)
+    b"traceparent",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+}
 _DROPPED_SANITIZED: Final = _DROPPED | {b"x-forwarded-client-cert"}  # a listener that verifies
 # Request headers the exchange reads on the way; the rest are copied without a look.
 _SPECIAL: Final = _DROPPED_SANITIZED | {
@@ -122,6 +129,7 @@ class HttpDownstream(asyncio.Protocol):
         "_get_method",
         "_hbytes",
         "_headers",
+        "_held",
         "_keeps_alive",
         "_max_hbytes",
         "_parser",
@@ -176,6 +184,7 @@ class HttpDownstream(asyncio.Protocol):
         self.forwarded = b""  # the x-forwarded-for/-proto lines most requests get
         self.tunnel: asyncio.Transport | None = None  # after an upgrade: the upstream
         self.upgraded = False
+        self._held = b""  # bytes after an upgrade request's head: tunnel data only after a 101
         self.connection_header = False  # the request being parsed has a Connection header
         self._refused = False
         self.write_paused = False
@@ -328,8 +337,13 @@ class HttpDownstream(asyncio.Protocol):
         return self._active
 
     def tunnel_started(self, ex: Exchange) -> None:
+        """The upstream answered 101: the held bytes are the tunnel's first."""
         if self._active is ex:
             self._active = None
+        held, self._held = self._held, b""
+        if held and self.tunnel is not None:
+            self.tunnel.write(held)
+        self.resume(PAUSE_UPGRADE)
 
     def _adopt(self, view: ListenerView) -> None:
         """First request under a new snapshot: re-resolve the caller and metric edges."""
@@ -370,8 +384,11 @@ class HttpDownstream(asyncio.Protocol):
             return
         if not self.in_head:
             self.wait_since = self.ctx.clock.ticks
-        if self._paused & PAUSE_PIPELINE:
-            self.resume(PAUSE_PIPELINE)
+        if self._paused:
+            if self._paused & PAUSE_PIPELINE:
+                self.resume(PAUSE_PIPELINE)
+            if self._paused & PAUSE_UPGRADE:  # the upgrade request (the last one) got no 101
+                self._not_upgraded()
 
     def pause(self, why: int) -> None:
         if not self._paused and self.transport is not None:
@@ -439,26 +456,39 @@ class HttpDownstream(asyncio.Protocol):
     # -- upgrades (WebSocket and friends) ---------------------------------------------------
 
     def _upgrade(self, rest: bytes) -> None:
-        """The parser stopped after an upgrade request: the rest is raw tunnel bytes."""
-        self.upgraded = True
-        ex = self._active
-        if ex is None or ex.done:  # already answered (CONNECT, denied, ...): swallow the rest
-            return
-        if not ex.upgrade:
-            self.refuse(400, "bad-request", "unexpected upgrade")
-            return
-        if rest:
-            ex.request_body(rest)
-        ex.flush_up()
+        """The parser stopped after a request asking to upgrade (the last one parsed).
+
+        What follows is tunnel data only once the upstream agrees with a 101: written
+        upstream before, it would run there as the next request whatever the upstream
+        answers, unrouted and unchecked. So it is held and reading stops; an answer other
+        than 101 ends in ``_not_upgraded`` (or the connection closes with it).
+        """
+        self._held = rest
+        if self._queue or self._active is not None:
+            self.upgraded = True
+            self.pause(PAUSE_UPGRADE)
+        else:  # already answered (a local response)
+            self._not_upgraded()
+
+    def _not_upgraded(self) -> None:
+        """The upgrade request was answered without a 101 (an h2c upgrade the mesh
+        strips, a local answer) and the connection stays: what came after it is parsed
+        as the next request, by a new parser (llhttp's stopped at the upgrade)."""
+        self.upgraded = False
+        held, self._held = self._held, b""
+        self._parser = parser = httptools.HttpRequestParser(self)
+        self._feed = parser.feed_data
+        self._get_method = parser.get_method
+        self._keeps_alive = parser.should_keep_alive
+        self.resume(PAUSE_UPGRADE)
+        if held:
+            self.data_received(held)
 
     def _tunnel_data(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
-            return
-        ex = self._active
-        if ex is not None and ex.upgrade:
-            ex.request_body(data)
-            ex.flush_up()
+        else:  # read before reading stopped for the 101
+            self._held += data
 
 
 class Exchange:
@@ -733,10 +763,10 @@ class Exchange:
         ident = down.identity
         if ident is not None and ident.xfcc is not None:
             parts.append(b"x-forwarded-client-cert: " + ident.xfcc + CRLF)
-        if upgrade_to is not None and b"upgrade" in tokens:
+        if upgrade_to is not None and b"upgrade" in tokens and upgrade_to.lower() != b"h2c":
             self.upgrade = True
             parts.append(b"connection: upgrade\r\nupgrade: " + upgrade_to + CRLF)
-        elif self.req_chunked:
+        if self.req_chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(CRLF)
         head = b"".join(parts)
@@ -764,10 +794,10 @@ class Exchange:
         self.req_bytes += n
         self._body_bytes += n
         limit = self.view.max_body
-        if limit and self._body_bytes > limit and not self.upgrade:
+        if limit and self._body_bytes > limit:
             self._body_too_large(limit)
             return
-        pieces = [b"%x\r\n" % n, chunk, CRLF] if self.req_chunked and not self.upgrade else [chunk]
+        pieces = [b"%x\r\n" % n, chunk, CRLF] if self.req_chunked else [chunk]
         self.unsent += pieces
         self._unsent_bytes += n
         replay = self.wire
@@ -1040,6 +1070,16 @@ class Exchange:
                 host.consecutive_5xx = host.consecutive_gateway = 0  # outlier streak broken
             if status >= 400 and self._retried_4xx(status):
                 return
+            if status == 101 and not self.upgrade:  # RFC 9110 15.2.2: no tunnel unasked
+                self._drop_upstream()
+                self._end_attempt()
+                self.local(
+                    502,
+                    "upstream-protocol-error",
+                    "101 to a request that did not ask to upgrade",
+                    wire.UPSTREAM_PROTOCOL_ERROR,
+                )
+                return
         self.status = status
         self.response_started = True
         route = self.route
@@ -1114,7 +1154,7 @@ class Exchange:
     def _upgrade_head(self, status: int, headers: Headers) -> bytes:
         """``headers``: the response's, names lower-cased."""
         if status != 101:
-            self.keep_alive = False  # the downstream parser stopped at the upgrade
+            self.keep_alive = False  # what followed the request is dropped, never forwarded
             lines = [n + SEP + v + CRLF for n, v in headers if n not in HOP_BY_HOP]
             lines.append(b"connection: close\r\n")
         else:

@@ -4,6 +4,7 @@ the requests the mesh routed, authorised and logged, framed as the mesh parsed t
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 
 from tests.integration.dataplane.harness import raw_exchange, running, service, snapshot
@@ -52,3 +53,89 @@ async def test_response_connection_header_cannot_remove_content_length() -> None
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b"content-length: 5" in head.lower()
     assert body == b"01234"
+
+
+async def test_bytes_after_a_declined_upgrade_never_reach_the_upstream() -> None:
+    """The upstream answers 200, not 101: what followed the upgrade request's head was
+    never tunnel data, and is not forwarded as such (the connection closes instead)."""
+    received = bytearray()
+
+    async def declines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answered = 0
+        while data := await reader.read(65536):
+            received.extend(data)
+            while received.count(b"\r\n\r\n") > answered:
+                answered += 1
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    request = (
+        b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        + SMUGGLED
+    )
+    server, port = await _upstream(declines)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port)))) as mesh:
+        raw = await raw_exchange(mesh.address("web>api"), request)
+        await asyncio.sleep(0.1)
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert raw.count(b"HTTP/1.1 ") == 1
+    assert b"/ok" in received
+    assert b"/admin/secret" not in received
+
+
+async def test_h2c_upgrade_is_stripped_and_the_request_served(http_backend: HttpBackend) -> None:
+    """Like Envoy: ``Upgrade: h2c`` and ``HTTP2-Settings`` are removed, the request is plain
+    HTTP/1.1, and the requests pipelined around it are served in order."""
+    request = (
+        b"GET /echo/0 HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /echo/1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        b"GET /echo/2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    async with running(snapshot(service("api", (http_backend.host, http_backend.port)))) as mesh:
+        raw = await raw_exchange(mesh.address("web>api"), request)
+    assert re.findall(rb'"path": "(/echo/.)"', raw) == [b"/echo/0", b"/echo/1", b"/echo/2"]
+    assert raw.count(b"HTTP/1.1 200 OK") == 3
+    assert b'"upgrade"' not in raw.lower()  # in no echoed header list
+    assert b"http2-settings" not in raw.lower()
+
+
+async def test_101_to_a_request_that_did_not_ask_to_upgrade_is_502() -> None:
+    """RFC 9110 15.2.2: an unasked-for 101 does not turn the connection into a tunnel."""
+
+    async def switches(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+            b"tunnel bytes"
+        )
+        await writer.drain()
+        await reader.read()
+
+    server, port = await _upstream(switches)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port), retries=None))) as m:
+        raw = await raw_exchange(
+            m.address("web>api"), b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
+        )
+    assert raw.startswith(b"HTTP/1.1 502 ")
+    assert b"tunnel bytes" not in raw
+    [record] = m.records()
+    assert (record["status"], record["flags"]) == (502, "UPE")
+
+
+async def test_bytes_sent_before_the_101_open_the_tunnel() -> None:
+    """A client need not wait for the 101: what it sent early is held, then forwarded."""
+
+    async def accepts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+        )
+        writer.write(b"echo:" + await reader.readexactly(5))
+        writer.close()
+
+    request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\nearly"
+    server, port = await _upstream(accepts)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port)))) as mesh:
+        raw = await raw_exchange(mesh.address("web>api"), request)
+    assert raw.startswith(b"HTTP/1.1 101 ")
+    assert raw.endswith(b"\r\n\r\necho:early")
