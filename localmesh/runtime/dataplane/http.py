@@ -128,6 +128,7 @@ class HttpDownstream(asyncio.Protocol):
         "_feed",
         "_get_method",
         "_hbytes",
+        "_head_read",
         "_headers",
         "_held",
         "_keeps_alive",
@@ -169,6 +170,7 @@ class HttpDownstream(asyncio.Protocol):
         self._url = b""
         self._headers: Headers = []
         self._hbytes = 0
+        self._head_read = 0  # bytes read while the head was incomplete (-1: began this read)
         self._max_hbytes = 0
         self._active: Exchange | None = None
         self._current: Exchange | None = None
@@ -233,6 +235,8 @@ class HttpDownstream(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.refuse(400, "bad-request", str(exc))
             return
+        if self.in_head and self._head_grew(len(data)):
+            return
         ex = self._active
         if ex is not None and ex.unsent:
             ex.flush_up()
@@ -275,6 +279,7 @@ class HttpDownstream(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._hbytes = 0
+        self._head_read = -1
         self.connection_header = False
         self.in_head = True
         self.wait_since = self.ctx.clock.ticks
@@ -323,6 +328,21 @@ class HttpDownstream(asyncio.Protocol):
         ex, self._current = self._current, None
         if ex is not None:
             ex.request_complete()
+
+    def _head_grew(self, n: int) -> bool:
+        """A read ended inside a request head. llhttp hands a header over only once its
+        line ends (httptools gathers it with ``+=``: quadratic), so a line that never ends
+        is counted here, per read, and refused at the limit (True). The read the head
+        began in is not counted (part of it may be the previous request): the limit
+        holds to within one read."""
+        if self._head_read < 0:
+            self._head_read = 0
+            return False
+        self._head_read += n
+        if self._head_read <= self._max_hbytes:
+            return False
+        self.refuse(431, "headers-too-large", "request head still growing")
+        return True
 
     # -- exchanges --------------------------------------------------------------------------
 

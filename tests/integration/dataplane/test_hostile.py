@@ -108,6 +108,25 @@ async def test_slowloris_gets_408(mesh: Mesh) -> None:
     await still_serving(mesh)
 
 
+async def test_endless_header_line_is_refused_at_the_limit(mesh: Mesh) -> None:
+    """A header line that never ends is refused (431) once the head passes the limit, not
+    buffered as long as the client writes (it was: 150 MiB, 830 MB RSS, the loop blocked,
+    the header timeout never fired)."""
+    reader, writer = await asyncio.open_connection(*mesh.address("web>api"))
+    writer.write(b"GET / HTTP/1.1\r\nhost: a\r\nx-a: ")
+    with contextlib.suppress(ConnectionError):
+        for _ in range(64):  # 4 MiB, unless refused first
+            writer.write(b"a" * 65536)
+            await writer.drain()
+        async with asyncio.timeout(5):
+            # the 431, or a reset: the mesh closed with the client's bytes unread
+            assert status_of(await reader.read()) == 431
+    writer.close()
+    [record] = mesh.records()
+    assert record["status"] == 431  # not 408: it did not wait for the header timeout
+    await still_serving(mesh)
+
+
 async def test_idle_connection_is_closed_quietly(http_backend: HttpBackend) -> None:
     from localmesh.config.model import ConnectionPool
 
