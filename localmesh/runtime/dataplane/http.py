@@ -74,16 +74,18 @@ CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # Request headers never copied upstream as they came: hop-by-hop, and those the mesh
 # rewrites (forwarding) or replaces (an invalid traceparent; a valid one is re-added).
+# A client's x-forwarded-client-cert never passes, on any listener (Envoy's SANITIZE):
+# upstreams trust it as the mesh's statement of a verified certificate.
 _DROPPED: Final = HOP_BY_HOP | {
     b"expect",
     b"http2-settings",  # an h2c upgrade is not offered upstream (as Envoy)
     b"traceparent",
+    b"x-forwarded-client-cert",
     b"x-forwarded-for",
     b"x-forwarded-proto",
 }
-_DROPPED_SANITIZED: Final = _DROPPED | {b"x-forwarded-client-cert"}  # a listener that verifies
 # Request headers the exchange reads on the way; the rest are copied without a look.
-_SPECIAL: Final = _DROPPED_SANITIZED | {
+_SPECIAL: Final = _DROPPED | {
     b"content-length",
     b"x-request-id",
     b"x-b3-traceid",
@@ -715,8 +717,6 @@ class Exchange:
                 b3s = value
             elif name == b"x-b3-sampled":
                 b3f = value
-            elif name == b"x-forwarded-client-cert":
-                drop = drop or sanitize
             else:  # not copied as they came
                 drop = True
                 if name == b"transfer-encoding":
@@ -733,12 +733,12 @@ class Exchange:
                     xff = value
                 elif name == b"x-forwarded-proto":
                     xfp = value
-                # other hop-by-hop headers (keep-alive, te, trailer, proxy-connection): dropped
+                # others (keep-alive, te, trailer, proxy-connection, xfcc, ...): dropped
         if body_limit and content_length > body_limit:
             self.local(413, "body-too-large", f"limit {body_limit} bytes", wire.NO_FLAGS)
             return False
         if drop:
-            gone = _DROPPED_SANITIZED if sanitize else _DROPPED
+            gone = _DROPPED
             nominated = tokens - _KEPT
             if nominated:
                 gone = gone | nominated

@@ -55,6 +55,21 @@ async def test_request_headers_are_forwarded_with_mesh_headers(http_backend: Htt
     assert record["upstream"] == f"{http_backend.host}:{http_backend.port}"
 
 
+async def test_client_sent_xfcc_never_passes_a_service_listener(http_backend: HttpBackend) -> None:
+    """Upstreams trust x-forwarded-client-cert as the ingress's word (docs/ingress.md):
+    one a client wrote itself is stripped on every listener, not only the ingress."""
+    forged = b"By=spiffe://test/ns/x/sa/api;URI=spiffe://test/client/admin"
+    async with running(api(http_backend)) as mesh:
+        raw = await raw_exchange(
+            mesh.address("web>api"),
+            b"GET /echo HTTP/1.1\r\nhost: a\r\nx-forwarded-client-cert: " + forged
+            + b"\r\nX-Forwarded-Client-Cert: " + forged + b"\r\nconnection: close\r\n\r\n",
+        )  # fmt: skip
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert b"x-forwarded-client-cert" not in raw.lower()
+    assert b"spiffe://test/client/admin" not in raw
+
+
 async def test_incoming_ids_propagate(http_backend: HttpBackend) -> None:
     tp = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
     async with running(api(http_backend)) as mesh, aiohttp.ClientSession() as s:
