@@ -114,10 +114,11 @@ _LOWER_NAMES_MAX: Final = 512
 class _Refuse(Exception):
     """Raised from a parser callback to answer with ``status`` and close."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.detail = detail
 
 
 class HttpDownstream(asyncio.Protocol):
@@ -133,6 +134,7 @@ class HttpDownstream(asyncio.Protocol):
         "_head_read",
         "_headers",
         "_held",
+        "_host",
         "_keeps_alive",
         "_max_hbytes",
         "_parser",
@@ -171,6 +173,7 @@ class HttpDownstream(asyncio.Protocol):
         self._keeps_alive: Callable[[], bool] = self._parser.should_keep_alive
         self._url = b""
         self._headers: Headers = []
+        self._host: bytes | None = None  # the request's Host (one at most)
         self._hbytes = 0
         self._head_read = 0  # bytes read while the head was incomplete (-1: began this read)
         self._max_hbytes = 0
@@ -231,7 +234,7 @@ class HttpDownstream(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Refuse):
-                self.refuse(cause.status, cause.reason)
+                self.refuse(cause.status, cause.reason, cause.detail)
             else:
                 raise
         except httptools.HttpParserError as exc:
@@ -282,6 +285,7 @@ class HttpDownstream(asyncio.Protocol):
         self._headers = []
         self._hbytes = 0
         self._head_read = -1
+        self._host = None
         self.connection_header = False
         self.in_head = True
         self.wait_since = self.ctx.clock.ticks
@@ -302,6 +306,10 @@ class HttpDownstream(asyncio.Protocol):
         self._headers.append((name, value))
         if name == b"connection":
             self.connection_header = True
+        elif name == b"host":
+            if self._host is not None:  # which one would the upstream take? (RFC 9112 3.2)
+                raise _Refuse(400, "bad-request", "more than one Host header")
+            self._host = value
         self._hbytes += len(name) + len(value) + 4
         if self._hbytes > self._max_hbytes:
             raise _Refuse(431, "headers-too-large")
@@ -309,10 +317,17 @@ class HttpDownstream(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.wait_since = -1
+        keep_alive = self._keeps_alive()
+        # keep-alive without a Connection header is HTTP/1.1 (llhttp's rule), so the costly
+        # version string is only asked for the rest (Connection: close, HTTP/1.0, 0.9, 2.0)
+        # and for a request without Host
+        http11 = True
+        if not keep_alive or self.connection_header or self._host is None:
+            http11 = self._http11()
         view = self.ctx.view
         if view is not self._view:
             self._adopt(view)
-        ex = Exchange(self, view)
+        ex = Exchange(self, view, keep_alive, http11)
         self._current = ex
         if self._active is None:
             self._active = ex
@@ -320,6 +335,18 @@ class HttpDownstream(asyncio.Protocol):
         else:
             self._queue.append(ex)
             self.pause(PAUSE_PIPELINE)
+
+    def _http11(self) -> bool:
+        """HTTP/1.1 (True) or 1.0: llhttp also parses 0.9 request lines and 2.0, which are
+        refused rather than proxied as 1.1, as is HTTP/1.1 without Host (RFC 9112 3.2)."""
+        version = self._parser.get_http_version()
+        if version == "1.1":
+            if self._host is None:
+                raise _Refuse(400, "bad-request", "HTTP/1.1 request without Host")
+            return True
+        if version != "1.0":
+            raise _Refuse(505, "http-version-not-supported", f"HTTP/{version}")
+        return False
 
     def on_body(self, body: bytes) -> None:
         ex = self._current
@@ -555,18 +582,18 @@ class Exchange:
     _deadline_timer: asyncio.TimerHandle | None = None
     _backoff_timer: asyncio.TimerHandle | None = None
 
-    def __init__(self, down: HttpDownstream, view: ListenerView) -> None:
+    def __init__(
+        self, down: HttpDownstream, view: ListenerView, keep_alive: bool, http11: bool
+    ) -> None:
         """A request whose head ``down``'s parser has just parsed."""
         self.down = down
         self.view = view
         self.method = method = down._get_method()
         self.url = down._url
         self.headers = down._headers
-        self.keep_alive = keep_alive = down._keeps_alive()
-        # keep-alive without a Connection header is HTTP/1.1 (llhttp's rule), so the costly
-        # version string is only asked for the rest (Connection: close, HTTP/1.0, 0.9, 2.0)
-        if not keep_alive or down.connection_header:
-            self.http11 = down._parser.get_http_version() == "1.1"
+        self.keep_alive = keep_alive
+        if not http11:
+            self.http11 = False
         self.head_only = method == b"HEAD"
         self.req_bytes = down._hbytes
         self.unsent: list[bytes] = []
