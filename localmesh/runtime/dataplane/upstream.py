@@ -276,11 +276,15 @@ class UpstreamConnection(asyncio.Protocol):
         owner.up_after_data()
 
     def _protocol_error(self, owner: UpstreamOwner, exc: Exception) -> None:
+        assert self.transport is not None
         if self.owner is owner:
             self.owner = None
-            assert self.transport is not None
             self.transport.abort()
             owner.up_lost(self, exc)
+        else:  # bytes after a response that completed in this read: it is delivered, and
+            # the connection, out of step with the upstream, is not reused
+            self.transport.abort()
+            owner.up_after_data()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too

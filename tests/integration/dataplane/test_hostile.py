@@ -199,6 +199,33 @@ async def test_upstream_speaking_garbage_is_502() -> None:
     assert status_of(raw) == 502
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n01234EXTRA-GARBAGE!!",
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n01234",
+    ],
+)
+async def test_complete_response_followed_by_garbage_is_delivered(answer: bytes) -> None:
+    """The response is passed on at once (it waited for the route timeout), the upstream
+    connection is closed, not reused."""
+
+    async def garbage_after(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        await reader.read()
+
+    server, port = await _raw_upstream(garbage_after)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port), retries=None))) as m:
+        raw = await asyncio.wait_for(raw_exchange(m.address("web>api"), CLOSE_REQUEST), 3)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head == answer.partition(b"\r\n")[0] + b"\r\ncontent-length: 5\r\nconnection: close"
+    assert body == (b"01234" if b" 200 " in head else b"")
+    [record] = m.records()
+    assert (record["status"], record["flags"]) == (int(head[9:12]), "-")
+
+
 async def test_upstream_head_without_end_is_502() -> None:
     """A response head that never ends (one header line growing forever) is cut off at
     60 KiB with a 502, not buffered for as long as the upstream writes."""
