@@ -247,6 +247,10 @@ class HttpDownstream(asyncio.Protocol):
             ex.flush_up()
 
     def eof_received(self) -> bool | None:
+        ex = self._current  # a request whose body is still arriving: it can never complete
+        if ex is not None and ex is self._active:
+            ex.downstream_lost()  # reset the upstream exchange (DC), no wait for a timeout
+            return None
         if self._active is not None:
             self._paused |= PAUSE_DONE  # answer what was asked, then close
             return True

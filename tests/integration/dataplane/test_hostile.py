@@ -132,6 +132,20 @@ async def test_endless_header_line_is_refused_at_the_limit(mesh: Mesh) -> None:
     await still_serving(mesh)
 
 
+async def test_half_close_mid_body_resets_the_exchange(mesh: Mesh) -> None:
+    """A request whose body can never arrive whole is reset at the downstream's EOF and
+    logged DC (it held both sides until the route timeout, then logged 504 UT)."""
+    reader, writer = await asyncio.open_connection(*mesh.address("web>api"))
+    writer.write(b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n" + b"z" * 10)
+    await writer.drain()
+    writer.write_eof()
+    async with asyncio.timeout(3):
+        assert await reader.read() == b""
+    writer.close()
+    [record] = mesh.records()
+    assert record["flags"] == "DC"
+
+
 async def test_idle_connection_is_closed_quietly(http_backend: HttpBackend) -> None:
     from localmesh.config.model import ConnectionPool
 
