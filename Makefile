@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 # The modules setup.py compiles with mypyc (its HOT_PATH): an edit to one rebuilds the
 # install (~1 min); the test suite refuses a stale build should this list fall behind.
-HOT_PATH := $(addprefix localmesh/runtime/,dataplane/http.py dataplane/upstream.py \
+HOT_PATH := $(addprefix localmesh/runtime/,dataplane/batching.py dataplane/http.py dataplane/upstream.py \
               dataplane/tcp.py dataplane/context.py dataplane/compiled.py \
               telemetry/accesslog.py telemetry/metrics.py ingress/tlsstream.py) \
             $(filter-out %/__init__.py,$(wildcard localmesh/runtime/dataplane/core/*.py))

@@ -20,6 +20,7 @@ from setuptools import setup
 #: The modules a request runs through. Keep this list short: compiled modules check types
 #: at runtime and cannot be monkeypatched, which only pays off on the hot path.
 HOT_PATH = [
+    "localmesh/runtime/dataplane/batching.py",
     "localmesh/runtime/dataplane/http.py",
     "localmesh/runtime/dataplane/upstream.py",
     "localmesh/runtime/dataplane/tcp.py",

@@ -29,6 +29,7 @@ from typing import Final, cast
 
 import httptools
 
+from localmesh.runtime.dataplane.batching import batched
 from localmesh.runtime.dataplane.compiled import ListenerView, RouteTarget, VirtualHost
 from localmesh.runtime.dataplane.context import DownstreamIdentity, ListenerContext
 from localmesh.runtime.dataplane.core import wire
@@ -204,8 +205,9 @@ class HttpDownstream(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = raw = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        self.send = raw.write
+        raw = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport = out = batched(raw)
+        self.send = out.write
         self.transport_closing = raw.is_closing
         peer = transport.get_extra_info("peername")
         if peer:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias, cast
 import httptools
 
 from localmesh.config.model import Service
+from localmesh.runtime.dataplane.batching import batched
 from localmesh.runtime.dataplane.core import wire
 from localmesh.runtime.dataplane.core.cluster import (
     ClusterState,
@@ -242,8 +243,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = raw = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        self.send = raw.write
+        raw = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport = out = batched(raw)
+        self.send = out.write
         self.transport_closing = raw.is_closing
 
     def data_received(self, data: bytes) -> None:

@@ -26,12 +26,17 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Final, cast
 
+from localmesh.runtime.dataplane.batching import batched
+
 #: The largest plaintext one TLS record carries: a read asks for no more.
 RECORD_SIZE: Final = 16 * 1024
 
 
 class TLSStream(asyncio.Protocol, asyncio.Transport):
     """The raw transport's protocol and the app protocol's transport."""
+
+    #: its records go out through a batched raw transport: the app need not batch again
+    batches_writes = True
 
     def __init__(
         self,
@@ -68,8 +73,9 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
     # -- the raw side (asyncio.Protocol) ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._raw = raw = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        self._send = raw.write
+        raw = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._raw = out = batched(raw)
+        self._send = out.write
         self._raw_closing = raw.is_closing
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._timeout, self._timed_out)

@@ -19,6 +19,9 @@ from localmesh.runtime.telemetry import AccessLog, MeshMetrics
 
 
 class MemoryTransport:
+    #: writes land at once (not at the turn's end), so a test sees them where it makes them
+    batches_writes = True
+
     def __init__(self, on_write: Any = None) -> None:
         self.data = bytearray()
         self.reading = True
