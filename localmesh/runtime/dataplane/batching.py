@@ -102,16 +102,17 @@ class BatchedTransport(asyncio.Transport):
         held = self._held
         if not held:
             return
-        self._held = []
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()  # first: the write may call back into a protocol that writes again
         if not self._closing():
-            self._write(held[0] if len(held) == 1 else b"".join(held))
+            self._write(data)
 
     def close(self) -> None:
         self.flush()
         self.raw.close()
 
     def abort(self) -> None:
-        self._held = []
+        self._held.clear()
         self.raw.abort()
 
     def write_eof(self) -> None:

@@ -879,9 +879,9 @@ class Exchange:
         conn = self.conn
         if conn is None or not self.unsent:
             return
-        if not conn.transport_closing():
-            unsent = self.unsent
-            conn.send(unsent[0] if len(unsent) == 1 else b"".join(unsent))
+        # a batched transport: dropped at the turn's end if the connection closed meanwhile
+        unsent = self.unsent
+        conn.send(unsent[0] if len(unsent) == 1 else b"".join(unsent))
         self.unsent = []
         self._unsent_bytes = 0
 
@@ -1233,9 +1233,8 @@ class Exchange:
         out = self.out
         if out:
             self.out = []
-            down = self.down
-            if not down.transport_closing():
-                down.send(out[0] if len(out) == 1 else b"".join(out))
+            # batched (or the TLS stream, which checks): see flush_up
+            self.down.send(out[0] if len(out) == 1 else b"".join(out))
         if self._complete and not self.done:
             self._finish()
 

@@ -19,6 +19,7 @@ import asyncio
 import time
 from typing import Final, cast
 
+from localmesh.runtime.dataplane.batching import batched
 from localmesh.runtime.dataplane.compiled import ListenerView, RouteTarget
 from localmesh.runtime.dataplane.context import ListenerContext
 from localmesh.runtime.dataplane.core import wire
@@ -87,7 +88,7 @@ class TcpDownstream(asyncio.Protocol):
     # -- downstream -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport = batched(cast(asyncio.Transport, transport))  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0])
@@ -157,6 +158,7 @@ class TcpDownstream(asyncio.Protocol):
             if self._gone():  # the downstream left while we were connecting
                 transport.close()
                 return
+            transport = proto.transport  # batched, as every later write
             self.host = host
             host.active_requests += 1
             host.total_requests += 1
@@ -293,7 +295,7 @@ class TcpUpstream(asyncio.Protocol):
         self.down = down
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport = batched(cast(asyncio.Transport, transport))  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
         down = self.down

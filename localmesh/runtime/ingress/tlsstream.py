@@ -185,7 +185,8 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
             self._flush()
 
     def _flush(self) -> None:
-        if self._outgoing.pending and not self._raw_closing():
+        # held until the loop's turn ends, and dropped then if the socket closed meanwhile
+        if self._outgoing.pending:
             self._send(self._take_records())
 
     # -- the app side (asyncio.Transport) ---------------------------------------------------
@@ -194,8 +195,7 @@ class TLSStream(asyncio.Protocol, asyncio.Transport):
         if self._closing or not data:
             return
         self._encrypt(data)
-        if not self._raw_closing():
-            self._send(self._take_records())
+        self._send(self._take_records())  # see _flush
 
     def is_closing(self) -> bool:
         return self._closing or self._raw_closing()
