@@ -6,8 +6,9 @@ the process at the other end, often on another CPU, for that one message; that p
 would be asleep again before the next write. Held until the turn ends, the writes arrive
 as a burst: one wake-up serves many of them, and this process runs its code and its
 syscalls in longer stretches. Measured on the HTTPS ingress (bench/ingress_ab.py, same
-run): 0.58x to 0.68x of HAProxy's keep-alive req/s; upstream writes alone gave 0.63x,
-client writes alone nothing (docs/performance.md).
+run, three runs): 0.61–0.63x to 0.67–0.70x of HAProxy's keep-alive req/s; in a prototype,
+upstream writes alone gave about half of that, client writes alone nothing
+(docs/performance.md).
 
 Order and endings keep a transport's meaning: one transport's bytes stay in order,
 ``close`` and ``write_eof`` write what is held first, ``abort`` drops it (as a transport
@@ -60,6 +61,8 @@ _BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = (
 
 
 def batch_of(loop: asyncio.AbstractEventLoop) -> WriteBatch:
+    """``loop``'s batch; code driving protocols by hand (benches) ends a turn with its
+    ``flush``."""
     batch = _BATCHES.get(loop)
     if batch is None:
         batch = _BATCHES[loop] = WriteBatch()
