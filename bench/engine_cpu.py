@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
+import os
 import ssl
 import tempfile
 import time
@@ -187,7 +187,9 @@ async def main(args: argparse.Namespace) -> None:
     cluster = ClusterRuntime(svc)
     cluster.update(svc, snap.endpoints["api"])
     compiled = CompiledSnapshot(snap, {"api": cluster}, {})
-    log = AccessLog(io.StringIO(), enabled=not args.no_access_log)
+    # the sink the runtime opens for ``--access-log PATH``: a text file over a binary one
+    sink = open(os.devnull, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230
+    log = AccessLog(sink, enabled=not args.no_access_log)
     ctx = ListenerContext(
         "web>api", compiled.view(snap.listeners[0]), MeshMetrics("b", "b"), log, Clock(0.5)
     )

@@ -70,41 +70,49 @@ TCP_LABELS: Final = (*EDGE_LABELS, "response_flags")
 REPORTERS: Final = ("source", "destination")
 
 
-class _Histogram:
-    """Non-cumulative bucket counts; made cumulative at scrape."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # last slot is +Inf
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[_bucket(self.bounds, value)] += 1
-        self.total += value
-
-    def buckets(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else _fmt(bound), running))
-        return out
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus buckets (``le`` label, cumulative count) from non-cumulative counts."""
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        out.append(("+Inf" if bound == float("inf") else _fmt(bound), running))
+    return out
 
 
 def _fmt(bound: float) -> str:
     return str(int(bound)) if bound == int(bound) else str(bound)
 
 
+# A cell's three histograms share one list of non-cumulative counts: the duration buckets
+# (the last one +Inf), then the request sizes, then the response sizes.
+_DURATION_SLOTS: Final = len(DURATION_BUCKETS_MS) + 1
+_SIZE_SLOTS: Final = len(SIZE_BUCKETS) + 1
+_REQUEST_AT: Final = _DURATION_SLOTS
+_RESPONSE_AT: Final = _DURATION_SLOTS + _SIZE_SLOTS
+
+
 class _HttpCell:
-    __slots__ = ("count", "duration", "request_bytes", "response_bytes")
+    """The requests of one (status, flags): a count, three histograms' counts in one list
+    and their sums as plain fields, so a request touches two objects, not eight."""
+
+    __slots__ = ("count", "counts", "duration_total", "request_total", "response_total")
 
     def __init__(self) -> None:
         self.count = 0
-        self.duration = _Histogram(DURATION_BUCKETS_MS)
-        self.request_bytes = _Histogram(SIZE_BUCKETS)
-        self.response_bytes = _Histogram(SIZE_BUCKETS)
+        self.counts = [0] * (_DURATION_SLOTS + 2 * _SIZE_SLOTS)
+        self.duration_total = 0.0
+        self.request_total = 0
+        self.response_total = 0
+
+    def duration(self) -> list[tuple[str, float]]:
+        return _cumulative(DURATION_BUCKETS_MS, self.counts[:_REQUEST_AT])
+
+    def request_sizes(self) -> list[tuple[str, float]]:
+        return _cumulative(SIZE_BUCKETS, self.counts[_REQUEST_AT:_RESPONSE_AT])
+
+    def response_sizes(self) -> list[tuple[str, float]]:
+        return _cumulative(SIZE_BUCKETS, self.counts[_RESPONSE_AT:])
 
 
 class HttpEdge:
@@ -138,22 +146,24 @@ class HttpEdge:
             self._last_status = status
             self._last_flags = flags
         cell.count += 1
-        # _Histogram.observe, inlined: this runs once per request
         ms = duration_s * 1000.0
-        hist = cell.duration
-        hist.counts[_bucket(DURATION_BUCKETS_MS, ms)] += 1
-        hist.total += ms
-        hist = cell.request_bytes
-        hist.counts[_size_bucket(request_bytes)] += 1
-        hist.total += request_bytes
-        hist = cell.response_bytes
-        hist.counts[_size_bucket(response_bytes)] += 1
-        hist.total += response_bytes
+        # ``c[i] = c[i] + 1``, not ``c[i] += 1``: compiled code adds the unboxed ints of the
+        # former, and calls the generic in-place add for the latter
+        counts = cell.counts
+        i = _bucket(DURATION_BUCKETS_MS, ms)
+        counts[i] = counts[i] + 1
+        cell.duration_total += ms
+        i = _REQUEST_AT + _size_bucket(request_bytes)
+        counts[i] = counts[i] + 1
+        cell.request_total += request_bytes
+        i = _RESPONSE_AT + _size_bucket(response_bytes)
+        counts[i] = counts[i] + 1
+        cell.response_total += response_bytes
 
 
 # bisect_left over the bucket bounds, as a loop compiled code runs on unboxed floats instead
 # of bisect's generic comparisons; typical values stop in a few steps. (With the reused cell,
-# observe() went from 4.9k to under 1.4k instructions.)
+# observe() went from 4.9k to 1.47k instructions; with one list per cell, to 1.33k.)
 def _bucket(bounds: tuple[float, ...], value: float) -> int:
     i = 0
     for bound in bounds:
@@ -323,13 +333,9 @@ class MeshMetrics:
                 for reporter in REPORTERS:
                     labels = [reporter, *edge.labels, str(status), "-", flags]
                     total.add_metric(labels, cell.count)
-                    duration.add_metric(labels, cell.duration.buckets(), cell.duration.total)
-                    req_size.add_metric(
-                        labels, cell.request_bytes.buckets(), cell.request_bytes.total
-                    )
-                    resp_size.add_metric(
-                        labels, cell.response_bytes.buckets(), cell.response_bytes.total
-                    )
+                    duration.add_metric(labels, cell.duration(), cell.duration_total)
+                    req_size.add_metric(labels, cell.request_sizes(), cell.request_total)
+                    resp_size.add_metric(labels, cell.response_sizes(), cell.response_total)
         yield from (total, duration, req_size, resp_size)
 
     def _collect_tcp(self) -> Iterator[Metric]:
