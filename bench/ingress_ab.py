@@ -47,6 +47,12 @@ def parse_build(arg: str) -> tuple[str, str | None, list[str]]:
     return name, None if build == "-" else build, [s for s in settings.split(",") if s]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``taskset`` execs: the pid is the proxy's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_build(
     procs: bench.Procs, tmp: Path, backend: int, spec: tuple[str, str | None, list[str]]
 ) -> tuple[int, Path]:
@@ -76,8 +82,8 @@ def start_build(
     return ports["https"], pem
 
 
-def run(args: argparse.Namespace) -> dict[str, list[float]]:
-    """Requests per second of every target, one entry per round."""
+def run(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Requests per second and CPU µs per request of every target, one entry per round."""
     builds = [parse_build(a) for a in args.builds]
     tmp = Path(tempfile.mkdtemp(prefix="localmesh-ab-"))
     procs = bench.Procs(tmp, [])
@@ -88,9 +94,11 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
         log = procs.start("nginx", ["nginx", "-p", str(tmp), "-c", str(conf)], CLIENT_CPU)
         bench.wait_for_port(backend, procs.running[-1], "nginx", log)
         targets: dict[str, int] = {}
+        pids: dict[str, int] = {}
         pem = tmp / "unused"
         for spec in builds:
             targets[spec[0]], pem = start_build(procs, tmp, backend, spec)
+            pids[spec[0]] = procs.running[-1].pid
         port = bench.free_port()
         cfg = tmp / "haproxy.cfg"
         template = (bench.HERE / "haproxy.cfg").read_text()
@@ -98,16 +106,21 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
         log = procs.start("haproxy", ["haproxy", "-f", str(cfg)], PROXY_CPU)
         bench.wait_for_port(port, procs.running[-1], "haproxy", log)
         targets["haproxy"] = port
+        pids["haproxy"] = procs.running[-1].pid
         for target in targets.values():
             bench.wrk(target, 1, args.connections, CLIENT_CPU)  # warm up
         rps: dict[str, list[float]] = {name: [] for name in targets}
+        cpu: dict[str, list[float]] = {name: [] for name in targets}
         for _ in range(args.rounds):
             order = list(targets)
             random.shuffle(order)
             for name in order:
+                before = cpu_seconds(pids[name])
                 got = bench.wrk(targets[name], args.duration, args.connections, CLIENT_CPU)
+                used = cpu_seconds(pids[name]) - before
                 rps[name].append(got.rps)
-        return rps
+                cpu[name].append(used / (got.rps * args.duration) * 1e6)
+        return rps, cpu
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -120,14 +133,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=50)
     args = parser.parse_args()
-    rps = run(args)
+    rps, cpu = run(args)
     haproxy = rps["haproxy"]
     print(f"HTTPS keep-alive, wrk -c{args.connections} {args.duration:g}s x {args.rounds} rounds")
     for name, values in rps.items():
         ratios = [v / h for v, h in zip(values, haproxy, strict=True)]
         print(
             f"{name:12} median {statistics.median(values):8.0f} req/s   ratio to HAProxy "
-            f"{statistics.median(ratios):.3f}   rounds {' '.join(f'{r:.2f}' for r in ratios)}"
+            f"{statistics.median(ratios):.3f}   CPU {statistics.median(cpu[name]):5.2f} µs/req   "
+            f"rounds {' '.join(f'{r:.2f}' for r in ratios)}"
         )
 
 
