@@ -47,6 +47,7 @@ from localmesh.runtime.dataplane.upstream import (
     NO_TOKENS,
     REFRAMED,
     Headers,
+    UnsupportedTransferCoding,
     UpstreamConnection,
     UpstreamHost,
     lowered,
@@ -753,6 +754,9 @@ class Exchange:
             else:  # not copied as they came
                 drop = True
                 if name == b"transfer-encoding":
+                    if value != b"chunked" and value.lower() != b"chunked":
+                        self._unsupported_coding(value)
+                        return False
                     self.req_chunked = True
                 elif name == b"connection":
                     tokens = connection_tokens(value)
@@ -839,6 +843,17 @@ class Exchange:
             if transport is not None:
                 transport.write(CONTINUE_100)
         return True
+
+    def _unsupported_coding(self, coding: bytes) -> None:
+        """501 to a transfer coding other than chunked (Envoy's rule, RFC 9112 6.1): the
+        mesh de-chunks and re-frames bodies, so a coding under the chunks (``gzip,
+        chunked``) would reach the upstream without its name, and its body undecodable."""
+        self.local(
+            501,
+            "unsupported-transfer-encoding",
+            f"transfer-encoding {coding.decode(errors='replace')}: only chunked is supported",
+            wire.DOWNSTREAM_PROTOCOL_ERROR,
+        )
 
     def request_body(self, chunk: bytes) -> None:
         if self.done:
@@ -1246,6 +1261,14 @@ class Exchange:
         if self.response_started:
             self.up_after_data()
             self.abort_response(wire.UPSTREAM_TERMINATION)
+            return
+        if isinstance(exc, UnsupportedTransferCoding):  # a response the mesh cannot pass on
+            if host is not None:
+                self._report_failure(host)
+            detail = str(exc)
+            self._failed(
+                Outcome.RESET, 502, "upstream-protocol-error", detail, wire.UPSTREAM_PROTOCOL_ERROR
+            )
             return
         if host is not None and conn.served > 1 and self.wire is not None and self.retries == 0:
             # A keep-alive connection the upstream had already closed: not the upstream's

@@ -87,6 +87,14 @@ class HeadTooLarge(ValueError):
         super().__init__(f"response head over {MAX_RESPONSE_HEAD // 1024} KiB")
 
 
+class UnsupportedTransferCoding(ValueError):
+    """A response transfer coding other than chunked (Envoy answers 502, flag UPE): the
+    body is de-chunked and re-framed for the downstream, which would lose the coding."""
+
+    def __init__(self, coding: bytes) -> None:
+        super().__init__(f"transfer-encoding {coding.decode(errors='replace')} is not supported")
+
+
 # Response framings (how the downstream learns where the body ends).
 FRAMING_LENGTH: Final = 0  # Content-Length
 FRAMING_CHUNKED: Final = 1  # chunked (or must be re-framed as chunked)
@@ -265,7 +273,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             cause = exc.__context__  # what a callback raised
-            self._protocol_error(owner, cause if isinstance(cause, HeadTooLarge) else exc)
+            if isinstance(cause, (HeadTooLarge, UnsupportedTransferCoding)):
+                self._protocol_error(owner, cause)
+            else:
+                self._protocol_error(owner, exc)
             return
         if self._head_bytes >= 0:  # still in the head: llhttp would buffer it without end
             self._head_bytes += len(data)
@@ -371,7 +382,9 @@ class UpstreamConnection(asyncio.Protocol):
                         self.connection_tokens = extra | HOP_BY_HOP
             elif low not in HOP_BY_HOP:
                 kept.append(item)
-            elif low == b"transfer-encoding" and item[1].lower().endswith(b"chunked"):
+            elif low == b"transfer-encoding":
+                if item[1].lower() != b"chunked":
+                    raise UnsupportedTransferCoding(item[1])
                 framing = FRAMING_CHUNKED
         if size > MAX_RESPONSE_HEAD:
             raise HeadTooLarge  # out of feed_data as the cause of a parser error

@@ -78,6 +78,16 @@ CASES = {
         + b"200\r\n" + b"z" * 512 + b"\r\n0\r\n\r\n",
         413,
     ),
+    "a transfer coding under chunked": (
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n",
+        501,
+    ),
+    "a transfer coding on a line of its own": (
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip\r\n"
+        b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        501,
+    ),
     "CONNECT": (b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n", 405),
     "two Host headers": (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400),
     "two equal Host headers": (b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 400),
@@ -238,6 +248,28 @@ async def test_complete_response_followed_by_garbage_is_delivered(answer: bytes)
     assert body == (b"01234" if b" 200 " in head else b"")
     [record] = m.records()
     assert (record["status"], record["flags"]) == (int(head[9:12]), "-")
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"gzip"])
+async def test_upstream_transfer_coding_other_than_chunked_is_502(coding: bytes) -> None:
+    """De-chunked and re-framed, a gzip-coded body reached the client without its coding
+    (or, read to the close, re-chunked without it): Envoy's 502, flag UPE."""
+
+    async def coded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: " + coding + b"\r\n\r\n")
+        writer.write(
+            b"5\r\n\x1f\x8b\x08\x00\x00\r\n0\r\n\r\n" if b"chunked" in coding else b"\x1f\x8b"
+        )
+        await writer.drain()
+        writer.close()
+
+    server, port = await _raw_upstream(coded)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port), retries=None))) as m:
+        raw = await asyncio.wait_for(raw_exchange(m.address("web>api"), CLOSE_REQUEST), 5)
+        assert status_of(raw) == 502
+        assert b"x-localmesh-reason: upstream-protocol-error" in raw
+    assert m.records()[0]["flags"] == "UPE"
 
 
 async def test_upstream_head_without_end_is_502() -> None:
