@@ -1001,6 +1001,7 @@ def _read_limits(r: _Reader, node: Node, path: str) -> Limits | None:
         path,
         {
             "max_request_headers_bytes": r.size,
+            "max_request_headers_count": lambda n, p: r.integer(n, p, 1),
             "max_request_body_bytes": r.size,
             "header_timeout": r.duration,
         },

@@ -255,6 +255,7 @@ class Subset:
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_request_headers_bytes: int = 64 * 1024
+    max_request_headers_count: int = 100  # Envoy's max_headers_count
     max_request_body_bytes: int = 0  # 0 = unlimited
     header_timeout: float = 10.0
 

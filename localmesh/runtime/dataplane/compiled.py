@@ -173,6 +173,7 @@ class ListenerView:
         "limits",
         "max_body",
         "max_head",
+        "max_headers",
         "protocol",
         "routes",
         "service",
@@ -199,6 +200,7 @@ class ListenerView:
         # read per request or connection: plain ints, not attributes of the config object
         self.max_body = limits.max_request_body_bytes
         self.max_head = limits.max_request_headers_bytes
+        self.max_headers = limits.max_request_headers_count
         self.target = target  # TCP: where connections go
 
     def caller_for(self, peer_ip: str) -> Caller:

@@ -111,6 +111,9 @@ _NOT_PLAIN: Final = re.compile(rb"[?#%]|/[/.]").search
 # the names are the client's to choose.
 _LOWER_NAMES: Final[dict[bytes, bytes]] = {}
 _LOWER_NAMES_MAX: Final = 512
+#: The fewest bytes a header line adds to a head's count (a one-letter name, no value): the
+#: header count is looked at only when the head grew enough to have passed its limit.
+_MIN_HEADER_BYTES: Final = 5
 
 
 class _Refuse(Exception):
@@ -131,14 +134,17 @@ class HttpDownstream(asyncio.Protocol):
         "_current",
         "_edges",
         "_feed",
+        "_first_check_at",
         "_get_method",
         "_hbytes",
+        "_head_check_at",
         "_head_read",
         "_headers",
         "_held",
         "_host",
         "_keeps_alive",
         "_max_hbytes",
+        "_max_hcount",
         "_parser",
         "_paused",
         "_queue",
@@ -179,6 +185,9 @@ class HttpDownstream(asyncio.Protocol):
         self._hbytes = 0
         self._head_read = 0  # bytes read while the head was incomplete (-1: began this read)
         self._max_hbytes = 0
+        self._max_hcount = 0
+        # the head size at which on_header looks at the size and the count limits
+        self._first_check_at = self._head_check_at = 0
         self._active: Exchange | None = None
         self._current: Exchange | None = None
         self._queue: deque[Exchange] = deque()
@@ -222,7 +231,7 @@ class HttpDownstream(asyncio.Protocol):
         if ctx.identify is not None:
             self.identity = ctx.identify(self.transport)
         self.wait_since = ctx.clock.ticks
-        self._max_hbytes = ctx.view.max_head
+        self._limit_head(ctx.view)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -291,6 +300,7 @@ class HttpDownstream(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._hbytes = 0
+        self._head_check_at = self._first_check_at
         self._head_read = -1
         self._host = None
         self.connection_header = False
@@ -318,8 +328,25 @@ class HttpDownstream(asyncio.Protocol):
                 raise _Refuse(400, "bad-request", "more than one Host header")
             self._host = value
         self._hbytes += len(name) + len(value) + 4
+        if self._hbytes > self._head_check_at:
+            self._check_head()
+
+    def _check_head(self) -> None:
+        """The head grew past a checkpoint: refuse it if it is over the size or the count
+        limit, else move the checkpoint to where the count could pass its limit next."""
         if self._hbytes > self._max_hbytes:
             raise _Refuse(431, "headers-too-large")
+        room = self._max_hcount - len(self._headers)
+        if room < 0:
+            raise _Refuse(431, "too-many-headers", f"more than {self._max_hcount} header fields")
+        self._head_check_at = min(
+            self._max_hbytes, self._hbytes + _MIN_HEADER_BYTES * (room + 1) - 1
+        )
+
+    def _limit_head(self, view: ListenerView) -> None:
+        self._max_hbytes = view.max_head
+        self._max_hcount = view.max_headers
+        self._first_check_at = min(view.max_head, _MIN_HEADER_BYTES * (view.max_headers + 1) - 1)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -409,7 +436,7 @@ class HttpDownstream(asyncio.Protocol):
         # a sidecar speaks as the workload it serves, a gateway (or for a stranger) as itself
         self.workload = caller.name if caller.principal and not self.ctx.gateway else ""
         self._edges = {}
-        self._max_hbytes = view.max_head
+        self._limit_head(view)
 
     def edge(self, destination: str) -> HttpEdge:
         edge = self._edges.get(destination)

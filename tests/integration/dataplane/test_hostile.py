@@ -15,7 +15,12 @@ from tests.integration.dataplane.harness import Mesh, raw_exchange, running, ser
 from tests.support.services import HttpBackend, run_redis
 
 CLOSE_REQUEST = b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
-LIMITS = Limits(max_request_headers_bytes=4096, max_request_body_bytes=1000, header_timeout=0.3)
+LIMITS = Limits(
+    max_request_headers_bytes=4096,
+    max_request_headers_count=20,
+    max_request_body_bytes=1000,
+    header_timeout=0.3,
+)
 
 
 @pytest.fixture
@@ -68,6 +73,10 @@ CASES = {
         b"GET / HTTP/1.1\r\nhost: a\r\n" + b"x-h: 0123456789\r\n" * 400 + b"\r\n",
         431,
     ),
+    "more header fields than the limit": (
+        b"GET / HTTP/1.1\r\nhost: a\r\n" + b"x: 1\r\n" * 20 + b"\r\n",
+        431,
+    ),
     "declared body over the limit": (
         b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 5000\r\n\r\n" + b"z" * 100,
         413,
@@ -108,6 +117,23 @@ async def test_broken_request_is_answered_logged_once_and_closed(mesh: Mesh, cas
     assert len(records) == 1
     assert records[0]["status"] == expected
     await still_serving(mesh)
+
+
+async def test_header_count_limit_is_envoys_100(http_backend: HttpBackend) -> None:
+    """100 header fields pass, 101 get 431 (they were never counted: 60 000 one-letter
+    fields fit the default 64 KiB)."""
+    api = service("api", (http_backend.host, http_backend.port))
+    async with running(snapshot(api)) as m:
+        head = b"GET /bytes/1 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n"  # 2 fields
+
+        def fields(n: int) -> bytes:
+            return head + b"".join(b"x-%d: 1\r\n" % i for i in range(n - 2)) + b"\r\n"
+
+        raw = await raw_exchange(m.address("web>api"), fields(100))
+        assert status_of(raw) == 200
+        raw = await raw_exchange(m.address("web>api"), fields(101))
+        assert status_of(raw) == 431
+        assert b"more than 100 header fields" in raw
 
 
 async def test_slowloris_gets_408(mesh: Mesh) -> None:

@@ -365,6 +365,10 @@ def test_every_problem_is_reported_in_file_order() -> None:
             "1:51: services.api.limits.max_request_body_bytes: invalid size '10 parsecs'",
         ),
         (
+            "services: {api: {limits: {max_request_headers_count: 0}}}",
+            "1:54: services.api.limits.max_request_headers_count: 0 is out of range",
+        ),
+        (
             "services: {db: {ports: [5432], health_check: {kind: http}}}",
             "1:32: services.db.health_check: an http health check on 'db', which speaks postgres",
         ),
