@@ -39,7 +39,7 @@ from localmesh.runtime.dataplane.core.headers import HOP_BY_HOP, connection_toke
 from localmesh.runtime.dataplane.core.policy import UNKNOWN, Caller
 from localmesh.runtime.dataplane.core.retry import Outcome, backoff, budget_allows, is_retriable
 from localmesh.runtime.dataplane.core.routing import CompiledRoute, RouteMatcher
-from localmesh.runtime.dataplane.core.uri import BadTarget, split_target
+from localmesh.runtime.dataplane.core.uri import BadTarget, split_target, target_authority
 from localmesh.runtime.dataplane.core.wire import STATUS_LINES
 from localmesh.runtime.dataplane.mirror import send_mirror
 from localmesh.runtime.dataplane.tasks import spawn
@@ -653,9 +653,12 @@ class Exchange:
         else:
             try:
                 path, query = split_target(url)
+                absolute = target_authority(url)
             except BadTarget as exc:
                 self.local(400, "bad-request", str(exc), wire.DOWNSTREAM_PROTOCOL_ERROR)
                 return
+            if absolute is not None:  # the target's authority is the Host (RFC 9112 3.2.2)
+                self.headers = [(b"host", absolute), *(h for h in self.headers if h[0] != b"host")]
         headers = self.headers
         authority = b""
         for name, value in headers:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from localmesh.config.model import HeaderMatch, MatchKind, RequestMatch, Route, StringMatch
 from tests.integration.dataplane.harness import raw_exchange, running, service, snapshot
 from tests.support.services import HttpBackend
 
@@ -35,6 +37,58 @@ async def test_connection_header_cannot_remove_framing_or_host(http_backend: Htt
     assert b'"body_length": %d' % len(SMUGGLED) in raw
     assert b'"host": "a"' in raw
     assert "/admin/secret" not in http_backend.hits
+
+
+async def _head_seen_upstream(request: bytes, **kw: Any) -> tuple[bytes, bytes]:
+    """(the response, the request head the upstream received) for one raw request."""
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    server, port = await _upstream(answer)
+    async with server, running(snapshot(service("api", ("127.0.0.1", port), **kw))) as mesh:
+        raw = await raw_exchange(mesh.address("web>api"), request)
+    return raw, heads[0] if heads else b""
+
+
+async def test_absolute_form_target_replaces_host() -> None:
+    """RFC 9112 3.2.2: the target's authority is the request's Host, for the route and for
+    the upstream, which gets it as its one Host (it got the client's Host header)."""
+    route = Route(
+        "by-host",
+        matches=(
+            RequestMatch(
+                headers=(HeaderMatch("host", StringMatch(MatchKind.EXACT, "example.com:81")),)
+            ),
+        ),
+    )
+    raw, head = await _head_seen_upstream(
+        b"GET http://example.com:81/x?q=1 HTTP/1.1\r\nHost: other\r\nconnection: close\r\n\r\n",
+        routes=(route,),
+    )
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"GET /x?q=1 HTTP/1.1"
+    assert [line for line in lines if line.lower().startswith(b"host:")] == [
+        b"host: example.com:81"
+    ]
+    assert b"x-forwarded-host: example.com:81" in lines
+    raw, head = await _head_seen_upstream(
+        b"GET /x HTTP/1.1\r\nHost: other\r\nconnection: close\r\n\r\n", routes=(route,)
+    )
+    assert raw.startswith(b"HTTP/1.1 404 ")  # the Host header alone does not match
+    assert head == b""
+
+
+async def test_absolute_form_target_with_userinfo_is_400() -> None:
+    raw, head = await _head_seen_upstream(
+        b"GET http://u:p@a/x HTTP/1.1\r\nHost: a\r\nconnection: close\r\n\r\n"
+    )
+    assert raw.startswith(b"HTTP/1.1 400 ")
+    assert head == b""
 
 
 async def test_response_connection_header_cannot_remove_content_length() -> None:

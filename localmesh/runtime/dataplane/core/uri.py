@@ -89,6 +89,23 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     return path, query
 
 
+def target_authority(target: bytes) -> bytes | None:
+    """The authority of an absolute-form target (``http://a:8080/x``: ``a:8080``), None
+    for any other form. It replaces ``Host`` (RFC 9112 3.2.2); one with userinfo or
+    without a valid host is refused (RFC 9110 4.2.1, 4.2.4)."""
+    scheme_end = target.find(b"://")
+    if target[:1] == b"/" or scheme_end <= 0:
+        return None
+    rest = target[scheme_end + 3 :]
+    ends = [i for i in (rest.find(b"/"), rest.find(b"?"), rest.find(b"#")) if i >= 0]
+    authority = rest[: min(ends)] if ends else rest
+    if b"@" in authority:
+        raise BadTarget("userinfo in the request target")
+    if not authority_host(authority):
+        raise BadTarget("the request target names no valid host")
+    return authority
+
+
 def normalize_path(path: bytes) -> bytes:
     """Decode escaped unreserved characters, merge slashes, resolve dot segments."""
     if b"%" not in path and b"//" not in path and b"/." not in path:

@@ -18,6 +18,7 @@ from localmesh.runtime.dataplane.core.uri import (
     authority_host,
     normalize_path,
     split_target,
+    target_authority,
 )
 from localmesh.runtime.dataplane.core.wire import join_flags, local_response
 
@@ -51,6 +52,31 @@ def test_split_target(target: bytes, expected: tuple[bytes, bytes]) -> None:
 def test_split_target_refuses_nonsense() -> None:
     with pytest.raises(BadTarget):
         split_target(b"nonsense")
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"/a", None),
+        (b"*", None),
+        (b"/a?u=http://b/", None),
+        (b"http://Host:8/p?q", b"Host:8"),
+        (b"https://host", b"host"),
+        (b"http://host?q=1", b"host"),
+        (b"http://host#f", b"host"),
+        (b"http://[::1]:80/", b"[::1]:80"),
+    ],
+)
+def test_target_authority(target: bytes, expected: bytes | None) -> None:
+    assert target_authority(target) == expected
+
+
+@pytest.mark.parametrize(
+    "target", [b"http:///p", b"http://user@host/", b"http://a:1:2/", b"http://a b/"]
+)
+def test_target_authority_refuses_userinfo_and_bad_hosts(target: bytes) -> None:
+    with pytest.raises(BadTarget):
+        target_authority(target)
 
 
 @pytest.mark.parametrize(
