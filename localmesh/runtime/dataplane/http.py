@@ -354,9 +354,9 @@ class HttpDownstream(asyncio.Protocol):
         keep_alive = self._keeps_alive()
         # keep-alive without a Connection header is HTTP/1.1 (llhttp's rule), so the costly
         # version string is only asked for the rest (Connection: close, HTTP/1.0, 0.9, 2.0)
-        # and for a request without Host
+        # and for a request without Host (or with an empty one)
         http11 = True
-        if not keep_alive or self.connection_header or self._host is None:
+        if not keep_alive or self.connection_header or not self._host:
             http11 = self._http11()
         view = self.ctx.view
         if view is not self._view:
@@ -372,10 +372,19 @@ class HttpDownstream(asyncio.Protocol):
 
     def _http11(self) -> bool:
         """HTTP/1.1 (True) or 1.0: llhttp also parses 0.9 request lines and 2.0, which are
-        refused rather than proxied as 1.1, as is HTTP/1.1 without Host (RFC 9112 3.2)."""
+        refused rather than proxied as 1.1, as is HTTP/1.1 without Host (RFC 9112 3.2).
+
+        An empty Host names no authority (an http URI's host is never empty, RFC 9110
+        4.2.1): it is dropped and the request is one without Host, unless its target is
+        absolute and names one (then that is the Host, RFC 9112 3.2.2). Never copied, it
+        cannot reach the upstream beside the Host the mesh adds for HTTP/1.0.
+        """
         version = self._parser.get_http_version()
+        host = self._host
+        if host == b"":
+            self._headers = [h for h in self._headers if h[0] != b"host"]
         if version == "1.1":
-            if self._host is None:
+            if host is None or (not host and self._url[:1] in (b"/", b"*")):
                 raise _Refuse(400, "bad-request", "HTTP/1.1 request without Host")
             return True
         if version != "1.0":

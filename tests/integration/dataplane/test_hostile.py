@@ -101,6 +101,11 @@ CASES = {
     "two Host headers": (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400),
     "two equal Host headers": (b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 400),
     "HTTP/1.1 without Host": (b"GET / HTTP/1.1\r\nx-a: 1\r\n\r\n", 400),
+    "HTTP/1.1 with an empty Host": (b"GET / HTTP/1.1\r\nhost:\r\nx-a: 1\r\n\r\n", 400),
+    "HTTP/1.1 with an empty Host and no keep-alive": (
+        b"GET / HTTP/1.1\r\nhost: \r\nconnection: close\r\n\r\n",
+        400,
+    ),
     "HTTP/0.9 request line": (b"GET /x\r\n\r\n", 505),
     "HTTP/2.0 over HTTP/1": (b"GET / HTTP/2.0\r\nhost: a\r\n\r\n", 505),
 }  # fmt: skip

@@ -83,6 +83,19 @@ async def test_absolute_form_target_replaces_host() -> None:
     assert head == b""
 
 
+async def test_empty_host_never_reaches_the_upstream_beside_another() -> None:
+    """An empty Host is no authority: HTTP/1.0 gets the service's as if it had none, an
+    absolute target's authority replaces it (it was copied, and a second Host added)."""
+    for request, host in [
+        (b"GET /x HTTP/1.0\r\nHost:\r\n\r\n", b"api"),
+        (b"GET http://b:8/x HTTP/1.1\r\nHost:\r\nconnection: close\r\n\r\n", b"b:8"),
+    ]:
+        raw, head = await _head_seen_upstream(request)
+        assert raw.startswith(b"HTTP/1.1 200 ")
+        hosts = [line for line in head.split(b"\r\n") if line.lower().startswith(b"host:")]
+        assert hosts == [b"host: " + host]
+
+
 async def test_absolute_form_target_with_userinfo_is_400() -> None:
     raw, head = await _head_seen_upstream(
         b"GET http://u:p@a/x HTTP/1.1\r\nHost: a\r\nconnection: close\r\n\r\n"
