@@ -61,6 +61,12 @@ HIGH_WATER: Final = 256 * 1024  # request bytes buffered while connecting before
 #: Route timeouts at least this long are enforced by the sweeper (within one tick, at most
 #: 0.5 s late) instead of a timer per request; shorter ones get a precise timer.
 COARSE_TIMEOUT: Final = 5.0
+#: After a refusal the mesh stops sending, then reads and drops what the client still sends
+#: for this long (Envoy's delayed_close_timeout) or this many bytes before it closes: closed
+#: with those bytes unread, the socket resets, and the reset can destroy the response
+#: before the client read it.
+LINGER_SECONDS: Final = 1.0
+LINGER_BYTES: Final = 4 * 1024 * 1024
 
 # Why downstream reading is paused (a bit mask: resume only when all are cleared).
 PAUSE_PIPELINE: Final = 1  # a later request arrived while one is in flight
@@ -132,6 +138,7 @@ class HttpDownstream(asyncio.Protocol):
     __slots__ = (
         "_active",
         "_current",
+        "_discarded",
         "_edges",
         "_feed",
         "_first_check_at",
@@ -205,6 +212,7 @@ class HttpDownstream(asyncio.Protocol):
         self._held = b""  # bytes after an upgrade request's head: tunnel data only after a 101
         self.connection_header = False  # the request being parsed has a Connection header
         self._refused = False
+        self._discarded = 0  # bytes read and dropped after a refusal (see _linger)
         self.write_paused = False
         # For the sweeper: the tick since which we wait for the next request (``in_head``
         # False: idle timeout) or for the rest of a request head (True: header timeout);
@@ -235,6 +243,9 @@ class HttpDownstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES and self.transport is not None:
+                self.transport.close()
             return
         if self.upgraded:
             self._tunnel_data(data)
@@ -465,7 +476,10 @@ class HttpDownstream(asyncio.Protocol):
             return
         if close or self._paused & PAUSE_DONE:
             self._queue.clear()
-            transport.close()
+            if self._paused & PAUSE_DONE or (ex.req_complete and not self._refused):
+                transport.close()
+            else:  # the client's bytes are not all read (the body, a refused head)
+                self._linger(transport)
             return
         if self._queue:
             nxt = self._queue.popleft()
@@ -510,8 +524,21 @@ class HttpDownstream(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(wire.local_response(status, reason, detail, close=True))
-            transport.close()
+            self._linger(transport)
         self._log_refusal(status, reason)
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after a response with the request not read to its end: stop sending (FIN),
+        read and drop what still comes, close when the client does or at the bounds
+        (``LINGER_SECONDS``, ``LINGER_BYTES``). Over TLS (no half-close) it just closes."""
+        self._refused = True  # nothing more is parsed
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._paused = 0
+        transport.resume_reading()
+        self.ctx.loop.call_later(LINGER_SECONDS, transport.close)
 
     def timed_out(self, idle: bool) -> None:
         """The sweeper found us waiting too long for a request head (408) or idle."""

@@ -173,6 +173,41 @@ async def test_endless_header_line_is_refused_at_the_limit(mesh: Mesh) -> None:
     await still_serving(mesh)
 
 
+async def _write_until_closed(writer: asyncio.StreamWriter) -> None:
+    while True:
+        writer.write(b"a" * 1024)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"GET / HTTP/1.1\r\nhost: a\r\nx-a: ",  # 431 to a head that goes on
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 5000000\r\n\r\n",  # 413
+    ],
+)
+async def test_refused_client_still_sending_reads_its_answer(mesh: Mesh, start: bytes) -> None:
+    """A client that writes its whole request before reading gets the refusal: the mesh
+    stops sending, drops what still comes and closes when the client does, or after a
+    second (it closed at once, the unread bytes reset the connection, and the reset
+    destroyed the answer: ConnectionResetError instead of a status)."""
+    reader, writer = await asyncio.open_connection(*mesh.address("web>api"))
+    writer.write(start)
+    for _ in range(32):  # 2 MiB
+        writer.write(b"a" * 65536)
+        await writer.drain()
+    async with asyncio.timeout(5):
+        raw = await reader.read()  # the answer, then the mesh's end of the stream
+    assert status_of(raw) in (413, 431)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError):  # the mesh closes a second after the refusal
+        await asyncio.wait_for(_write_until_closed(writer), 5)
+    assert time.monotonic() - started < 2.0
+    writer.close()
+    await still_serving(mesh)
+
+
 async def test_half_close_mid_body_resets_the_exchange(mesh: Mesh) -> None:
     """A request whose body can never arrive whole is reset at the downstream's EOF and
     logged DC (it held both sides until the route timeout, then logged 504 UT)."""

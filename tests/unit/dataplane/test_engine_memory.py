@@ -26,6 +26,7 @@ class MemoryTransport:
         self.data = bytearray()
         self.reading = True
         self.closed = False
+        self.eof = False  # write_eof: the sending side is closed
         self.on_write = on_write
 
     def write(self, data: bytes) -> None:
@@ -49,6 +50,12 @@ class MemoryTransport:
         self.closed = True
 
     abort = close
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
 
 @pytest.fixture
@@ -108,7 +115,8 @@ async def test_response_before_the_request_ended_closes_both_sides(
     assert down_t.data.startswith(b"HTTP/1.1 413")
     assert up_t.closed
     assert conn not in conn.host.idle
-    assert down_t.closed
+    assert down_t.eof  # it lingers to read the rest away (see _linger)
+    assert down.eof_received() is None  # and closes at the client's end
 
 
 async def test_response_hop_by_hop_headers_stay_behind(
