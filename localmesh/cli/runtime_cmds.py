@@ -202,7 +202,9 @@ def register(app: typer.Typer) -> None:
         drain: Annotated[
             str,
             typer.Option(
-                "--drain-timeout", metavar="DURATION", help="Wait this long for in-flight requests."
+                "--drain-timeout",
+                metavar="DURATION",
+                help="Wait this long for in-flight requests (stop, replaced listeners).",
             ),
         ] = "5s",
         container: Annotated[

@@ -11,8 +11,9 @@ listeners are up) → the control plane applies the first snapshot to the data p
 background tasks: file watch, access-log flush, traffic sampling.
 
 Stop order (uvicorn's): refuse readiness, stop the file watch, let the data plane stop
-accepting and drain in-flight requests for ``drain_timeout`` (then close what is left),
-flush the access log, close the admin API last so ``/readyz`` reports the drain.
+accepting and drain in-flight requests for ``drain_timeout`` (then close what is left; a
+reload drains the listeners it replaces for as long), flush the access log, close the
+admin API last so ``/readyz`` reports the drain.
 SIGTERM/SIGINT stop, a second one skips the drain; SIGHUP reloads mesh.yaml now.
 """
 
@@ -59,18 +60,27 @@ class DataPlane(Protocol):
 
 #: Told the service whose upstream failed (connect refused, reset), rate-limited.
 UpstreamFailureHook = Callable[[str], None]
-DataPlaneFactory = Callable[[MeshMetrics, AccessLog, UpstreamFailureHook | None], DataPlane]
+#: (metrics, access log, upstream failure hook, drain timeout) -> the data plane
+DataPlaneFactory = Callable[[MeshMetrics, AccessLog, UpstreamFailureHook | None, float], DataPlane]
 
 
 def default_dataplane(
-    metrics: MeshMetrics, access_log: AccessLog, on_upstream_failure: UpstreamFailureHook | None
+    metrics: MeshMetrics,
+    access_log: AccessLog,
+    on_upstream_failure: UpstreamFailureHook | None,
+    drain_timeout: float,
 ) -> DataPlane:
     """The real data plane inside the ingress gateway, which mirrors its API and adds the
     edge listeners; imported here so CLI commands that only talk to the admin API do not
     load the hot path (uvloop, httptools)."""
     from localmesh.runtime.ingress.gateway import IngressGateway
 
-    return IngressGateway(metrics, access_log, on_upstream_failure=on_upstream_failure)
+    return IngressGateway(
+        metrics,
+        access_log,
+        on_upstream_failure=on_upstream_failure,
+        drain_timeout=drain_timeout,
+    )
 
 
 CONTAINER_STATE_DIR = Path("/var/lib/localmesh")
@@ -152,7 +162,9 @@ class Runtime:
             self.discovery = self.discovery or DnsDiscovery(plan)
         # a failed upstream may have moved (restarted, rescheduled): look again now
         on_failure = self.discovery.trigger if self.discovery is not None else None
-        self.dataplane = self._dataplane_factory(self.metrics, self.access_log, on_failure)
+        self.dataplane = self._dataplane_factory(
+            self.metrics, self.access_log, on_failure, self.options.drain_timeout
+        )
         default_admin = (
             f"0.0.0.0:{plan.published.admin}"  # published on the host's 127.0.0.1 by compose
             if plan is not None

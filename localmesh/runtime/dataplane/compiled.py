@@ -170,6 +170,7 @@ class ListenerView:
     __slots__ = (
         "caller",
         "compiled",
+        "draining",
         "limits",
         "max_body",
         "max_head",
@@ -202,6 +203,22 @@ class ListenerView:
         self.max_head = limits.max_request_headers_bytes
         self.max_headers = limits.max_request_headers_count
         self.target = target  # TCP: where connections go
+        self.draining = False  # the listener is going away: no more keep-alive
+
+    def drained(self) -> ListenerView:
+        """This view for a draining listener: connections that read it close after their
+        next response (a new object: each connection notices it as a new view)."""
+        view = ListenerView(
+            self.compiled,
+            service=self.service,
+            protocol=self.protocol,
+            routes=self.routes,
+            caller=self.caller,
+            limits=self.limits,
+            target=self.target,
+        )
+        view.draining = True
+        return view
 
     def caller_for(self, peer_ip: str) -> Caller:
         if self.caller is not None:

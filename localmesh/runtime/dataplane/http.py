@@ -372,6 +372,8 @@ class HttpDownstream(asyncio.Protocol):
         view = self.ctx.view
         if view is not self._view:
             self._adopt(view)
+            if view.draining:
+                keep_alive = False
         ex = Exchange(self, view, keep_alive, http11)
         self._current = ex
         if self._active is None:
@@ -539,6 +541,17 @@ class HttpDownstream(asyncio.Protocol):
         self._paused = 0
         transport.resume_reading()
         self.ctx.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def drain(self) -> None:
+        """The listener is draining: close now if idle, else after the response in flight
+        (with ``Connection: close``); a request still to come reads the draining view."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.wait_since >= 0 and not self.in_head:
+            transport.close()
+        elif self._active is not None:
+            self._active.keep_alive = False
 
     def timed_out(self, idle: bool) -> None:
         """The sweeper found us waiting too long for a request head (408) or idle."""

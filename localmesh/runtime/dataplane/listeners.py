@@ -131,6 +131,24 @@ class Listener:
     def connections(self) -> list[asyncio.Protocol]:
         return [c for ctx in self.contexts for c in ctx.connections]
 
+    def drain(self) -> None:
+        """Stop accepting; HTTP connections close when idle: now, or after the response in
+        flight, or the next one (Envoy's listener drain). What outlives the drain timeout
+        is ``abort``-ed."""
+        self.stop_accepting()
+        for ctx in self.contexts:
+            ctx.view = ctx.view.drained()
+            for conn in list(ctx.connections):
+                if isinstance(conn, HttpDownstream):
+                    conn.drain()
+
+    def abort(self) -> None:
+        """Reset every connection still open (the drain timeout ran out)."""
+        for conn in self.connections():
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abort()
+
     # -- intercept --------------------------------------------------------------------------
 
     def _target_spec(self, service: str, port: int, compiled: CompiledSnapshot) -> ListenerSpec:

@@ -7,8 +7,13 @@
 2. bind every new or changed listener without serving yet; if one bind fails, close
    the new sockets and raise ``RuntimeStartError``: the previous state is untouched;
 3. commit: update cluster membership, swap every kept listener's view (one attribute per
-   listener), start serving the new listeners, stop accepting on the removed ones and let
-   their connections finish (drain), restart health checks.
+   listener), start serving the new listeners, drain the replaced and removed ones,
+   restart health checks.
+
+A draining listener (``Listener.drain``) stops accepting and closes its HTTP connections
+when idle: at once, or after the response in flight, or after the next one, which says
+``Connection: close``; what is still open ``drain_timeout`` later is reset. Shutdown drains
+every listener the same way.
 
 A failed upstream connect (or a reset under a request) is reported to the optional
 ``on_upstream_failure(service)`` at most once per service per ``FAILURE_REPORT_INTERVAL``:
@@ -72,15 +77,17 @@ class DataPlane:
         *,
         upstream_tls: UpstreamTLSProvider | None = None,
         on_upstream_failure: UpstreamFailureHook | None = None,
+        drain_timeout: float = 5.0,
     ) -> None:
         self.metrics = metrics
+        self.drain_timeout = drain_timeout  # for listeners a snapshot replaced or removed
         self.access_log = access_log
         self._upstream_tls = upstream_tls
         self._on_upstream_failure = on_upstream_failure
         self._failures = FailureReports(FAILURE_REPORT_INTERVAL)
         self._limiters: LimiterStore = {}
         self._listeners: dict[str, Listener] = {}
-        self._draining: list[Listener] = []
+        self._draining: dict[Listener, float] = {}  # -> when what is left is reset
         self._compiled: CompiledSnapshot | None = None
         self._clock = Clock(MAX_TICK)
         self._health = HealthChecker()
@@ -125,11 +132,7 @@ class DataPlane:
             self._closed = True
             listeners = [*self._listeners.values(), *self._draining]
             for lst in listeners:
-                lst.stop_accepting()
-            for lst in listeners:
-                for conn in lst.connections():
-                    if isinstance(conn, HttpDownstream) and conn.wait_since >= 0:
-                        _close_transport(conn.transport)
+                lst.drain()
             deadline = time.monotonic() + drain_timeout
             # Connections leave from many protocol callbacks; polling for the few
             # seconds of a shutdown is simpler than threading an event through each.
@@ -138,10 +141,7 @@ class DataPlane:
             ):
                 await asyncio.sleep(0.02)
             for lst in listeners:
-                for conn in lst.connections():
-                    transport = getattr(conn, "transport", None)
-                    if transport is not None:
-                        transport.abort()
+                lst.abort()
                 if lst.server is not None:
                     lst.server.close()
                     with contextlib.suppress(Exception):
@@ -323,8 +323,8 @@ class DataPlane:
         for lst in fresh:
             await lst.start()
         for lst in replaced:
-            lst.stop_accepting()
-            self._draining.append(lst)
+            lst.drain()
+            self._draining[lst] = time.monotonic() + self.drain_timeout
         for cluster in removed_clusters:
             cluster.close()
         self._health.update(clusters)
@@ -355,11 +355,14 @@ class DataPlane:
             for lst in list(self._listeners.values()):
                 for ctx in lst.contexts:
                     self._sweep_context(ctx)
-            for lst in list(self._draining):
+            for lst, deadline in list(self._draining.items()):
                 if not lst.connections():
-                    self._draining.remove(lst)
+                    del self._draining[lst]
                     if lst.server is not None:
                         lst.server.close()
+                    continue
+                if time.monotonic() >= deadline:
+                    lst.abort()
                     continue
                 for ctx in lst.contexts:
                     self._sweep_context(ctx)
@@ -407,8 +410,3 @@ def _declared_at(snapshot: Snapshot, spec: ListenerSpec) -> Position | None:
         return None
     port = next((p for p in service.ports if p.port == spec.port), None)
     return port.position if port is not None and port.position else service.position
-
-
-def _close_transport(transport: asyncio.BaseTransport | None) -> None:
-    if transport is not None and not transport.is_closing():
-        transport.close()

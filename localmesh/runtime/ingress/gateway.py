@@ -102,12 +102,14 @@ class IngressGateway:
         ca: CALoader = default_ca,
         handshake_timeout: float = 10.0,
         on_upstream_failure: UpstreamFailureHook | None = None,
+        drain_timeout: float = 5.0,
     ) -> None:
         self.dataplane = DataPlane(
             metrics,
             access_log,
             upstream_tls=self._upstream_tls,
             on_upstream_failure=on_upstream_failure,
+            drain_timeout=drain_timeout,
         )
         self._load_ca = ca
         self._ca: CertificateSource | None = None

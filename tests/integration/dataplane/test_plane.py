@@ -108,6 +108,58 @@ async def test_removed_listener_drains_in_flight_requests(http_backend: HttpBack
         assert raw.startswith(b"HTTP/1.1 200 OK")  # finished on the old snapshot
 
 
+def without_web(backend: HttpBackend) -> Snapshot:
+    """Version 2, in which the ``web>api`` listener is gone."""
+    snap = versioned(backend, 2)
+    return dataclasses.replace(
+        snap, listeners=tuple(s for s in snap.listeners if s.source == "worker")
+    )
+
+
+async def test_removed_listener_closes_its_keep_alive_connections(
+    http_backend: HttpBackend,
+) -> None:
+    """Connections of a removed listener close when idle: at once, or after the response
+    in flight, or after the next one (they served on with the old snapshot's rules until
+    their idle timeout, a minute); those responses say ``Connection: close``."""
+    async with running(versioned(http_backend, 1)) as mesh:
+        address = mesh.address("web>api")
+        idle = await asyncio.open_connection(*address)
+        idle[1].write(b"GET /bytes/1 HTTP/1.1\r\nhost: a\r\n\r\n")
+        await idle[0].readuntil(b"\r\n\r\nx")
+        busy = await asyncio.open_connection(*address)
+        busy[1].write(b"GET /delay/300 HTTP/1.1\r\nhost: a\r\n\r\n")
+        heading = await asyncio.open_connection(*address)
+        heading[1].write(b"GET /bytes/2 HTTP/1.1\r\nhost: a\r\n")
+        await asyncio.sleep(0.1)
+        await mesh.plane.apply(without_web(http_backend))
+        heading[1].write(b"\r\n")  # the head ends after the drain began
+        async with asyncio.timeout(3):
+            assert await idle[0].read() == b""
+            for reader, body in ((busy[0], b"backend"), (heading[0], b"xx")):
+                raw = await reader.read()  # the response, then the end of the stream
+                assert raw.startswith(b"HTTP/1.1 200 OK")
+                assert b"\r\nconnection: close\r\n" in raw.lower()
+                assert raw.endswith(b"\r\n\r\n" + body)
+        for _, writer in (idle, busy, heading):
+            writer.close()
+
+
+async def test_a_drain_resets_what_outlives_the_drain_timeout(http_backend: HttpBackend) -> None:
+    async with running(versioned(http_backend, 1)) as mesh:
+        mesh.plane.drain_timeout = 0.3
+        slow = asyncio.create_task(
+            raw_exchange(mesh.address("web>api"), b"GET /delay/5000 HTTP/1.1\r\nhost: a\r\n\r\n")
+        )
+        await asyncio.sleep(0.1)
+        await mesh.plane.apply(without_web(http_backend))
+        try:
+            raw = await asyncio.wait_for(slow, 2)  # not the 5 s the upstream takes
+        except ConnectionResetError:
+            raw = b""
+        assert not raw.startswith(b"HTTP/1.1 200")
+
+
 async def test_bind_failure_keeps_the_previous_state(http_backend: HttpBackend) -> None:
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
