@@ -448,6 +448,7 @@ class HttpDownstream(asyncio.Protocol):
         held, self._held = self._held, b""
         if held and self.tunnel is not None:
             self.tunnel.write(held)
+        self.wait_since = self.ctx.clock.ticks  # a tunnel idle for idle_timeout is closed
         self.resume(PAUSE_UPGRADE)
 
     def _adopt(self, view: ListenerView) -> None:
@@ -554,11 +555,17 @@ class HttpDownstream(asyncio.Protocol):
             self._active.keep_alive = False
 
     def timed_out(self, idle: bool) -> None:
-        """The sweeper found us waiting too long for a request head (408) or idle."""
+        """The sweeper found us waiting too long for a request head (408) or idle (a
+        tunnel: no bytes either way, those from the upstream being noted on its side)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         if idle:
+            up = self.tunnel.get_protocol() if self.tunnel is not None else None
+            if isinstance(up, UpstreamConnection) and up.relayed:
+                up.relayed = False
+                self.wait_since = self.ctx.clock.ticks
+                return
             transport.close()
         else:
             self.refuse(408, "request-header-timeout")
@@ -619,6 +626,7 @@ class HttpDownstream(asyncio.Protocol):
     def _tunnel_data(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
+            self.wait_since = self.ctx.clock.ticks
         else:  # read before reading stopped for the 101
             self._held += data
 

@@ -173,6 +173,7 @@ class UpstreamConnection(asyncio.Protocol):
         "parser",
         "pool",
         "reading_paused",
+        "relayed",
         "send",
         "served",
         "transport",
@@ -193,6 +194,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._new_parser()
         self.owner: UpstreamOwner | None = None
         self.tunnel: asyncio.Transport | None = None  # after an upgrade: the downstream
+        self.relayed = False  # tunnel bytes came since the downstream's idle check
         self.served = 0
         self.idle_since = 0.0
         self.reading_paused = False  # by the downstream's backpressure
@@ -259,6 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
+            self.relayed = True
             return
         owner = self.owner
         if owner is None:  # unsolicited bytes on an idle connection: it is broken

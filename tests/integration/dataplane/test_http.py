@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from localmesh.config.model import ConnectionPool
 from localmesh.runtime.snapshot import Snapshot
 from tests.integration.dataplane.harness import raw_exchange, running, service, snapshot
 from tests.support.services import HttpBackend
@@ -190,6 +191,51 @@ async def test_websocket_upgrade_is_a_tunnel(http_backend: HttpBackend) -> None:
             assert msg.data == f"backend:hi {i}"
     [record] = mesh.records()
     assert record["status"] == 101
+
+
+async def test_an_idle_tunnel_is_closed_after_idle_timeout() -> None:
+    """A tunnel lives while bytes pass either way and closes after the service's
+    idle_timeout without (it had no timeout at all: a silent tunnel held both sockets)."""
+
+    async def upgrading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n"
+        )
+        lines = 0
+        while line := await reader.readline():
+            if line == b"push\n":  # the upstream talks, the client is silent
+                for _ in range(10):
+                    writer.write(b"tick\n")
+                    await asyncio.sleep(0.1)
+            elif line == b"count\n":
+                writer.write(b"%d\n" % lines)
+            else:  # the client talks, the upstream is silent
+                lines += 1
+
+    server = await asyncio.start_server(upgrading, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = ConnectionPool(idle_timeout=0.3)
+    async with (
+        server,
+        running(snapshot(service("api", ("127.0.0.1", port), connection_pool=pool))) as mesh,
+    ):
+        reader, writer = await asyncio.open_connection(*mesh.address("web>api"))
+        writer.write(b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            writer.write(b"push\n")
+            for _ in range(10):  # a second of upstream bytes only
+                assert await reader.readline() == b"tick\n"
+            for _ in range(10):  # a second of client bytes only
+                writer.write(b"x\n")
+                await asyncio.sleep(0.1)
+            writer.write(b"count\n")
+            assert await reader.readline() == b"10\n"
+            started = asyncio.get_running_loop().time()
+            assert await reader.read() == b""  # silence: closed
+        assert asyncio.get_running_loop().time() - started < 1.5
+        writer.close()
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "PATCH", "OPTIONS"])
