@@ -545,9 +545,10 @@ class HttpDownstream(asyncio.Protocol):
 
     def drain(self) -> None:
         """The listener is draining: close now if idle, else after the response in flight
-        (with ``Connection: close``); a request still to come reads the draining view."""
+        (with ``Connection: close``); a request still to come reads the draining view. A
+        tunnel cannot be told: it is left to the drain timeout."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self.upgraded:
             return
         if self.wait_since >= 0 and not self.in_head:
             transport.close()

@@ -145,6 +145,21 @@ async def test_removed_listener_closes_its_keep_alive_connections(
             writer.close()
 
 
+async def test_a_drain_leaves_tunnels_to_the_drain_timeout(http_backend: HttpBackend) -> None:
+    """A WebSocket cannot be told to close after a response: it lives until the deadline."""
+    async with (
+        running(versioned(http_backend, 1)) as mesh,
+        aiohttp.ClientSession() as s,
+        s.ws_connect(mesh.url("web>api", "/ws")) as ws,
+    ):
+        mesh.plane.drain_timeout = 0.5
+        await mesh.plane.apply(without_web(http_backend))
+        await ws.send_str("still")
+        assert (await asyncio.wait_for(ws.receive(), 2)).data == "backend:still"
+        msg = await asyncio.wait_for(ws.receive(), 3)  # reset at the deadline
+        assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+
+
 async def test_a_drain_resets_what_outlives_the_drain_timeout(http_backend: HttpBackend) -> None:
     async with running(versioned(http_backend, 1)) as mesh:
         mesh.plane.drain_timeout = 0.3
