@@ -20,7 +20,6 @@ compose file is written, Compose itself must accept it.
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,8 @@ from localmesh.compose.planner import EngineFacts, make_plan, relative_position
 from localmesh.compose.project import (
     ComposeProject,
     absolute,
-    compose_command,
     load_project,
+    run_compose,
     working_directory,
 )
 from localmesh.compose.rewrite import MeshService, rewrite
@@ -241,13 +240,7 @@ def check_with_compose(text: str, state: Path) -> None:
     probe = state / f".{COMPOSE_FILE}.check"
     files.write_atomic(probe, text.encode(), files.PRIVATE_FILE_MODE)
     try:
-        done = subprocess.run(
-            [*compose_command(), "-f", str(probe), "config", "--quiet"],
-            cwd=state,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done = run_compose(["-f", str(probe), "config", "--quiet"], cwd=state)
     finally:
         probe.unlink(missing_ok=True)
     if done.returncode != 0:

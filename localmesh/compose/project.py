@@ -13,13 +13,15 @@ Values in ``ComposeProject.model`` stay in Compose's escaped form (``$$`` for a 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,22 @@ OVERRIDE_FILES = (
     "docker-compose.override.yaml",
 )
 GENERATED_MARKER = "x-localmesh"
+
+#: What the aliases of one file may stand for, in values. Ten nested anchors of ten aliases
+#: each stand for 10^10 ("billion laughs"), and Compose expands them all: one such file took
+#: 24 GB and the OOM killer took dockerd with it. A real file's anchors stand for thousands.
+MAX_ALIAS_VALUES = 50_000
+#: Composing recurses per level (a RecursionError past ~300); compose files need about 10.
+MAX_DEPTH = 100
+
+#: Bounds on one Compose run, which takes under a second and 100 MB on a real project. The
+#: alias guard stops what it reads; these stop what it cannot see (``include``d and
+#: ``extends``ed files). RLIMIT_DATA, not RLIMIT_AS: Go reserves ~800 MB of address space
+#: at start and dies below that; RLIMIT_DATA counts only the memory it maps writable (Linux
+#: 4.7 and later: elsewhere the timeout alone holds).
+COMPOSE_TIMEOUT = 120.0  # seconds: a remote include may clone a repository
+COMPOSE_MEMORY = 1 << 30  # bytes
+_OUT_OF_MEMORY = re.compile(r"^fatal error: .*memory", re.MULTILINE)  # the Go runtime's words
 
 KeyPath = tuple[str, ...]
 
@@ -99,6 +117,50 @@ def compose_command() -> list[str]:
     )
 
 
+def run_compose(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run Compose within ``COMPOSE_TIMEOUT`` and ``COMPOSE_MEMORY``; past either, a
+    ComposeError instead of a hung command or a machine out of memory."""
+    try:
+        done = subprocess.run(
+            [*compose_command(), *args],
+            cwd=cwd,
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=COMPOSE_TIMEOUT,
+            preexec_fn=_memory_limit(),
+        )
+    except subprocess.TimeoutExpired:
+        raise ComposeError(
+            f"docker compose did not finish within {COMPOSE_TIMEOUT:.0f}s",
+            hint="a remote include that hangs, or anchors nested in included files?",
+        ) from None
+    if done.returncode != 0 and _OUT_OF_MEMORY.search(done.stderr):
+        raise ComposeError(
+            f"docker compose ran out of memory (its limit is {COMPOSE_MEMORY >> 20} MiB)",
+            hint="look for aliases (*name) that repeat anchors holding other aliases, "
+            "in included or extended files too",
+        )
+    return done
+
+
+def _memory_limit() -> Callable[[], None]:
+    """The limit, set in the child between fork and exec (ours stays unlimited). Python code
+    there is unsafe when another thread holds a lock it needs (``up``'s spinner is a
+    thread): this is one C call that takes none, its values computed before the fork."""
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft = COMPOSE_MEMORY if hard == resource.RLIM_INFINITY else min(COMPOSE_MEMORY, hard)
+    return functools.partial(resource.setrlimit, resource.RLIMIT_DATA, (soft, hard))
+
+
 def project_args(
     files: Sequence[Path],
     env_files: Sequence[Path],
@@ -141,16 +203,13 @@ def compose_environment(directory: Path, env_files: Sequence[Path], cwd: Path) -
     """The ``COMPOSE_*`` variables Compose sees for a project in ``directory``: ours, else
     the ``--env-file``s' or ``directory``'s ``.env``. Read by Compose itself (``.env`` has
     its own syntax: quotes, ``export``, interpolation), on an empty project."""
-    cmd = [*compose_command(), "--project-directory", str(directory), "-f", "-"]
-    cmd += [arg for e in env_files for arg in ("--env-file", str(e))]
-    done = subprocess.run(
-        [*cmd, "config", "--environment"],
-        input="services: {}\n",
+    args = ["--project-directory", str(directory), "-f", "-"]
+    args += [arg for e in env_files for arg in ("--env-file", str(e))]
+    done = run_compose(
+        [*args, "config", "--environment"],
+        stdin="services: {}\n",
         cwd=cwd,
         env={**os.environ, "PWD": str(cwd)},
-        capture_output=True,
-        text=True,
-        check=False,
     )
     if done.returncode != 0:
         raise _compose_failure(done.stderr, {}, ())
@@ -197,10 +256,9 @@ def load_project(
             raise ConfigError(Problem(f"compose file not found: {path}"))
         positions.update(_raw_positions(path))
 
-    cmd = [*compose_command(), *project_args(paths, env_files, project_name, profiles)]
-    cmd += ["config", "--format", "json"]
+    args = [*project_args(paths, env_files, project_name, profiles), "config", "--format", "json"]
     env = {**os.environ, "PWD": str(cwd)}  # Compose's working directory, as ours is named
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    done = run_compose(args, cwd=cwd, env=env)
     if done.returncode != 0:
         raise _compose_failure(done.stderr, positions, paths)
     model = json.loads(done.stdout)
@@ -228,7 +286,12 @@ def _raw_positions(path: Path) -> dict[KeyPath, Position]:
     except UnicodeDecodeError as exc:
         raise _unreadable(path, data[: exc.start].decode("utf-8"), "it is not UTF-8") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _BoundedLoader.compose(text)
+    except _TooLarge as exc:
+        raise ConfigError(
+            Problem(exc.what, Position(str(path), exc.mark.line + 1, exc.mark.column + 1)),
+            hint=exc.hint,
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = Position(str(path), mark.line + 1, mark.column + 1) if mark else None
@@ -265,6 +328,65 @@ def _raw_positions(path: Path) -> dict[KeyPath, Position]:
 
     walk(root, (), frozenset())
     return out
+
+
+class _TooLarge(Exception):
+    """A file past ``MAX_ALIAS_VALUES`` or ``MAX_DEPTH``, at the node that crossed it."""
+
+    def __init__(self, what: str, hint: str, mark: yaml.Mark) -> None:
+        super().__init__(what)
+        self.what = what
+        self.hint = hint
+        self.mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """pyyaml's composer, counting what each alias stands for as it is read: a node's size
+    (its values, aliases expanded) is known once it is composed, so nothing is expanded
+    to count it, and the alias that crosses the limit is the one reported."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.sizes: dict[int, int] = {}  # id(node) -> values it stands for
+        self.aliased = 0  # values the aliases read so far stand for
+        self.depth = 0
+
+    @classmethod
+    def compose(cls, text: str) -> yaml.Node | None:
+        loader = cls(text)  # the reader checks every character here
+        try:
+            return loader.get_single_node()
+        finally:
+            loader.dispose()
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self.aliased += self.sizes.get(id(node), 1)  # not yet sized: inside its own anchor
+            if self.aliased > MAX_ALIAS_VALUES:
+                raise _TooLarge(
+                    f"the aliases up to here expand to more than {MAX_ALIAS_VALUES} values",
+                    "an anchor repeated inside another anchor multiplies; write the values "
+                    "out, or repeat less",
+                    mark,
+                )
+            return node
+        if self.depth >= MAX_DEPTH:
+            raise _TooLarge(
+                f"nested deeper than {MAX_DEPTH} levels", "a compose file needs about 10", mark
+            )
+        self.depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        self.sizes[id(node)] = 1 + sum(self.sizes.get(id(c), 1) for c in children)
+        return node
 
 
 def _unreadable(path: Path, before: str, what: str) -> ConfigError:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from localmesh.compose import project as compose_project
 from localmesh.compose.project import DEFAULT_FILES, OVERRIDE_FILES, load_project, unescape
-from localmesh.errors import ConfigError
+from localmesh.errors import ComposeError, ConfigError
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -161,14 +162,25 @@ def test_discovery_takes_the_first_override_and_looks_up_parent_directories(
     assert project.name == tmp_path.name
 
 
+def _alias_bomb(levels: int) -> bytes:
+    """ "Billion laughs": each anchor holds ten aliases of the one before, 10^levels values."""
+    lines = ["services: {a: {image: busybox}}", "x-l0: &l0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"x-l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(["# never raise levels: Compose would expand it", *lines, ""]).encode()
+
+
 @pytest.mark.parametrize(
     ("data", "where", "message"),
     [
         (b"services:\n  web:\n    image: ngin\xe9x\n", (3, 16), "it is not UTF-8"),
         (b"services:\n  web:\n    image: ngin\x7fx\n", (3, 16), "#x007f is not allowed"),
         (b"services: {}\nx: &a\n  b: *a\n", (3, 3), "x.b refers to a node that contains it"),
+        # 10^5 values: refused at the 4th *l3 (12,330 values before it, 11,111 each),
+        # before Compose, which expands them all, is called
+        (_alias_bomb(levels=5), (7, 27), "aliases up to here expand to more than 50000 values"),
+        (b"services: {}\nx: " + b"[" * 150 + b"]" * 150 + b"\n", (2, 103), "deeper than 100"),
     ],
-    ids=["latin1", "del", "self-alias"],
+    ids=["latin1", "del", "self-alias", "alias-bomb", "deep"],
 )
 def test_unreadable_yaml_is_a_positioned_error(
     tmp_path: Path, data: bytes, where: tuple[int, int], message: str
@@ -193,4 +205,26 @@ def test_unreadable_yaml_is_a_positioned_error(
             check=False,
         )
         assert done.returncode == 2, done.stderr
-        assert f"compose.yaml:{where[0]}:{where[1]}: invalid YAML" in done.stderr
+        assert f"compose.yaml:{where[0]}:{where[1]}: " in done.stderr
+        assert message in done.stderr
+
+
+def test_compose_runs_within_a_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "compose.yaml", "services:\n  a:\n    image: x\n")
+    monkeypatch.setattr(compose_project, "COMPOSE_TIMEOUT", 0.001)
+    with pytest.raises(ComposeError, match="did not finish within 0s"):
+        load_project([path], cwd=tmp_path)
+
+
+def test_compose_runs_within_a_memory_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the alias guard cannot see (an included file) still cannot take the machine:
+    at 64 MiB, a small project loads and one of 100,000 values (150 MB) is refused."""
+    monkeypatch.setattr(compose_project, "COMPOSE_MEMORY", 64 << 20)
+    small = write(tmp_path, "small.yaml", "services:\n  a:\n    image: x\n")
+    assert load_project([small], cwd=tmp_path).services()["a"]["image"] == "x"
+    values = "".join(f"  - v{i}\n" for i in range(100_000))
+    big = write(tmp_path, "big.yaml", f"services:\n  a:\n    image: x\nx-big:\n{values}")
+    with pytest.raises(ComposeError, match=r"ran out of memory \(its limit is 64 MiB\)"):
+        load_project([big], cwd=tmp_path)
