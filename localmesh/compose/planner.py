@@ -292,16 +292,18 @@ class _Planner:
                 "services",
                 name,
             )
-        elif known.wide_ranges:
-            wide = ", ".join(f"{lo}-{hi}" for lo, hi in known.wide_ranges)
-            self.warn(
-                "unknown-ports",
-                f"service '{name}' exposes the wide range {wide}; "
-                "those ports are relayed as TCP through the catch-all intercept",
-                "services",
-                name,
-                "expose",
-            )
+        for key in ("ports", "expose"):
+            wide = ", ".join(f"{r.lo}-{r.hi}" for r in known.wide_ranges if r.field == key)
+            if plan_ports and wide:
+                self.warn(
+                    "unknown-ports",
+                    f"service '{name}' {'publishes' if key == 'ports' else 'exposes'} the "
+                    f"wide range {wide}; those ports are relayed as TCP through the catch-all "
+                    "intercept",
+                    "services",
+                    name,
+                    key,
+                )
         return Upstream(name, vip, tuple(sorted(names)), plan_ports, unknown)
 
     def reach(self, client: str, meshed: list[str]) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from localmesh.compose.project import ComposeProject
 from localmesh.config.model import MeshConfig, MeshSettings, PortSpec, Service
-from localmesh.config.ports import Exclusion, ImagePorts, learn
+from localmesh.config.ports import Exclusion, ImagePorts, PortRange, learn
 
 #: ``init``'s comment for a service the mesh leaves alone, by ``Exclusion.kind``.
 _NOTES = {
@@ -39,7 +39,7 @@ class InferredService:
     service: Service
     ports: tuple[InferredPort, ...]
     note: str | None = None  # why it is unmeshed, for the comment in init's output
-    wide_ranges: tuple[tuple[int, int], ...] = ()  # exposed, left to the catch-all intercept
+    wide_ranges: tuple[PortRange, ...] = ()  # left to the catch-all intercept
 
     @property
     def unknown_ports(self) -> bool:

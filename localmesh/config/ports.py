@@ -36,7 +36,7 @@ import ipaddress
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from localmesh.compose.project import unescape
 from localmesh.config.model import Protocol
@@ -45,6 +45,15 @@ from localmesh.config.names import NameTable, Services
 #: Expanding ``expose: 30000-40000`` into listeners helps nobody: wider ranges are left to
 #: the catch-all intercept.
 MAX_RANGE = 64
+
+
+class PortRange(NamedTuple):
+    """A range too wide to list, and the field that declares it (``ports``, ``expose``)."""
+
+    lo: int
+    hi: int
+    field: str
+
 
 #: ``image`` -> ``Config.ExposedPorts`` keys (``"80/tcp"``), for images present locally;
 #: keyed by the reference the service runs (``image_ref``).
@@ -224,7 +233,7 @@ class Ports:
     image: str | None = None  # the service's ``image``, for protocol guesses
     tcp: dict[int, set[str]] = field(default_factory=dict)
     udp: dict[int, set[str]] = field(default_factory=dict)
-    wide_ranges: list[tuple[int, int]] = field(default_factory=list)  # left to the intercept
+    wide_ranges: list[PortRange] = field(default_factory=list)  # left to the intercept
     hints: dict[int, tuple[Protocol, str]] = field(default_factory=dict)  # from URLs, servers
 
     def add(self, port: int, source: str, protocol: str = "tcp") -> None:
@@ -237,7 +246,7 @@ class Ports:
             self.hints.setdefault(port, (protocol, reason))
 
     def in_wide_range(self, port: int) -> bool:
-        return any(lo <= port <= hi for lo, hi in self.wide_ranges)
+        return any(r.lo <= port <= r.hi for r in self.wide_ranges)
 
     @property
     def unknown(self) -> bool:
@@ -249,10 +258,24 @@ class Ports:
 
 
 def declared(svc: Mapping[str, Any], into: Ports, source_suffix: str = "") -> None:
-    """``ports`` targets and ``expose`` entries (``"8000"``, ``"8000-8010"``, ``"53/udp"``)."""
+    """``ports`` targets and ``expose`` entries (``"8000"``, ``"8000-8010"``, ``"53/udp"``).
+
+    Compose lists each port of a ``ports`` range (``"8000-9000:8000-9000"``) on its own, so
+    a wide range is found again as a run of consecutive targets.
+    """
+    targets: list[int] = []
     for p in svc.get("ports") or ():
         if isinstance(p, Mapping) and isinstance(p.get("target"), int):
-            into.add(int(p["target"]), "ports" + source_suffix, str(p.get("protocol") or "tcp"))
+            if p.get("protocol") == "udp":
+                into.add(int(p["target"]), "ports" + source_suffix, "udp")
+            else:
+                targets.append(int(p["target"]))
+    for lo, hi in runs(targets):
+        if hi - lo >= MAX_RANGE:
+            into.wide_ranges.append(PortRange(lo, hi, "ports"))
+            continue
+        for port in range(lo, hi + 1):
+            into.add(port, "ports" + source_suffix)
     for e in svc.get("expose") or ():
         spec, _, proto = str(e).partition("/")
         first, _, last = spec.partition("-")
@@ -260,7 +283,7 @@ def declared(svc: Mapping[str, Any], into: Ports, source_suffix: str = "") -> No
             continue
         lo, hi = int(first), int(last or first)
         if hi - lo >= MAX_RANGE and proto != "udp":  # any UDP port matters: see ``learn``
-            into.wide_ranges.append((lo, hi))
+            into.wide_ranges.append(PortRange(lo, hi, "expose"))
             continue
         for port in range(lo, hi + 1):
             into.add(port, "expose" + source_suffix, proto or "tcp")
@@ -404,13 +427,18 @@ def ip_literals(svc: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
 
 def spans(ports: Iterable[int]) -> list[str]:
     """Sorted port numbers with consecutive runs written as ranges: ``["53", "6000-6100"]``."""
+    return [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs(ports)]
+
+
+def runs(ports: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted port numbers as ``(first, last)`` of each consecutive run."""
     out: list[list[int]] = []
     for port in sorted(set(ports)):
         if out and out[-1][1] == port - 1:
             out[-1][1] = port
         else:
             out.append([port, port])
-    return [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in out]
+    return [(lo, hi) for lo, hi in out]
 
 
 def network_mode(svc: Mapping[str, Any]) -> str | None:

@@ -58,8 +58,10 @@ def render_inferred(project: ComposeProject, image_ports: ImagePorts | None = No
                 )
         else:
             out.append("    ports: []   # none known: calls on any port are still caught")
-        for lo, hi in inf.wide_ranges:
-            out.append(f"    # expose {lo}-{hi}: too wide to list; calls there are still caught")
+        for r in inf.wide_ranges:
+            out.append(
+                f"    # {r.field} {r.lo}-{r.hi}: too wide to list; calls there are still caught"
+            )
     example = http[0] if http else (names[0] if names else "api")
     other = next((n for n in names if n != example), example)
     out += [

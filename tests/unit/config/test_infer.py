@@ -80,7 +80,7 @@ def test_other_services_references_give_ports_and_protocols(make_project: MakePr
 def test_a_wide_expose_range_is_left_to_the_intercept(make_project: MakeProject) -> None:
     media = infer(make_project, media={"expose": ["8000", "30000-30100"]})["media"]
     assert media.service.ports == (PortSpec(8000),)
-    assert media.wide_ranges == ((30000, 30100),)
+    assert media.wide_ranges == ((30000, 30100, "expose"),)
     assert media.unknown_ports
     assert infer(make_project, worker={"image": "x"})["worker"].unknown_ports
     assert not infer(make_project, db={"image": "postgres"})["db"].unknown_ports

@@ -89,9 +89,21 @@ def test_declared_ports_expose_ranges_and_udp() -> None:
         9002: {"expose"},
     }
     assert set(found.udp) == {53, 5353}
-    assert found.wide_ranges == [(30000, 30100)]
+    assert found.wide_ranges == [(30000, 30100, "expose")]
     found.add(30050, "mesh-config")  # a port inside a wide range stays on the intercept
     assert 30050 not in found.tcp
+
+
+def test_a_wide_ports_range_is_left_to_the_intercept() -> None:
+    """Compose lists ``"8000-9000:8000-9000"`` port by port: a run longer than MAX_RANGE
+    is that range again, whichever way it was written; a shorter run is listed."""
+    found = ports.Ports()
+    wide = [{"target": p, "published": str(p), "protocol": "tcp"} for p in range(8000, 9001)]
+    short = [{"target": p, "protocol": "tcp"} for p in range(7000, 7000 + ports.MAX_RANGE)]
+    ports.declared({"ports": [*wide, *short, {"target": 8500, "protocol": "udp"}]}, found)
+    assert found.wide_ranges == [(8000, 9000, "ports")]
+    assert sorted(found.tcp) == list(range(7000, 7064))
+    assert set(found.udp) == {8500}  # any UDP port still unmeshes the service
 
 
 def test_image_exposed_ports() -> None:
