@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,41 @@ def test_compose_runs_within_a_memory_limit(
     big = write(tmp_path, "big.yaml", f"services:\n  a:\n    image: x\nx-big:\n{values}")
     with pytest.raises(ComposeError, match=r"ran out of memory \(its limit is 64 MiB\)"):
         load_project([big], cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("image", "why"),
+    [
+        ("Nginx:1.25", "the repository name must be lowercase"),
+        ("nginx::1.25", "expected [registry[:port]/]name[:tag][@digest]"),
+        ("nginx:${UNSET_TAG}", "expected [registry[:port]/]name[:tag][@digest]"),
+        ("my app", "expected [registry[:port]/]name[:tag][@digest]"),
+    ],
+)
+def test_an_invalid_image_reference_is_a_user_error_at_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image: str, why: str
+) -> None:
+    """Compose accepts any string; the engine refused it later, as an engine failure (exit 3)."""
+    monkeypatch.delenv("UNSET_TAG", raising=False)
+    valid = "localhost:5000/team/app_v2:1.0-rc.1@sha256:" + "ab" * 32
+    path = write(
+        tmp_path,
+        "compose.yaml",
+        f"services:\n  ok:\n    image: {valid}\n  web:\n    image: '{image}'\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_project([path], cwd=tmp_path)
+    [problem] = err.value.problems
+    assert problem.position is not None
+    assert (problem.position.line, problem.position.column) == (5, 5)
+    assert why in problem.message
+    done = subprocess.run(
+        [sys.executable, "-m", "localmesh.cli.main", "generate"],
+        cwd=tmp_path,
+        env={**os.environ, "LOCALMESH_HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "compose.yaml:5:5: services.web.image: '" in done.stderr
