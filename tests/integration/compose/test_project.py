@@ -267,3 +267,99 @@ def test_an_invalid_image_reference_is_a_user_error_at_its_line(
     )
     assert done.returncode == 2, done.stderr
     assert "compose.yaml:5:5: services.web.image: '" in done.stderr
+
+
+SVC = "services:\n  a:\n    image: x\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "where", "message"),
+    [
+        ({"compose.yaml": SVC + "servics:\n  b: {}\n"}, ("compose.yaml", 4, 1), "'servics'"),
+        ({"compose.yaml": SVC + "    ports: ['80', 'abc']\n"}, (4, 19), "containerPort: abc"),
+        ({"compose.yaml": SVC + "    ports: ['1-2:3-9']\n"}, (4, 13), "invalid ranges"),
+        ({"compose.yaml": SVC + "    devices: ['a:b:c:d']\n"}, (4, 15), "device mapping"),
+        ({"compose.yaml": SVC + "    env_file:\n      - path: ./e/no.env\n"}, (5, 15), "no.env"),
+        ({"compose.yaml": SVC + "    extends: {service: nope}\n"}, (4, 5), "cannot extend"),
+        ({"compose.yaml": SVC + "    image: y\n"}, (4, 5), 'mapping key "image"'),
+        ({"compose.yaml": SVC + "    links: [db]\n"}, (4, 13), 'undefined service "db"'),
+        ({"compose.yaml": SVC + "    network_mode: service:db\n"}, (4, 19), '"db"'),
+        ({"compose.yaml": SVC + "    mem_limit: lots\n"}, (4, 5), "services[a].mem_limit"),
+        ({"compose.yaml": SVC + "    healthcheck: {interval: soon}\n"}, (4, 19), "duration"),
+        ({"compose.yaml": SVC + "    environment: {P: '${A:-b'}\n"}, (4, 19), "interpolation"),
+        ({"compose.yaml": "services:\n  a:\n    environment: {A: b}\n"}, (2, 3), "neither"),
+        (
+            {
+                "compose.yaml": SVC
+                + "    depends_on: [b]\n  b:\n    image: x\n    depends_on: [a]\n"
+            },
+            (4, 18),
+            "dependency cycle",
+        ),
+        (
+            {"compose.yaml": "include: [inc.yaml]\n" + SVC, "inc.yaml": SVC + "    ports: [x]\n"},
+            ("inc.yaml", 4, 13),
+            "containerPort: x",
+        ),
+        (
+            {"compose.yaml": "include: [inc.yaml]\n" + SVC, "inc.yaml": SVC + "    imagee: y\n"},
+            ("inc.yaml", 4, 5),
+            "'imagee'",
+        ),
+    ],
+    ids=[
+        "top-level-key",
+        "port",
+        "port-ranges",
+        "device",
+        "env-file",
+        "extends",
+        "duplicate-key",
+        "links",
+        "network-mode",
+        "size",
+        "duration",
+        "interpolation",
+        "no-image",
+        "cycle",
+        "included-file-value",
+        "included-file-path",
+    ],
+)
+def test_compose_errors_point_at_what_they_are_about(
+    tmp_path: Path, files: dict[str, str], where: tuple[str | int, ...], message: str
+) -> None:
+    """Compose names a path, a service, a reference or only a value: each is found in the
+    files as written, the included ones too, instead of 1:1 of the first file."""
+    for name, text in files.items():
+        write(tmp_path, name, text)
+    if len(where) == 2:
+        where = ("compose.yaml", *where)
+    with pytest.raises(ConfigError) as err:
+        load_project([tmp_path / "compose.yaml"], cwd=tmp_path)
+    [problem] = err.value.problems
+    assert problem.position is not None
+    pos = problem.position
+    assert (Path(pos.file).name, pos.line, pos.column) == where, problem.message
+    assert message in problem.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"include: [bomb.yaml]\n{SVC}",
+        "services:\n  a:\n    extends: {file: bomb.yaml, service: a}\n",
+    ],
+    ids=["include", "extends"],
+)
+def test_an_alias_bomb_in_a_file_compose_reads_for_us_is_refused_too(
+    tmp_path: Path, text: str
+) -> None:
+    """``include``d and ``extends``ed files written literally are read before Compose."""
+    (tmp_path / "bomb.yaml").write_bytes(_alias_bomb(levels=5))
+    path = write(tmp_path, "compose.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_project([path], cwd=tmp_path)
+    pos = err.value.problems[0].position
+    assert pos is not None
+    assert (Path(pos.file).name, pos.line, pos.column) == ("bomb.yaml", 7, 27)
