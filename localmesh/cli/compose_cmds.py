@@ -23,7 +23,7 @@ from localmesh.cli.config_cmds import (
     ProjectName,
     compose_options,
 )
-from localmesh.cli.output import console, err_console, print_error, print_json
+from localmesh.cli.output import console, print_error, print_json, print_warning
 from localmesh.compose import lifecycle
 from localmesh.compose.generate import (
     COMPOSE_FILE,
@@ -105,7 +105,7 @@ def _show(result: GenerateResult, cwd: Path) -> None:
             f"left alone: {escape(u.service)} ({escape(u.reason)})", highlight=False, soft_wrap=True
         )
     for w in plan.warnings:
-        err_console.print(f"[yellow]warning[/]: {escape(str(w))}", highlight=False, soft_wrap=True)
+        print_warning(w)
     if result.ca_created:
         console.print("created the local CA (`localmesh ca trust` makes this machine trust it)")
 
@@ -220,6 +220,8 @@ def _up(
     )
     with RichUi(console) as ui:
         result = lifecycle.up(options, ui)
+    for w in result.generated.plan.warnings:  # generate's, Compose's own among them
+        print_warning(w)
     if detach:
         _print_up(result)
         console.print("stop it with [bold]localmesh down[/]")

@@ -19,9 +19,8 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.markup import escape
 
-from localmesh.cli.output import console, err_console, print_json
+from localmesh.cli.output import console, print_json, print_warning
 from localmesh.compose.generate import engine_facts
 from localmesh.compose.project import (
     ComposeProject,
@@ -90,7 +89,10 @@ class ComposeArgs:
                 discover_files(working_directory(), self.env_files)
             except ConfigError:
                 return None
-        return load_project(self.files, self.env_files, self.project_name, self.profiles)
+        project = load_project(self.files, self.env_files, self.project_name, self.profiles)
+        for w in project.warnings:  # generate keeps them in the plan and prints them there
+            print_warning(w)
+        return project
 
 
 _COMPOSE_OPTIONS = [
@@ -319,7 +321,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[green]no findings[/]: {_summary(config)}", highlight=False)
             return
         for f in findings:
-            err_console.print(f"[yellow]warning[/]: {escape(str(f))}", highlight=False)
+            print_warning(f)
         console.print(f"{len(findings)} findings: {_summary(config)}", highlight=False)
 
 

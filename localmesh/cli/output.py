@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from localmesh.errors import ConfigError, LocalmeshError
+from localmesh.errors import ConfigError, Finding, LocalmeshError
 
 # Piped output is not cut to 80 columns (tables, status lines): a terminal's width, else
 # $COLUMNS, else wide enough for a log line.
@@ -22,6 +22,13 @@ err_console = Console(stderr=True)
 def print_json(data: Any) -> None:
     """Machine output: stable key order, one document on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def print_warning(finding: Finding) -> None:
+    """One line on stderr, never wrapped: a warning never fails a command."""
+    err_console.print(
+        f"[yellow]warning[/]: {escape(str(finding))}", highlight=False, soft_wrap=True
+    )
 
 
 def print_error(exc: LocalmeshError) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from localmesh.compose import addresses
@@ -115,6 +115,8 @@ class _Planner:
 
     def plan(self, requested: ipaddress.IPv4Network | None) -> Planned:
         self.check_reserved()
+        for w in self.project.warnings:  # Compose's own, first: they came first
+            self.findings.append(replace(w, position=relative(self.project, w.position)))
         if not self.engine.reachable:
             self.warn(
                 "no-engine",
@@ -354,7 +356,11 @@ class _Planner:
 def relative_position(project: ComposeProject, *path: str) -> Position | None:
     """Where the user wrote ``path``, the file relative to the project: plans stay
     machine-free (golden files, the same plan on every checkout)."""
-    found = project.position_of(*path)
+    return relative(project, project.position_of(*path))
+
+
+def relative(project: ComposeProject, found: Position | None) -> Position | None:
+    """``found`` with its file relative to the project directory, when it is inside."""
     if found is None:
         return None
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -363,3 +364,36 @@ def test_an_alias_bomb_in_a_file_compose_reads_for_us_is_refused_too(
     pos = err.value.problems[0].position
     assert pos is not None
     assert (Path(pos.file).name, pos.line, pos.column) == ("bomb.yaml", 7, 27)
+
+
+def test_compose_warnings_reach_the_user_at_what_they_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("TAG", "C"):
+        monkeypatch.delenv(var, raising=False)
+    write(tmp_path, "compose.yaml", 'version: "3.8"\n' + SVC + "    command: [run, '${TAG}']\n")
+    write(tmp_path, "compose.override.yaml", "services:\n  a:\n    environment: {C: $C}\n")
+    project = load_project(cwd=tmp_path)
+    found = [(w.code, w.message, w.position) for w in project.warnings]
+    assert [(m[:30], Path(p.file).name, p.line, p.column) for _, m, p in found if p] == [
+        ('The "TAG" variable is not set.', "compose.yaml", 5, 20),
+        ("the attribute `version` is obs", "compose.yaml", 1, 1),
+        ('The "C" variable is not set. D', "compose.override.yaml", 3, 22),
+    ]
+    assert {code for code, _, _ in found} == {"compose"}
+    env = {**os.environ, "LOCALMESH_HOME": str(tmp_path / "home")}
+    for command in (["generate"], ["validate"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "localmesh.cli.main", *command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert 'compose.yaml:5:20: The "TAG" variable is not set.' in done.stderr
+        assert "[compose]" in done.stderr
+    plan = json.loads((tmp_path / ".localmesh" / "plan.json").read_text())  # generate --json's
+    assert plan["warnings"][0]["file"] == "compose.yaml"  # relative: the plan is machine-free
+    assert plan["warnings"][0]["code"] == "compose"
