@@ -126,7 +126,7 @@ def generate(
         planned.plan, warnings=planned.plan.warnings + tuple(_leaky_builds(project, state))
     )
     planned = dataclasses.replace(planned, plan=plan)
-    files.ensure_private_dir(state)
+    _make_dir(state, "the state directory", "run generate where you can write", private=True)
     files.ensure_private_dir(state / RUNTIME_DIR)
     ca, ca_created = CertificateAuthority.init()
     certs = _container_certs(ca, state, mesh, plan)
@@ -291,7 +291,24 @@ def _output(path: Path, project: ComposeProject) -> Path:
             Problem(f"-o {path} exists and was not written by localmesh generate"),
             hint="name a new file, or remove this one if you no longer need it",
         )
+    _make_dir(path.parent, f"-o {path}", "name a file in a directory you can write to")
     return path
+
+
+def _make_dir(path: Path, what: str, hint: str, private: bool = False) -> None:
+    """Create ``path`` (and its parents) before anything is written, as a user error when
+    it cannot be: a read-only place, a file in the way."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise FileExistsError
+        if private:
+            files.ensure_private_dir(path)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        in_the_way = isinstance(exc, FileExistsError | NotADirectoryError)
+        why = "a file is in the way" if in_the_way else exc.strerror
+        raise LocalmeshError(f"{what}: cannot create the directory {path}: {why}", hint) from None
 
 
 def _generated(path: Path) -> bool:

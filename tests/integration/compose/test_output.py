@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,44 @@ def test_output_never_replaces_a_file_generate_did_not_write(project: Path, outp
         _generate(project, output)
     assert (project / "compose.yaml").read_text() == before
     assert (project / ".gitignore").read_text() == "node_modules/\n"
+
+
+@pytest.mark.parametrize(
+    ("output", "directory"),
+    [
+        ("notes.txt/meshed.yaml", "notes.txt"),
+        ("notes.txt/a/m.yaml", "notes.txt/a"),
+        (None, ".localmesh"),
+    ],
+    ids=["output-under-a-file", "output-deeper", "state-directory"],
+)
+def test_a_directory_generate_cannot_create_is_a_user_error(
+    project: Path, output: str | None, directory: str
+) -> None:
+    """One line and a hint, exit 2, nothing written; it was an internal error (exit 70)."""
+    (project / "notes.txt").write_text("mine\n")
+    if output is None:
+        (project / ".localmesh").write_text("a file where the state directory goes\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "localmesh.cli.main",
+            "generate",
+            *(["-o", output] if output else []),
+        ],
+        cwd=project,
+        env={**os.environ, "DOCKER_HOST": f"unix://{project}/no-engine.sock"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    error, hint = done.stderr.splitlines()
+    what = f"-o {project / output}" if output else "the state directory"
+    assert error == (
+        f"error: {what}: cannot create the directory {project / directory}: a file is in the way"
+    )
+    assert hint.startswith("hint: ")
+    assert (project / "notes.txt").read_text() == "mine\n"
+    assert output is None or not (project / ".localmesh").exists()
