@@ -23,7 +23,13 @@ from localmesh.cli.config_cmds import (
     ProjectName,
     compose_options,
 )
-from localmesh.cli.output import console, print_error, print_json, print_warning
+from localmesh.cli.output import (
+    console,
+    errors_as_json,
+    print_error,
+    print_json,
+    print_warning,
+)
 from localmesh.compose import lifecycle
 from localmesh.compose.generate import (
     COMPOSE_FILE,
@@ -133,22 +139,24 @@ def register(app: typer.Typer) -> None:
           docker compose -f .localmesh/compose.yaml config   # what it wrote
         """
         cwd = working_directory()
-        result = generate(
-            GenerateOptions(
-                files=compose.files,
-                env_files=compose.env_files,
-                project_name=compose.project_name,
-                profiles=compose.profiles,
-                mesh_file=mesh,
-                output=output,
-                base_image=base_image,
-                subnet=subnet,
-                cwd=cwd,
+        with errors_as_json(json):
+            result = generate(
+                GenerateOptions(
+                    files=compose.files,
+                    env_files=compose.env_files,
+                    project_name=compose.project_name,
+                    profiles=compose.profiles,
+                    mesh_file=mesh,
+                    output=output,
+                    base_image=base_image,
+                    subnet=subnet,
+                    cwd=cwd,
+                )
             )
-        )
         if json:
             print_json(
                 {
+                    "ok": True,
                     "compose_file": str(result.compose_file),
                     "plan_file": str(result.plan_file),
                     "changed": result.changed,

@@ -14,7 +14,7 @@ import typer
 
 from localmesh import __version__
 from localmesh.cli import ca_cmds, compose_cmds, config_cmds, runtime_cmds
-from localmesh.cli.output import err_console, print_error
+from localmesh.cli.output import INTERNAL_ERROR_EXIT, err_console, print_error
 from localmesh.errors import LocalmeshError
 
 app = typer.Typer(
@@ -98,7 +98,7 @@ def main() -> None:
             f"[bold red]internal error[/]: {type(exc).__name__}: {exc}", highlight=False
         )
         err_console.print("[yellow]hint[/]: rerun with --debug for the traceback and report it")
-        sys.exit(70)
+        sys.exit(INTERNAL_ERROR_EXIT)
 
 
 if __name__ == "__main__":

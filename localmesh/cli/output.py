@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
-from localmesh.errors import ConfigError, Finding, LocalmeshError
+from localmesh.errors import ConfigError, Finding, LocalmeshError, Problem
 
 # Piped output is not cut to 80 columns (tables, status lines): a terminal's width, else
 # $COLUMNS, else wide enough for a log line.
@@ -22,6 +24,44 @@ err_console = Console(stderr=True)
 def print_json(data: Any) -> None:
     """Machine output: stable key order, one document on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def errors_as_json(enabled: bool) -> Iterator[None]:
+    """With ``--json``, a failure is a JSON document on stdout too, so a script reading
+    stdout always gets one: ``{"ok": false, "exit_code", "hint", "problems": [...]}``, the
+    problems shaped as ``validate --json``'s. A user error exits with its code and prints
+    nothing else; an internal error is still reported by ``main`` (exit 70)."""
+    if not enabled:
+        yield
+        return
+    try:
+        yield
+    except LocalmeshError as exc:
+        print_json(_error_document(exc, exc.exit_code, exc.hint))
+        raise SystemExit(exc.exit_code) from None
+    except Exception as exc:
+        print_json(_error_document(exc, INTERNAL_ERROR_EXIT, None))
+        raise
+
+
+#: ``main``'s exit code for a bug (EX_SOFTWARE).
+INTERNAL_ERROR_EXIT = 70
+
+
+def _error_document(exc: Exception, code: int, hint: str | None) -> dict[str, object]:
+    if isinstance(exc, ConfigError):
+        problems = exc.problems
+    elif isinstance(exc, LocalmeshError):
+        problems = [Problem(exc.message)]
+    else:
+        problems = [Problem(f"internal error: {type(exc).__name__}: {exc}")]
+    return {
+        "ok": False,
+        "exit_code": code,
+        "hint": hint,
+        "problems": [p.as_dict() for p in problems],
+    }
 
 
 def print_warning(finding: Finding) -> None:

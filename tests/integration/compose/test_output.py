@@ -1,7 +1,9 @@
-"""Where ``generate`` writes: ``-o`` moves the compose file only, never onto a user's file."""
+"""Where and what ``generate`` writes: ``-o`` moves the compose file only, never onto a user's
+file; with ``--json``, errors are JSON too."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,3 +103,24 @@ def test_a_directory_generate_cannot_create_is_a_user_error(
     assert hint.startswith("hint: ")
     assert (project / "notes.txt").read_text() == "mine\n"
     assert output is None or not (project / ".localmesh").exists()
+
+
+def test_generate_json_errors_are_json_on_stdout(project: Path) -> None:
+    (project / "compose.yaml").write_text("services:\n  web:\n    image: nginx\n    portz: []\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "localmesh.cli.main", "generate", "--json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == ""
+    doc = json.loads(done.stdout)
+    assert (doc["ok"], doc["exit_code"], doc["hint"]) == (
+        False,
+        2,
+        "docker compose rejected the project",
+    )
+    [problem] = doc["problems"]
+    assert (problem["line"], problem["column"], problem["key"]) == (4, 5, "portz")
