@@ -27,6 +27,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from localmesh.compose import addresses
 from localmesh.compose.plan import (
@@ -77,10 +78,12 @@ class EngineFacts:
 
 @dataclass(frozen=True)
 class Planned:
-    """The plan, and the host entries each client gets (``(name, vip)``, sorted)."""
+    """The plan, the host entries each client gets (``(name, vip)``, sorted), and whether
+    the mesh network is ``internal`` (no way out of the host through it)."""
 
     plan: MeshPlan
     hosts: Mapping[str, tuple[tuple[str, str], ...]]
+    internal: bool = False
 
 
 def make_plan(
@@ -139,6 +142,7 @@ class _Planner:
             self.upstream(n, vips[n], names[n], learned.ports[n]) for n in sorted(meshed)
         )
         clients = tuple(Client(n, self.reach(n, meshed)) for n in sorted(meshed))
+        internal = self.internal(meshed)
         plan = MeshPlan(
             project=self.name,
             network=net,
@@ -148,7 +152,7 @@ class _Planner:
             unmeshed=tuple(Unmeshed(n, r) for n, r in sorted(unmeshed.items())),
             warnings=tuple(self.findings),
         )
-        return Planned(plan, hosts)
+        return Planned(plan, hosts, internal)
 
     def check_reserved(self) -> None:
         problems = [
@@ -308,6 +312,31 @@ class _Planner:
                 )
         return Upstream(name, vip, tuple(sorted(names)), plan_ports, unknown)
 
+    def internal(self, meshed: list[str]) -> bool:
+        """Whether the mesh network must be ``internal``: a meshed service only on internal
+        networks had no way out, and a plain bridge joined to it would give it one. Then
+        nothing but the mesh container needs one through the mesh network: it publishes its
+        ports through another network of the project, which must exist."""
+        networks = self.project.networks()
+        closed = {n for n, cfg in networks.items() if (cfg or {}).get("internal")}
+        confined = [s for s in sorted(meshed) if (nets := self.networks_of(s)) and nets <= closed]
+        if not confined:
+            return False
+        if any(n not in closed and joined_by_mesh(cfg) for n, cfg in networks.items()):
+            return True
+        theirs = sorted({n for s in confined for n in self.networks_of(s)})
+        self.warn(
+            "internal-network",
+            f"the mesh network is a plain bridge, so {', '.join(confined)} (on internal "
+            f"networks only: {', '.join(theirs)}) can reach outside through it; it cannot be "
+            "internal: the mesh container publishes its ports through it, and no other "
+            "network of the project can",
+            "networks",
+            theirs[0],
+            "internal",
+        )
+        return False
+
     def reach(self, client: str, meshed: list[str]) -> tuple[str, ...]:
         mine = self.networks_of(client)
         return tuple(u for u in sorted(meshed) if u != client and mine & self.networks_of(u))
@@ -368,6 +397,11 @@ def relative(project: ComposeProject, found: Position | None) -> Position | None
     except ValueError:
         return found
     return Position(rel.as_posix(), found.line, found.column)
+
+
+def joined_by_mesh(cfg: Mapping[str, Any] | None) -> bool:
+    """Whether the mesh container joins a network of the project: all but host and none."""
+    return str((cfg or {}).get("driver") or "") not in ("host", "none")
 
 
 def _ipv4(text: str) -> ipaddress.IPv4Network | None:

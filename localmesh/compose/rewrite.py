@@ -30,7 +30,7 @@ from localmesh.ca.containers import (
     SERVICES_DIR,
     ContainerCerts,
 )
-from localmesh.compose.planner import MESH_KEY, Planned
+from localmesh.compose.planner import MESH_KEY, Planned, joined_by_mesh
 from localmesh.compose.project import GENERATED_MARKER
 
 CONTAINER_PLAN = "/etc/localmesh/plan.json"
@@ -90,6 +90,7 @@ def rewrite(
     networks[MESH_KEY] = {
         "name": net.name,
         "driver": "bridge",
+        **({"internal": True} if planned.internal else {}),
         "ipam": {
             "config": [{"subnet": net.subnet, "ip_range": net.ip_range, "gateway": net.gateway}]
         },
@@ -211,7 +212,7 @@ def _mesh_service(model: Mapping[str, Any], planned: Planned, mesh: MeshService)
     ]
     networks: dict[str, Any] = {MESH_KEY: {"ipv4_address": plan.network.mesh_ip}}
     for net_name, cfg in (model.get("networks") or {}).items():
-        if str((cfg or {}).get("driver") or "") not in ("host", "none"):
+        if joined_by_mesh(cfg):
             networks[net_name] = None
     svc["networks"] = networks
     return svc

@@ -155,6 +155,34 @@ def test_the_engine_runs_the_generated_project(
     assert docker("network", "ls", "-q", "--filter", f"name={result.plan.network.name}") == ""
 
 
+def test_an_internal_network_keeps_its_services_in(
+    docker_engine: str, tmp_path: Path, unique: str
+) -> None:
+    """db had no way out of the host (its only network is internal): joined to the mesh
+    network it would have had one, so the engine creates that network internal too."""
+    project = tmp_path / "p"
+    project.mkdir()
+    run = f"image: {docker_engine}\n    command: [sleep, infinity]"
+    (project / "compose.yaml").write_text(
+        f"name: {unique}\nservices:\n"
+        f"  app:\n    {run}\n    networks: [front, back]\n"
+        f"  db:\n    {run}\n    networks: [back]\n"
+        "networks:\n  front: {}\n  back: {internal: true}\n"
+    )
+    result = generate(
+        GenerateOptions(cwd=project, base_image=docker_engine), image_tag=docker_engine
+    )
+    compose = [*compose_command(), "-f", str(result.compose_file)]
+    try:
+        subprocess.run([*compose, "create"], check=True, capture_output=True, cwd=project)
+        mesh_net = json.loads(docker("network", "inspect", result.plan.network.name))[0]
+        assert mesh_net["Internal"] is True
+        front = json.loads(docker("network", "inspect", f"{unique}_front"))[0]
+        assert front["Internal"] is False  # the mesh container publishes its ports here
+    finally:
+        subprocess.run([*compose, "down", "-t", "0"], capture_output=True, check=False, cwd=project)
+
+
 def _digest(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -197,3 +197,34 @@ def test_user_subnets_and_engine_networks_are_avoided() -> None:
 )
 def test_replicas(svc: dict[str, Any], count: int) -> None:
     assert replicas(svc) == count
+
+
+@pytest.mark.parametrize(
+    ("networks", "internal", "warned"),
+    [
+        ({"front": {}, "back": {"internal": True}}, True, False),  # db had no way out
+        ({"front": {}, "back": {}}, False, False),  # nobody is confined
+        ({"front": {"internal": True}, "back": {"internal": True}}, False, True),
+        ({"front": {"driver": "none"}, "back": {"internal": True}}, False, True),
+    ],
+    ids=["confined", "open", "all-internal", "no-network-to-publish-through"],
+)
+def test_an_internal_networks_isolation_survives_the_mesh(
+    networks: dict[str, Any], internal: bool, warned: bool
+) -> None:
+    """A service only on internal networks must not reach outside through the mesh network:
+    it becomes internal too, unless the mesh container has no other network to publish
+    its ports through; then the mesh network stays a bridge and says so."""
+    proj = project(
+        {
+            "app": {"networks": {"front": None, "back": None}},
+            "db": {"networks": {"back": None}},
+        },
+        networks,
+    )
+    planned = plan(proj)
+    assert planned.internal is internal
+    assert ("internal-network" in codes(planned)) is warned
+    if warned:
+        [w] = [w for w in planned.plan.warnings if w.code == "internal-network"]
+        assert "(on internal networks only: back" in w.message
