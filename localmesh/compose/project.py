@@ -371,12 +371,12 @@ def _read_all(paths: Sequence[Path]) -> dict[Path, RawFile]:
         path, extended = pending.pop(0)
         if path in raw or not path.is_file():  # Compose reports a missing one itself
             continue
-        raw[path] = dataclasses.replace(read_raw(path), extended=extended)
+        raw[path] = dataclasses.replace(_read_raw(path), extended=extended)
         pending += raw[path].references(path)
     return raw
 
 
-def read_raw(path: Path) -> RawFile:
+def _read_raw(path: Path) -> RawFile:
     """``path``'s positions; a ConfigError where YAML cannot read it or it is too large."""
     data = path.read_bytes()
     try:
