@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from localmesh.errors import ConfigError, Finding, LocalmeshError, Problem
+from localmesh.errors import ConfigError, Finding, LocalmeshError, Problem, RuntimeStartError
 
 # Piped output is not cut to 80 columns (tables, status lines): a terminal's width, else
 # $COLUMNS, else wide enough for a log line.
@@ -77,7 +77,12 @@ def print_error(exc: LocalmeshError) -> None:
     User text is escaped (a key like ``[/x]`` must not be read as markup) and never
     wrapped, so each problem stays one greppable line in CI logs.
     """
-    lines = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [exc.message]
+    if isinstance(exc, ConfigError):
+        lines = [str(p) for p in exc.problems]
+    elif isinstance(exc, RuntimeStartError) and exc.position is not None:
+        lines = [f"{exc.position}: {exc.message}"]  # a bind failure at its mesh.yaml line
+    else:
+        lines = [exc.message]
     for line in lines:
         err_console.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
     if exc.hint:

@@ -45,6 +45,7 @@ from localmesh.config.model import (
     HealthCheckKind,
     Ingress,
     IngressHost,
+    IngressPositions,
     LbPolicy,
     Limits,
     LoadBalancer,
@@ -1843,10 +1844,14 @@ def _policy_path(r: _Reader, node: Node, path: str) -> StringMatch | None:
     return _read_string_match(r, node, path, is_path=True)
 
 
-def _read_ingress(r: _Reader, node: Node) -> Ingress:
+def _read_ingress(r: _Reader, key: Scalar, node: Node) -> Ingress:
     fields = r.mapping(node, "ingress", INGRESS_KEYS)
     if fields is None:
         return Ingress()
+
+    def at(name: str) -> Position | None:
+        return fields[name][1].position if name in fields else None
+
     got = r.each(
         fields,
         "ingress",
@@ -1866,12 +1871,13 @@ def _read_ingress(r: _Reader, node: Node) -> Ingress:
         got["extra_cert_hosts"] = tuple(hosts)
     if "hosts" in fields:
         got["hosts"] = _read_hosts(r, fields["hosts"][1])
+    got["positions"] = IngressPositions(key.position, at("https_port"), at("http_port"), at("bind"))
     ingress = Ingress(**got)  # type: ignore[arg-type]
     if ingress.https_port == ingress.http_port:
-        key = "https_port" if "https_port" in fields else "http_port"
+        clash = "https_port" if "https_port" in fields else "http_port"
         r.error(
-            fields[key][1],
-            f"ingress.{key}",
+            fields[clash][1],
+            f"ingress.{clash}",
             f"https_port and http_port are both {ingress.http_port}",
         )
     return ingress
@@ -1976,7 +1982,7 @@ def parse_mesh_text(
         if "policies" in fields:
             policies = _read_policies(r, fields["policies"][1])
         if "ingress" in fields:
-            ingress = _read_ingress(r, fields["ingress"][1])
+            ingress = _read_ingress(r, *fields["ingress"])
     services = _merge_with_compose(r, drafts, project, image_ports)
     _check_references(r, services, drafts)
     policies = _expand_targets(policies, services)

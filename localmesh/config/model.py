@@ -315,6 +315,17 @@ class IngressHost:
 
 
 @dataclass(frozen=True, slots=True)
+class IngressPositions:
+    """Where the ingress' socket settings are written (None: left at the default), so a
+    failed bind points at the line to change, as a service's ``listen:`` does."""
+
+    section: Position | None = None  # the ``ingress:`` key
+    https_port: Position | None = None
+    http_port: Position | None = None
+    bind: Position | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ingress:
     hosts: tuple[IngressHost, ...] = ()
     https_port: int = 8443
@@ -322,6 +333,7 @@ class Ingress:
     redirect_http: bool = True  # plain HTTP answers 308 to HTTPS
     bind: str = "0.0.0.0"
     extra_cert_hosts: tuple[str, ...] = ()
+    positions: IngressPositions = field(default_factory=IngressPositions, compare=False)
 
 
 class PeerAuthMode(StrEnum):

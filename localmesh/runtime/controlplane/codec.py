@@ -137,7 +137,9 @@ def content_hash(snapshot: Snapshot) -> str:
 
 def _strip_positions(data: Json) -> Json:
     if isinstance(data, dict):
-        return {k: _strip_positions(v) for k, v in data.items() if k != "position"}
+        return {
+            k: _strip_positions(v) for k, v in data.items() if k not in ("position", "positions")
+        }
     if isinstance(data, list):
         return [_strip_positions(v) for v in data]
     return data

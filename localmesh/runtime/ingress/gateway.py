@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -65,6 +66,8 @@ HTTPS_LISTENER = "ingress-https"
 HTTP_LISTENER = "ingress-http"
 BACKLOG = 1024
 MISDIRECTED_MEMO = 1024
+#: bind() errors that blame the address (not this machine's), not the port.
+_NOT_AN_ADDRESS = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
 
 CertificateSource = CertificateAuthority | MountedCertificates
 CALoader = Callable[[], CertificateSource]
@@ -377,11 +380,22 @@ def _port(ingress: Ingress, https: bool) -> tuple[str, int]:
 
 
 def _bind_or_explain(bind: Callable[[], tuple[str, int]], ingress: Ingress, what: str) -> None:
+    """Bind, or raise a ``RuntimeStartError`` at the mesh.yaml line to change: ``bind`` when
+    the address is not this machine's, else the port (each falls back to ``ingress:``)."""
     try:
         bind()
     except OSError as exc:
+        port_key = f"{what.lower()}_port"
         port = ingress.https_port if what == "HTTPS" else ingress.http_port
+        at = ingress.positions
+        if isinstance(exc, socket.gaierror) or exc.errno in _NOT_AN_ADDRESS:
+            position = at.bind or at.section
+            hint = "ingress.bind must be an address of this machine (0.0.0.0: all of them)"
+        else:
+            position = (at.https_port if what == "HTTPS" else at.http_port) or at.section
+            hint = f"another process holds the port; set ingress.{port_key} to a free one"
         raise RuntimeStartError(
             f"the ingress cannot listen on {ingress.bind}:{port} ({what}): {exc.strerror or exc}",
-            hint=f"another process holds the port; set ingress.{what.lower()}_port to a free one",
+            hint=hint,
+            position=position,
         ) from exc

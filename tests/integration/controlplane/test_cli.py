@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,6 +171,27 @@ def test_run_with_a_broken_mesh_and_no_state_exits_2_with_the_position(tmp_path:
     checked = localmesh("validate", "--no-compose", "--mesh", str(mesh))
     assert checked.returncode == 2
     assert f"{mesh}:2:3: api:60000: no default host-mode listener" in checked.stderr
+
+
+def test_run_whose_port_is_taken_exits_3_with_the_position(
+    tmp_path: Path, backend: HttpBackend
+) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        mesh.write_text(mesh_yaml(taken.getsockname()[1], backend))
+        done = subprocess.run(
+            [*LOCALMESH, "run", "--mesh", str(mesh), "--admin", f"127.0.0.1:{free_port()}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 3
+    # at the port's listen: value, as a rejected reload says it
+    assert f"error: {mesh}:5:34: listener api:8000: cannot listen on" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_client_commands_say_when_no_runtime_answers() -> None:

@@ -35,7 +35,7 @@ from localmesh.runtime.ingress.gateway import HTTP_LISTENER, HTTPS_LISTENER, Ing
 from localmesh.runtime.ingress.identity import client_identity
 from localmesh.runtime.snapshot import Snapshot
 from localmesh.runtime.telemetry import AccessLog, MeshMetrics
-from tests.integration.controlplane.support import running
+from tests.integration.controlplane.support import running, until, write_atomic
 from tests.integration.ingress.support import (
     LoopbackResolver,
     client_context,
@@ -607,6 +607,78 @@ async def test_the_runtime_serves_the_ingress_and_closes_it(
     for port in (https, http):
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
+
+
+@contextlib.contextmanager
+def holding(port: int) -> Iterator[None]:
+    """Keep 127.0.0.1:``port`` from being bound, by listening on it unless another process
+    already does."""
+    with socket.socket() as sock:
+        with contextlib.suppress(OSError):  # taken already: just as unusable
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        yield
+
+
+def edge_mesh(backend: int, listen: int, ingress: str) -> str:
+    """A one-service mesh.yaml whose ``ingress:`` section starts on line 5."""
+    return (
+        "services:\n"
+        "  web:\n"
+        f'    ports: [{{port: 8000, listen: "127.0.0.1:{listen}"}}]\n'
+        f'    endpoints: ["127.0.0.1:{backend}"]\n'
+        f"ingress:\n{ingress}"
+        "  hosts: [{host: shop.localhost, routes: [{name: web, route: [web]}]}]\n"
+    )
+
+
+async def test_a_reload_whose_ingress_cannot_bind_points_at_the_setting(
+    local_ca: CertificateAuthority, http_backend: HttpBackend, tmp_path: Path
+) -> None:
+    """A port taken: the problem is at that port's value; an address that is not this
+    machine's: at ``bind``; left at a default: at ``ingress:``. The old edge keeps serving."""
+    https, http, listen = free_port(), free_port(), free_port()
+    mesh = tmp_path / "mesh.yaml"
+
+    def write(ingress: str) -> None:
+        write_atomic(mesh, edge_mesh(http_backend.port, listen, ingress))
+
+    write(f"  bind: 127.0.0.1\n  https_port: {https}\n  http_port: {http}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        async with running(mesh, tmp_path / "state") as runtime:
+            plane = runtime.plane
+            assert plane is not None
+
+            async def rejected(ingress: str) -> dict[str, Any]:
+                before = plane.counters.rejected
+                write(ingress)
+                await until(lambda: plane.counters.rejected > before, what="a rejection")
+                [problem] = plane.status()["last_error"]["problems"]
+                return problem  # type: ignore[no-any-return]
+
+            problem = await rejected(
+                f"  bind: 127.0.0.1\n  https_port: {busy}\n  http_port: {http}\n"
+            )
+            assert (problem["file"], problem["line"], problem["column"]) == (str(mesh), 7, 15)
+            assert "address already in use" in problem["message"].lower()
+            assert "ingress.https_port" in problem["hint"]
+
+            problem = await rejected(
+                f"  bind: 192.0.2.1\n  https_port: {https}\n  http_port: {http}\n"
+            )  # TEST-NET-1: never an address of this machine
+            assert (problem["line"], problem["column"]) == (6, 9)
+            assert "ingress.bind" in problem["hint"]
+
+            with holding(8080):  # http_port left at its default
+                problem = await rejected(f"  bind: 127.0.0.1\n  https_port: {https}\n")
+            assert (problem["line"], problem["column"]) == (5, 1)
+
+            ctx = client_context(local_ca)
+            async with session() as s, s.get(f"https://shop.localhost:{https}/", ssl=ctx) as r:
+                assert r.status == 200
 
 
 # -- TLS origination ------------------------------------------------------------------------
