@@ -8,11 +8,14 @@ Life of a config change::
         ─▶ apply(snapshot)  RuntimeStartError ─┘  kept in status/events, metric++;
         ─▶ active: persisted as last good, event "snapshot"   traffic stays on the old one
 
-Any other exception from load or compile is a bug, but still only a rejected reload
-(logged with its traceback): the watch never dies of it, and the old snapshot serves.
+Any other exception from load, compile or apply is a bug, but still only a rejected
+reload (logged with its traceback): the watch and discovery never die of it, and the old
+snapshot serves.
 
 The data plane's ``apply`` swaps atomically or raises and keeps its old state, so at every
-moment exactly one snapshot serves, and a failure anywhere above leaves it in place.
+moment exactly one snapshot serves, and a failure anywhere above leaves it in place. A bug
+may break that promise half-way through a commit, so after an unexpected exception the
+active snapshot is applied again.
 
 At start, a mesh.yaml that does not load or compile (for any reason) falls back to the
 inputs persisted by the last run (``LastGoodStore``): the runtime serves them, says so in
@@ -120,7 +123,7 @@ async def load_initial(source: Source, store: LastGoodStore | None) -> Initial:
     except Exception as exc:
         if persisted is None:
             raise
-        return Initial(None, _as_rejection(exc, source.label), persisted, seen)
+        return Initial(None, _as_rejection(exc, f"loading {source.label}"), persisted, seen)
     return Initial(loaded, None, persisted, seen)
 
 
@@ -261,7 +264,7 @@ class ControlPlane:
             except Exception as exc:
                 if persisted is None:
                     raise
-                error = _as_rejection(exc, self.source.label)
+                error = _as_rejection(exc, f"loading {self.source.label}")
             else:
                 await self._apply(snapshot)
                 self._watch.reset([*seen, *initial.loaded.files], seen)
@@ -305,7 +308,7 @@ class ControlPlane:
                 snapshot = self._compile(loaded.inputs, version, self.source.label)
             except Exception as exc:
                 self._watch.reset([*paths, *_problem_files(exc)], seen)
-                self._reject(_as_rejection(exc, self.source.label), trigger)
+                self._reject(_as_rejection(exc, f"loading {self.source.label}"), trigger)
                 return False
             self._watch.reset([*(p.absolute() for p in self.source.paths()), *loaded.files], seen)
             published = await self._publish(snapshot, loaded.inputs, trigger)
@@ -323,7 +326,7 @@ class ControlPlane:
             try:
                 snapshot = self._compile(inputs, self._next_version(), "discovery")
             except Exception as exc:
-                self._reject(_as_rejection(exc, _DISCOVERY), _DISCOVERY)
+                self._reject(_as_rejection(exc, f"compiling the {_DISCOVERY} update"), _DISCOVERY)
                 return False
             return await self._publish(snapshot, inputs, _DISCOVERY, from_discovery=True)
 
@@ -380,6 +383,10 @@ class ControlPlane:
         except RuntimeStartError as exc:
             self._reject(exc, trigger)
             return False
+        except Exception as exc:
+            self._reject(_as_rejection(exc, f"applying snapshot {snapshot.version}"), trigger)
+            await self._restore()
+            return False
         from_persisted = from_discovery and active is not None and active.from_persisted
         self._activate(snapshot, inputs, from_persisted=from_persisted)
         self._succeeded(from_discovery)
@@ -387,6 +394,16 @@ class ControlPlane:
             assert self._active is not None
             self._active.persisted_created = active.persisted_created
         return True
+
+    async def _restore(self) -> None:
+        """Apply the active snapshot again after a failed apply that was a bug: an apply
+        raises before it commits, but a bug may have struck half-way through the commit."""
+        if self._active is None:
+            return
+        try:
+            await self._apply(self._active.snapshot)
+        except Exception:
+            log.exception("could not apply snapshot %d again", self._active.snapshot.version)
 
     def _activate(self, snapshot: Snapshot, inputs: Inputs, *, from_persisted: bool) -> None:
         self._active = _Active(snapshot, inputs, time.time(), from_persisted)
@@ -454,7 +471,7 @@ class ControlPlane:
         self.metrics.config_reload(False)
         current = self._active.snapshot.version if self._active else None
         keep = f"still serving version {current}" if current else "nothing active yet"
-        for problem in problems or (Problem(exc.message),):
+        for problem in problems or (Problem(exc.message, hint=exc.hint),):
             log.error("config rejected (%s; %s): %s", trigger, keep, problem)
         self.events.emit("rejected", trigger=trigger, active_version=current, **_error(exc))
 
@@ -464,13 +481,13 @@ def _problem_files(exc: BaseException) -> list[Path]:
     return [Path(p.position.file).absolute() for p in problems if p.position is not None]
 
 
-def _as_rejection(exc: Exception, what: str) -> LocalmeshError:
-    """A load or compile failure as a rejection; a bug's traceback goes to the log."""
+def _as_rejection(exc: Exception, doing: str) -> LocalmeshError:
+    """A load, compile or apply failure as a rejection; a bug's traceback goes to the log."""
     if isinstance(exc, LocalmeshError):
         return exc
-    log.error("unexpected error loading %s", what, exc_info=exc)
+    log.error("unexpected error %s", doing, exc_info=exc)
     return LocalmeshError(
-        f"unexpected error loading {what}: {exc!r}",
+        f"unexpected error {doing}: {exc!r}",
         hint="a bug in localmesh (traceback in the log); the last good config keeps serving",
     )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from localmesh.ca.authority import ROOT_CERT, CertificateAuthority
 from localmesh.errors import ConfigError
 from tests.integration.controlplane.support import (
     Load,
@@ -145,6 +146,49 @@ async def test_restart_with_a_broken_mesh_serves_the_persisted_snapshot(
         await until(lambda: runtime.plane is not None and not runtime.plane.serving_persisted)
         async with session.get(f"http://127.0.0.1:{port}/echo") as r:
             assert r.headers["x-version"] == "fixed"
+
+
+async def test_a_bug_in_the_data_planes_apply_is_a_rejection_and_the_old_snapshot_serves(
+    tmp_path: Path,
+    backends: list[HttpBackend],
+    local_ca: CertificateAuthority,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception no one expected from ``apply`` (here: a damaged CA file the ingress
+    loads when a reload adds it, which cryptography refuses with a ValueError) is logged
+    with its traceback and shown in /status; the runtime keeps serving and reloading."""
+    (local_ca.directory / ROOT_CERT).write_text(
+        "-----BEGIN CERTIFICATE-----\ndamaged\n-----END CERTIFICATE-----\n"
+    )
+    mesh = tmp_path / "mesh.yaml"
+    port = free_port()
+    good = mesh_text(port, backends[:1], "1")
+    mesh.write_text(good)
+    ingress = (
+        f"ingress:\n  bind: 127.0.0.1\n  https_port: {free_port()}\n  http_port: {free_port()}\n"
+        "  hosts: [{host: shop.localhost, routes: [{name: api, route: [api]}]}]\n"
+    )
+    async with running(mesh, tmp_path / "state") as runtime, aiohttp.ClientSession() as session:
+        plane = runtime.plane
+        assert plane is not None
+        write_atomic(mesh, good + ingress)
+        await until(lambda: plane.last_error is not None, what="a rejection")
+        doc = await status(session, admin_url(runtime))
+        assert doc["last_error"]["message"].startswith(
+            "unexpected error applying snapshot 2: ValueError("
+        )
+        assert doc["snapshot"]["version"] == 1
+        assert doc["ready"] is True
+        [logged] = [r for r in caplog.records if r.getMessage().startswith("unexpected error")]
+        assert logged.exc_info is not None
+        async with session.get(f"http://127.0.0.1:{port}/echo") as r:
+            assert r.status == 200
+            assert r.headers["x-version"] == "1"
+        # still reloading: the watch survived
+        write_atomic(mesh, mesh_text(port, backends[:1], "3"))
+        await until(lambda: plane.last_error is None, what="the next edit applied")
+        async with session.get(f"http://127.0.0.1:{port}/echo") as r:
+            assert r.headers["x-version"] == "3"
 
 
 async def test_no_valid_config_and_nothing_persisted_does_not_start(tmp_path: Path) -> None:
