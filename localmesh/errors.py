@@ -15,7 +15,6 @@ only with ``--debug``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 
@@ -76,20 +75,6 @@ class ConfigError(LocalmeshError):
         first = self.problems[0]
         more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
         super().__init__(f"{first}{more}", hint)
-
-    def relative_to(self, directory: str) -> ConfigError:
-        """The same problems with files under ``directory`` named relative to it: the mesh
-        container reads mesh.yaml where it is mounted, the user knows it by its own name."""
-        prefix = directory.rstrip("/") + "/"
-
-        def move(problem: Problem) -> Problem:
-            pos = problem.position
-            if pos is None or not pos.file.startswith(prefix):
-                return problem
-            moved = dataclasses.replace(pos, file=pos.file[len(prefix) :])
-            return dataclasses.replace(problem, position=moved)
-
-        return ConfigError([move(p) for p in self.problems], self.hint)
 
 
 class ComposeError(LocalmeshError):

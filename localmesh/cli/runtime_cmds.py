@@ -227,6 +227,15 @@ def register(app: typer.Typer) -> None:
                 "the plan).",
             ),
         ] = None,
+        mesh_host_path: Annotated[
+            str | None,
+            typer.Option(
+                "--mesh-host-path",
+                metavar="PATH",
+                help="Container mode: where --mesh is on the host, to name it so in errors "
+                "(generate sets it).",
+            ),
+        ] = None,
     ) -> None:
         """Run the mesh runtime in host mode: listeners, control plane, admin API.
 
@@ -258,6 +267,7 @@ def register(app: typer.Typer) -> None:
             mesh=mesh,
             plan=plan,
             project=project,
+            mesh_host_path=mesh_host_path,
             state_dir=state_dir,
             admin=admin,
             access_log=access_log,

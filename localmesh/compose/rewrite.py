@@ -197,6 +197,8 @@ def _mesh_service(model: Mapping[str, Any], planned: Planned, mesh: MeshService)
     if mesh.mesh_file is not None:
         volumes.append(_bind(mesh.mesh_file.parent, CONTAINER_MESH_DIR))
         command += ["--mesh", f"{CONTAINER_MESH_DIR}/{mesh.mesh_file.name}"]
+        # errors name the file the user edits, not the mount
+        command += ["--mesh-host-path", str(mesh.mesh_file)]
     svc["command"] = command
     svc["volumes"] = volumes
     svc["ports"] = [

@@ -2033,22 +2033,28 @@ def load_mesh_file(
     image_ports: ImagePorts | None = None,
     *,
     empty_ok: bool = True,
+    shown_as: str | None = None,
 ) -> MeshConfig:
-    """Read and validate a mesh.yaml file (see parse_mesh_text)."""
+    """Read and validate a mesh.yaml file (see parse_mesh_text).
+
+    ``shown_as`` names the file in positions and messages instead of ``path``: the mesh
+    container reads mesh.yaml where it is mounted, the user knows it by its host path.
+    """
+    name = shown_as or str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            Problem(f"mesh file not found: {path}"),
+            Problem(f"mesh file not found: {name}"),
             hint="run `localmesh init` to write one, or pass --mesh PATH",
         ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            Problem(f"{path} is not UTF-8 text: {exc.reason}", Position(str(path), 1, 1))
+            Problem(f"{name} is not UTF-8 text: {exc.reason}", Position(name, 1, 1))
         ) from None
     except OSError as exc:
-        raise ConfigError(Problem(f"cannot read {path}: {exc.strerror}")) from None
-    return parse_mesh_text(text, str(path), project, image_ports, empty_ok=empty_ok)
+        raise ConfigError(Problem(f"cannot read {name}: {exc.strerror}")) from None
+    return parse_mesh_text(text, name, project, image_ports, empty_ok=empty_ok)
 
 
 def _merge_with_compose(

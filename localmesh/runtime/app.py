@@ -99,6 +99,7 @@ class RunOptions:
     poll_interval: float = 0.25
     plan: Path | None = None  # container mode when set
     project: Path | None = None
+    mesh_host_path: str | None = None  # container mode: mesh.yaml as the user knows it
 
     @property
     def container(self) -> bool:
@@ -115,7 +116,9 @@ class RunOptions:
     def source(self) -> Source:
         if self.plan is not None:
             project = self.project or self.plan.parent / "project.json"
-            return ContainerSource(self.plan, project, self.mesh, INTERCEPT_PORT)
+            return ContainerSource(
+                self.plan, project, self.mesh, INTERCEPT_PORT, self.mesh_host_path
+            )
         if self.mesh is None:
             raise RuntimeStartError("host mode needs --mesh PATH", hint="or pass --plan")
         return MeshFileSource(self.mesh)

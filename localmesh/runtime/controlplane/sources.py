@@ -40,14 +40,27 @@ class MeshFileSource:
 
 class ContainerSource:
     """Container mode: the plan and normalised project ``generate`` wrote, and mesh.yaml
-    (or, without one, the mesh inferred from the project)."""
+    (or, without one, the mesh inferred from the project).
 
-    def __init__(self, plan: Path, project: Path, mesh: Path | None, intercept_port: int) -> None:
+    mesh.yaml is read where it is mounted and named by ``mesh_host_path``, its path on the
+    host (``generate`` passes it), so every position the user sees (load, compile and bind
+    errors, ``/config``) names the file they edit; without it, by its bare name.
+    """
+
+    def __init__(
+        self,
+        plan: Path,
+        project: Path,
+        mesh: Path | None,
+        intercept_port: int,
+        mesh_host_path: str | None = None,
+    ) -> None:
         self.plan_path = plan.absolute()
         self.project_path = project.absolute()
         self.mesh_path = mesh.absolute() if mesh else None
         self.intercept_port = intercept_port
         self.label = self.mesh_path.name if self.mesh_path else "inferred mesh"
+        self.mesh_shown_as = mesh_host_path or self.label
 
     def paths(self) -> tuple[Path, ...]:
         return tuple(p for p in (self.mesh_path, self.plan_path, self.project_path) if p)
@@ -56,19 +69,16 @@ class ContainerSource:
         plan = load_plan(self.plan_path)
         project = load_project_json(self.project_path)
         if self.mesh_path is not None:
-            try:
-                config = load_mesh_file(
-                    self.mesh_path,
-                    project,
-                    image_ports=plan_image_ports(plan, project),
-                    empty_ok=not reloading,
-                )
-            except ConfigError as exc:  # named as the user knows it, not where it is mounted
-                raise exc.relative_to(str(self.mesh_path.parent)) from None
+            config = load_mesh_file(
+                self.mesh_path,
+                project,
+                image_ports=plan_image_ports(plan, project),
+                empty_ok=not reloading,
+                shown_as=self.mesh_shown_as,
+            )
         else:
             config = infer_mesh(project, plan_image_ports(plan, project))
         config = with_isolation(config, plan)
-        files = {*self.paths(), *(p.absolute() for p in config_files(config))}
         inputs = Inputs(
             config,
             project,
@@ -77,7 +87,8 @@ class ContainerSource:
             if any(u.unknown_ports for u in plan.upstreams)
             else None,
         )
-        return Loaded(inputs, tuple(sorted(files)))
+        # positions name the host path, which does not exist in here: watch the mounts
+        return Loaded(inputs, tuple(sorted(self.paths())))
 
 
 def plan_image_ports(plan: MeshPlan, project: ComposeProject) -> dict[str, list[str]]:

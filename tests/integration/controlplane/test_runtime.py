@@ -8,16 +8,23 @@ zero failed requests, and a restart with a broken file serves the persisted snap
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Iterator
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from localmesh.ca.authority import ROOT_CERT, CertificateAuthority
-from localmesh.errors import ConfigError
+from localmesh.compose.plan import Client, MeshPlan, PlanPort, PublishedPorts, Upstream
+from localmesh.compose.planner import mesh_network
+from localmesh.config.model import Protocol
+from localmesh.errors import ConfigError, Position, RuntimeStartError
+from localmesh.runtime.app import RunOptions, Runtime
+from localmesh.runtime.controlplane.sources import ContainerSource
 from tests.integration.controlplane.support import (
     Load,
     admin_url,
@@ -189,6 +196,37 @@ async def test_a_bug_in_the_data_planes_apply_is_a_rejection_and_the_old_snapsho
         await until(lambda: plane.last_error is None, what="the next edit applied")
         async with session.get(f"http://127.0.0.1:{port}/echo") as r:
             assert r.headers["x-version"] == "3"
+
+
+async def test_container_mode_names_a_listener_it_cannot_bind_by_the_host_path(
+    tmp_path: Path,
+) -> None:
+    """The mesh container's inputs outside one: its listeners want their VIPs, which this
+    machine does not have, so the first apply fails at the port's line of mesh.yaml, named
+    by the path generate says it has on the host, not by where it is mounted."""
+    plan = MeshPlan(
+        project="shop",
+        network=mesh_network("shop_localmesh", IPv4Network("10.213.8.0/22")),
+        published=PublishedPorts(admin=15000),
+        upstreams=(Upstream("api", "10.213.9.7", ("api",), (PlanPort(8000, Protocol.HTTP),)),),
+        clients=(Client("web", ("api",)),),
+    )
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    project = {"name": "shop", "services": {"web": {"image": "web"}, "api": {"image": "api"}}}
+    (tmp_path / "project.json").write_text(json.dumps(project))
+    mounted = tmp_path / "mesh.d" / "mesh.yaml"
+    mounted.parent.mkdir()
+    mounted.write_text("services:\n  api:\n    ports: [8000]\n")
+    host_path = "/home/dev/shop/mesh.yaml"
+    source = ContainerSource(
+        tmp_path / "plan.json", tmp_path / "project.json", mounted, 15001, host_path
+    )
+    options = RunOptions(mesh=mounted, state_dir=tmp_path / "state", admin="127.0.0.1:0")
+    runtime = Runtime(options, source=source)
+    with pytest.raises(RuntimeStartError) as info:
+        await runtime.start()
+    assert "listener api:8000: cannot listen on 10.213.9.7:8000" in info.value.message
+    assert info.value.position == Position(host_path, 3, 13)
 
 
 async def test_no_valid_config_and_nothing_persisted_does_not_start(tmp_path: Path) -> None:

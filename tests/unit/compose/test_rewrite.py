@@ -134,7 +134,13 @@ def test_mesh_service_from_the_template() -> None:
 def test_mesh_file_is_mounted_by_directory_and_ingress_ports_published() -> None:
     config = MeshConfig(ingress=Ingress(hosts=(IngressHost("app.localhost", ()),)))
     mesh = run(Path("/p/conf/mesh.yaml"), config)["services"]["localmesh"]
-    assert mesh["command"][-2:] == ["--mesh", "/etc/localmesh/mesh.d/mesh.yaml"]
+    # read where it is mounted, named in errors by the path the user edits
+    assert mesh["command"][-4:] == [
+        "--mesh",
+        "/etc/localmesh/mesh.d/mesh.yaml",
+        "--mesh-host-path",
+        "/p/conf/mesh.yaml",
+    ]
     mount = next(v for v in mesh["volumes"] if v["target"] == "/etc/localmesh/mesh.d")
     assert mount["source"] == "/p/conf"
     assert [p["target"] for p in mesh["ports"]] == [15000, 8443, 8080]

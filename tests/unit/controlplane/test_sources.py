@@ -79,10 +79,34 @@ def test_mesh_yaml_is_read_against_the_project(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         source.load()
     assert "apii" in str(info.value)
-    # named as the user knows it (mesh.yaml), not by where the mesh container mounts it
+    # without the host path generate passes, by its name, not where the container mounts it
     assert str(info.value).startswith("mesh.yaml:2:3: ")
+
+
+HOST_MESH = "/home/dev/shop/mesh.yaml"
+
+
+def test_mesh_yaml_is_named_by_its_host_path_in_every_position(tmp_path: Path) -> None:
+    """Load errors, and the positions compile and bind errors take from the config."""
+    write_plan(tmp_path / "plan.json")
+    (tmp_path / "project.json").write_text(json.dumps(PROJECT))
+    mesh = tmp_path / "mesh.yaml"
+    source = ContainerSource(
+        tmp_path / "plan.json", tmp_path / "project.json", mesh, 15001, HOST_MESH
+    )
     mesh.write_text("services:\n  api:\n    ports: [8000]\n    retries: {atempts: 2}\n")
-    with pytest.raises(ConfigError, match=r"^mesh.yaml:4:\d+: .*atempts"):
+    with pytest.raises(ConfigError, match=rf"^{HOST_MESH}:4:\d+: .*atempts"):
+        source.load()
+    mesh.write_text("services:\n  api:\n    ports: [8000]\n")
+    loaded = source.load()
+    [api] = [s for s in loaded.inputs.config.services if s.name == "api"]
+    assert api.position is not None
+    assert api.ports[0].position is not None
+    assert (api.position.file, api.ports[0].position.file) == (HOST_MESH, HOST_MESH)
+    # the host path is not there to watch in the container: the mounted files are
+    assert set(loaded.files) == {mesh, tmp_path / "plan.json", tmp_path / "project.json"}
+    mesh.unlink()
+    with pytest.raises(ConfigError, match=f"mesh file not found: {HOST_MESH}"):
         source.load()
 
 
