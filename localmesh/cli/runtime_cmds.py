@@ -482,6 +482,13 @@ def render_status(doc: dict[str, Any]) -> Group:
             where = f"{p['file']}:{p['line']}:{p['column']}: " if p.get("file") else ""
             hint = f" ({p['hint']})" if p.get("hint") else ""
             parts.append(Text(f"  {where}{p.get('message')}{hint}", style="red"))
+    for svc in doc.get("services", []):
+        failure = svc.get("discovery_error")
+        if failure:
+            for_how_long = _ago(time.time() - float(failure.get("since", time.time())))
+            parts.append(
+                Text(f"discovery: {failure.get('message')} (for {for_how_long})", style="red")
+            )
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("SERVICE", "LISTENERS", "ENDPOINTS", "REQ/S", "ERRORS", "P99"):
         table.add_column(

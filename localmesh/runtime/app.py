@@ -189,7 +189,9 @@ class Runtime:
             reserved=[(admin_host, admin_port)] if admin_port else [],
             poll_interval=self.options.poll_interval,
         )
-        self.admin = AdminApi(self.plane, self.dataplane, self.metrics, self.access_log)
+        self.admin = AdminApi(
+            self.plane, self.dataplane, self.metrics, self.access_log, discovery=self.discovery
+        )
         try:
             await self.admin.start(admin_host, admin_port)
             if self.discovery is not None:

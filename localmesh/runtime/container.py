@@ -16,7 +16,8 @@ container (``cap_add: [NET_ADMIN]``) before the data plane binds, makes that tru
    source addresses its calls arrive from, so one lookup per service gives the control
    plane its ``Discovered`` endpoints and caller identities. It re-resolves every few
    seconds, and at once when the data plane reports a failure (``trigger``), which is how a
-   scaled-up replica or a restarted database is picked up.
+   scaled-up replica or a restarted database is picked up. A lookup that fails (not "no
+   such name") keeps the last answer and is reported per service (``failures``, /status).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,8 @@ INTERCEPT_PORT = 15001
 NAT_CHAIN = "LOCALMESH"
 
 Command = list[str]
-Resolve = Callable[[str], Awaitable[tuple[str, ...] | None]]
+#: A name's IPv4 addresses, () when none runs; raises ``OSError`` when the lookup fails.
+Resolve = Callable[[str], Awaitable[tuple[str, ...]]]
 
 
 def load_plan(path: Path) -> MeshPlan:
@@ -166,24 +169,36 @@ def discovered_from(plan: MeshPlan, answers: Mapping[str, Iterable[str]]) -> Dis
     return Discovered(endpoints=endpoints, sources=sources)
 
 
-async def resolve_all(name: str) -> tuple[str, ...] | None:
-    """Every IPv4 address Docker's DNS gives ``name``; () when none runs, None on error."""
+async def resolve_all(name: str) -> tuple[str, ...]:
+    """Every IPv4 address Docker's DNS gives ``name``; () when none runs (no such name);
+    ``socket.gaierror`` when the lookup itself fails (timeout, no DNS server)."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(name, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
             return ()
-        log.warning("resolving %s failed (%s); keeping what was known", name, exc)
-        return None
+        raise
     return tuple(sorted({str(info[4][0]) for info in infos}, key=ipaddress.IPv4Address))
+
+
+@dataclass(frozen=True, slots=True)
+class LookupFailure:
+    """Why a service's lookup fails, and since when (epoch seconds, first failure in a row)."""
+
+    message: str
+    since: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"message": self.message, "since": self.since}
 
 
 class DnsDiscovery:
     """Re-resolves every meshed service periodically and on demand; publishes on change.
 
     A name that fails to resolve (timeout, not "no such name") keeps its last answer, so a
-    DNS hiccup never empties a cluster; "no such name" means no replica runs: empty.
+    DNS hiccup never empties a cluster; "no such name" means no replica runs: empty. A
+    failing service is in ``failures`` (``/status`` shows it) until a lookup answers again.
     """
 
     def __init__(
@@ -202,6 +217,7 @@ class DnsDiscovery:
         self._answers: dict[str, tuple[str, ...]] = {}
         self._wake = asyncio.Event()
         self.current: Discovered | None = None
+        self.failures: dict[str, LookupFailure] = {}
 
     def trigger(self, service: str | None = None) -> None:
         """Ask for a fresh lookup now (an upstream of ``service`` failed, a caller's IP is
@@ -212,11 +228,27 @@ class DnsDiscovery:
 
     async def resolve_once(self) -> Discovered:
         names = list(self._names.items())
-        results = await asyncio.gather(*(self._resolve(dns) for _, dns in names))
-        for (service, _), ips in zip(names, results, strict=True):
-            if ips is not None:
+        results = await asyncio.gather(
+            *(self._resolve(dns) for _, dns in names), return_exceptions=True
+        )
+        for (service, dns), ips in zip(names, results, strict=True):
+            if isinstance(ips, OSError):
+                self._failed(service, f"looking up {dns} failed: {ips.strerror or ips}")
+            elif isinstance(ips, BaseException):
+                raise ips
+            else:
                 self._answers[service] = ips
+                if self.failures.pop(service, None) is not None:
+                    log.info("looking up %s works again", dns)
         return discovered_from(self.plan, self._answers)
+
+    def _failed(self, service: str, message: str) -> None:
+        """Keep the last answer; log a failure when it starts or changes, not every poll."""
+        known = self.failures.get(service)
+        if known is None or known.message != message:
+            log.warning("%s; keeping the endpoints known before", message)
+        since = known.since if known is not None else time.time()
+        self.failures[service] = LookupFailure(message, since)
 
     async def run(self, publish: Callable[[Discovered], Awaitable[object]]) -> None:
         """Resolve, publish what changed, wait for the interval or a trigger; cancel to stop."""

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from localmesh import __version__
 from localmesh.config.values import parse_status_filter
 from localmesh.errors import RuntimeStartError
+from localmesh.runtime.container import LookupFailure
 from localmesh.runtime.controlplane.codec import content_hash, encode, redact
 from localmesh.runtime.controlplane.plane import ControlPlane
 from localmesh.runtime.controlplane.stats import Rates, Sample, rates, read_counts
@@ -53,6 +54,12 @@ class DataPlaneView(Protocol):
     def clusters(self) -> list[dict[str, Any]]:
         """Per cluster: endpoints with health, outlier state, active requests."""
         ...
+
+
+class DiscoveryView(Protocol):
+    """Container mode's DNS discovery: the services whose lookups fail right now."""
+
+    failures: dict[str, LookupFailure]
 
 
 def record_filter(
@@ -115,9 +122,11 @@ class AdminApi:
         access_log: AccessLog,
         *,
         sampler: TrafficSampler | None = None,
+        discovery: DiscoveryView | None = None,
     ) -> None:
         self.plane = plane
         self.dataplane = dataplane
+        self.discovery = discovery
         self.metrics = metrics
         self.access_log = access_log
         self.sampler = sampler or TrafficSampler(metrics)
@@ -219,6 +228,7 @@ class AdminApi:
             service = str(c.get("service") or c.get("name"))
             clusters.setdefault(service, []).extend(c.get("endpoints", []))
         window = self.sampler.rates()
+        failures = self.discovery.failures if self.discovery is not None else {}
         out: list[dict[str, Any]] = []
         for svc in snapshot.config.services:
             cluster = clusters.get(svc.name)
@@ -231,6 +241,7 @@ class AdminApi:
                 ]
             )
             traffic = window.get(svc.name)
+            failure = failures.get(svc.name)
             out.append(
                 {
                     "name": svc.name,
@@ -238,6 +249,7 @@ class AdminApi:
                     "ports": [{"port": p.port, "protocol": str(p.protocol)} for p in svc.ports],
                     "endpoints": endpoints,
                     "traffic": traffic.as_dict() if traffic else None,
+                    "discovery_error": failure.as_dict() if failure else None,
                 }
             )
         return out

@@ -242,7 +242,16 @@ def test_status_table_shows_traffic_errors_and_the_persisted_warning() -> None:
                 ],
                 "traffic": {"requests_per_second": 41.5, "error_rate": 0.25, "p99_ms": 23.4},
             },
-            {"name": "db", "meshed": True, "endpoints": [], "traffic": None},
+            {
+                "name": "db",
+                "meshed": True,
+                "endpoints": [],
+                "traffic": None,
+                "discovery_error": {
+                    "message": "looking up db.shop_localmesh failed: Temporary failure",
+                    "since": time.time() - 65,
+                },
+            },
             {
                 "name": "cache",
                 "meshed": True,
@@ -264,6 +273,7 @@ def test_status_table_shows_traffic_errors_and_the_persisted_warning() -> None:
     assert "25.0%" in text
     assert "23.4ms" in text
     assert "none" in text  # db has no endpoint
+    assert "discovery: looking up db.shop_localmesh failed: Temporary failure (for 1m05s)" in text
     assert "2.5 conn/s" in text
 
     line = format_record(

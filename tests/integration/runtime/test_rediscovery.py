@@ -4,12 +4,17 @@ A host-mode runtime gets a ``DnsDiscovery`` whose resolver is a function countin
 (inside the mesh container it is Docker's DNS): a call to an upstream that refuses
 connections must make discovery look again at once, not at its next interval. The same
 runtime serves a two-port service, whose ``/status`` lists the endpoints of both clusters.
+A resolver that times out for one service shows in that service's ``/status`` entry.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -46,7 +51,7 @@ services:
 async def test_a_refused_upstream_makes_discovery_look_again_now(tmp_path: Path) -> None:
     lookups: list[str] = []
 
-    async def resolve(name: str) -> tuple[str, ...] | None:
+    async def resolve(name: str) -> tuple[str, ...]:
         lookups.append(name)
         return ()
 
@@ -75,3 +80,45 @@ async def test_a_refused_upstream_makes_discovery_look_again_now(tmp_path: Path)
             await runtime.stop()
     endpoints = sorted(e["address"] for e in services["api"]["endpoints"])
     assert endpoints == sorted([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"])
+
+
+async def test_a_failing_lookup_is_in_status_until_it_answers_again(tmp_path: Path) -> None:
+    """Docker's DNS timing out for one service: /status says which, what and since when,
+    the endpoints known before stay, and the next lookup that answers clears it."""
+    failing = True
+
+    async def resolve(name: str) -> tuple[str, ...]:
+        if failing and name.startswith("db."):
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return ()
+
+    discovery = DnsDiscovery(PLAN, interval=0.05, min_interval=0.0, resolve=resolve)
+    with run_http_backend("a") as a, run_http_backend("b") as b:
+        mesh = tmp_path / "mesh.yaml"
+        listens = {f"listen_{n}": free_port() for n in ("a", "b", "db")}
+        mesh.write_text(MESH.format(a=a.port, b=b.port, dead=free_port(), **listens))
+        options = RunOptions(mesh=mesh, admin="127.0.0.1:0", access_log="off", drain_timeout=1.0)
+        runtime = Runtime(options, discovery=discovery)
+        started = time.time()
+        await runtime.start()
+        try:
+            async with aiohttp.ClientSession() as s:
+
+                async def services() -> dict[str, dict[str, Any]]:
+                    async with s.get(admin_url(runtime) + "/status") as r:
+                        return {svc["name"]: svc for svc in (await r.json())["services"]}
+
+                found = await services()
+                assert found["api"]["discovery_error"] is None
+                error = found["db"]["discovery_error"]
+                assert error["message"] == (
+                    "looking up db.shop_localmesh failed: Temporary failure in name resolution"
+                )
+                assert started <= error["since"] <= time.time()
+                await asyncio.sleep(0.2)  # failing on: still since the first failure
+                assert (await services())["db"]["discovery_error"]["since"] == error["since"]
+                failing = False
+                await until(lambda: "db" not in discovery.failures, what="a lookup that answers")
+                assert (await services())["db"]["discovery_error"] is None
+        finally:
+            await runtime.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from ipaddress import IPv4Network
 
 import pytest
@@ -96,23 +97,34 @@ def test_answers_become_endpoints_per_known_port_and_sources_per_ip() -> None:
 async def test_a_failed_lookup_keeps_the_last_answer_and_no_such_name_empties() -> None:
     answers: dict[str, tuple[str, ...] | None] = {"db.shop_localmesh": ("10.213.10.9",)}
 
-    async def resolve(name: str) -> tuple[str, ...] | None:
-        return answers.get(name, ())
+    async def resolve(name: str) -> tuple[str, ...]:
+        found = answers.get(name, ())
+        if found is None:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return found
 
     discovery = DnsDiscovery(PLAN, resolve=resolve)
     first = await discovery.resolve_once()
     assert first.endpoints["db"] == (Endpoint("10.213.10.9", 5432),)
+    assert discovery.failures == {}
     answers["db.shop_localmesh"] = None  # DNS timeout
     assert (await discovery.resolve_once()).endpoints["db"] == (Endpoint("10.213.10.9", 5432),)
-    answers["db.shop_localmesh"] = ()  # no replica runs
+    failure = discovery.failures["db"]
+    assert failure.message == (
+        "looking up db.shop_localmesh failed: Temporary failure in name resolution"
+    )
+    await discovery.resolve_once()  # failing still: since the first failure
+    assert discovery.failures["db"].since == failure.since
+    answers["db.shop_localmesh"] = ()  # no replica runs: an answer, not a failure
     assert (await discovery.resolve_once()).endpoints["db"] == ()
+    assert discovery.failures == {}
 
 
 async def test_run_publishes_changes_only_and_trigger_resolves_at_once() -> None:
     answers: dict[str, tuple[str, ...]] = {"db.shop_localmesh": ("10.213.10.9",)}
     lookups = 0
 
-    async def resolve(name: str) -> tuple[str, ...] | None:
+    async def resolve(name: str) -> tuple[str, ...]:
         nonlocal lookups
         lookups += 1 if name.startswith("db.") else 0
         return answers.get(name, ())
@@ -146,7 +158,7 @@ async def test_a_trigger_during_a_lookup_asks_for_another_one() -> None:
     in_lookup = asyncio.Event()
     release = asyncio.Event()
 
-    async def resolve(name: str) -> tuple[str, ...] | None:
+    async def resolve(name: str) -> tuple[str, ...]:
         nonlocal lookups
         if name.startswith("db."):
             lookups += 1
