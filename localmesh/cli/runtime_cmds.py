@@ -145,6 +145,12 @@ class AdminClient:
         try:
             return urllib.request.urlopen(f"{self.base}{path}", timeout=timeout)
         except urllib.error.HTTPError as exc:
+            if 400 <= exc.code < 500:  # the question was wrong: say what the mesh said
+                with exc:
+                    doc = _json_or_none(exc.read())
+                if not isinstance(doc, dict) or "error" not in doc:
+                    doc = {"error": f"{self.address}{path}: {exc.code} {exc.reason}"}
+                raise LocalmeshError(str(doc["error"]), doc.get("hint")) from None
             return exc  # a JSON error document with a status; callers read it
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -162,6 +168,13 @@ class AdminClient:
         """A streaming endpoint, line by line, until the server closes it."""
         with self._open(path, None) as response:
             yield from response
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 def register(app: typer.Typer) -> None:

@@ -28,6 +28,7 @@ from localmesh.runtime.container import LookupFailure
 from localmesh.runtime.controlplane.codec import content_hash, encode, redact
 from localmesh.runtime.controlplane.plane import ControlPlane
 from localmesh.runtime.controlplane.stats import Rates, Sample, rates, read_counts
+from localmesh.runtime.dataplane.core.policy import UNKNOWN
 from localmesh.runtime.snapshot import Snapshot
 from localmesh.runtime.telemetry import AccessLog, MeshMetrics
 
@@ -320,14 +321,35 @@ class AdminApi:
             limit = int(query.get("limit", "100"))
         except ValueError:
             return web.json_response({"error": "limit must be an integer"}, status=400)
+        service = query.get("service") or None
         try:
-            match = record_filter(query.get("service") or None, query.get("status") or None)
+            match = record_filter(service, query.get("status") or None)
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if service is not None and not self._knows(service):
+            return web.json_response(self._no_such_service(service), status=404)
         records = self.access_log.recent(limit=limit, match=match) if limit > 0 else []
         if query.get("follow") not in ("1", "true", "yes"):
             return web.json_response({"records": records})
         return await self._follow_logs(request, records, match)
+
+    def _knows(self, service: str) -> bool:
+        """A service of the active config, a caller outside it (``unknown``, a client
+        certificate's name) or any name a kept access-log record carries."""
+        snapshot = self.plane.snapshot
+        if service == UNKNOWN or (snapshot and snapshot.config.service(service)):
+            return True
+        match = record_filter(service)
+        return bool(self.access_log.recent(limit=1, match=match))
+
+    def _no_such_service(self, service: str) -> dict[str, str]:
+        snapshot = self.plane.snapshot
+        names = sorted(s.name for s in snapshot.config.services) if snapshot else []
+        known = ", ".join([*names, UNKNOWN])
+        return {
+            "error": f"no service {service!r} in the mesh, and no call from or to it is logged",
+            "hint": f"services: {known}",
+        }
 
     async def _follow_logs(
         self, request: web.Request, backlog: list[Record], match: Callable[[Record], bool] | None

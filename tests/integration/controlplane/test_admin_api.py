@@ -217,6 +217,17 @@ async def test_logs_filter_by_service_and_status_and_follow(harness: Harness) ->
     assert [r["path"] for r in doc["records"]] == ["/c"]
     status, _ = await harness.get("/logs?limit=x")
     assert status == 400
+    # a name no config service has but a record does (a client certificate's caller)
+    _, doc = await harness.get("/logs?service=shop")
+    assert [r["path"] for r in doc["records"]] == ["/c"]
+    for follow in ("", "&follow=1"):
+        async with asyncio.timeout(5):
+            status, doc = await harness.get(f"/logs?service=nope{follow}")
+        assert status == 404
+        validate(doc, "Error")
+        assert doc["error"] == "no service 'nope' in the mesh, and no call from or to it is logged"
+        assert doc["hint"].startswith("services: api, ")
+        assert doc["hint"].endswith(", unknown")
 
     async with harness.session.get(harness.base + "/logs?follow=1&status=503&limit=0") as r:
         harness.log.log({"source": "web", "destination": "api", "status": 200, "path": "/ok"})

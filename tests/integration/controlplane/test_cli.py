@@ -126,6 +126,15 @@ def test_run_serves_reloads_on_sighup_and_stops_cleanly(
         assert lines
         assert all(rec["status"] == 503 for rec in lines)
         assert cli("logs", "--service", "api", admin=admin).returncode == 0
+        assert cli("logs", "--service", "unknown", admin=admin).returncode == 0  # outsiders
+        # a service the mesh does not know is an error, not "no records" or a silent follow
+        for follow in ([], ["--follow"]):
+            nope = cli("logs", "-s", "nope", *follow, admin=admin)
+            assert nope.returncode == 2
+            assert nope.stderr.splitlines() == [
+                "error: no service 'nope' in the mesh, and no call from or to it is logged",
+                "hint: services: api, unknown",
+            ]
 
         # SIGHUP reloads at once (the watcher would too)
         mesh.write_text(mesh_yaml(port, backend, extra="two"))
