@@ -47,8 +47,9 @@ log = logging.getLogger("localmesh.controlplane")
 
 _DISCOVERY = "discovery"  # the trigger of a discovery update
 
-#: Mesh settings the runtime reads once at start (metrics labels, the admin API's socket);
-#: the others (access_log, metrics, peer_auth, ...) are part of each snapshot.
+#: Mesh settings the runtime reads once at start (metrics labels, the admin API's socket,
+#: the workload identities' trust domain); every snapshot keeps the start values of these
+#: until a restart. The others (access_log, metrics, peer_auth, ...) apply on reload.
 START_ONLY = ("name", "trust_domain", "admin_port", "admin_bind")
 
 Apply = Callable[[Snapshot], Awaitable[None]]
@@ -351,8 +352,26 @@ class ControlPlane:
 
     def _compile(self, inputs: Inputs, version: int, origin: str) -> Snapshot:
         return compile_snapshot(
-            inputs, self.discovered, version=version, origin=origin, reserved=self.reserved
+            self._pinned(inputs),
+            self.discovered,
+            version=version,
+            origin=origin,
+            reserved=self.reserved,
         )
+
+    def _pinned(self, inputs: Inputs) -> Inputs:
+        """``inputs`` with the start-only settings the runtime started with, so the data
+        plane (caller identities, TLS origination), ``/config`` and the metrics' labels all
+        use one trust domain and name: the one its workload certificates and, in the mesh
+        container, its signer (name-constrained to that domain) were made for."""
+        started = self._start_settings
+        settings = inputs.config.mesh
+        if started is None:
+            return inputs
+        pinned = dataclasses.replace(settings, **{n: getattr(started, n) for n in START_ONLY})
+        if pinned == settings:
+            return inputs
+        return dataclasses.replace(inputs, config=dataclasses.replace(inputs.config, mesh=pinned))
 
     async def _publish(
         self, snapshot: Snapshot, inputs: Inputs, trigger: str, from_discovery: bool = False

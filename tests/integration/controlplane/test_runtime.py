@@ -310,6 +310,35 @@ async def test_access_log_turned_on_by_a_reload_logs(
         assert runtime.plane.status()["restart_required"] == []
 
 
+async def test_a_reload_changing_the_trust_domain_keeps_the_started_one_everywhere(
+    tmp_path: Path, backends: list[HttpBackend]
+) -> None:
+    """trust_domain is read at start: the rest of the edit applies, and /status,
+    /config (what the data plane uses) and the metrics agree on the domain it started with."""
+    mesh = tmp_path / "mesh.yaml"
+    port = free_port()
+
+    def text(domain: str, version: str) -> str:
+        return mesh_text(port, backends[:1], version).replace(
+            "name: shop", f"name: shop\n  trust_domain: {domain}"
+        )
+
+    mesh.write_text(text("one.test", "1"))
+    async with running(mesh) as runtime, aiohttp.ClientSession() as session:
+        base = admin_url(runtime)
+        write_atomic(mesh, text("two.test", "2"))
+        await until(lambda: runtime.plane is not None and runtime.plane.counters.applied == 2)
+        async with session.get(f"http://127.0.0.1:{port}/echo") as r:
+            assert r.headers["x-version"] == "2"  # the rest of the edit applied
+        assert (await status(session, base))["restart_required"] == ["mesh.trust_domain"]
+        async with session.get(base + "/config") as r:
+            assert (await r.json())["config"]["mesh"]["trust_domain"] == "one.test"
+        async with session.get(base + "/metrics") as r:
+            metrics = await r.text()
+        assert 'destination_principal="spiffe://one.test/svc/api"' in metrics
+        assert "two.test" not in metrics
+
+
 async def test_a_graceful_stop_logs_when_the_drain_starts_and_ends(
     tmp_path: Path, backends: list[HttpBackend], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -391,11 +391,17 @@ async def test_a_reload_changing_a_start_only_setting_warns_and_keeps_serving(
     write(env.mesh, good)
     plane = await env.start()
     assert plane.status()["restart_required"] == []
-    write(env.mesh, good.replace("name: shop", "name: shop\n  admin_port: 15401"))
+    edited = good.replace("timeout: 5s", "timeout: 6s")
+    write(env.mesh, edited.replace("name: shop", "name: shop\n  admin_port: 15401"))
     await until(lambda: len(env.recorder.applied) == 2)  # the rest of the edit applies
     assert plane.status()["restart_required"] == ["mesh.admin_port"]
+    assert env.recorder.applied[-1].config.mesh.admin_port == 15000  # the started one
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("mesh.admin_port" in m and "restart" in m for m in warned)
-    write(env.mesh, good.replace("timeout: 5s", "timeout: 6s"))
-    await until(lambda: len(env.recorder.applied) == 3)
+    # only a start-only setting differs from what serves: nothing to apply
+    write(env.mesh, edited.replace("name: shop", "name: shop\n  admin_port: 15402"))
+    await until(lambda: plane.counters.unchanged == 1)
+    assert plane.status()["restart_required"] == ["mesh.admin_port"]
+    write(env.mesh, good)
+    await until(lambda: plane.counters.applied == 3)
     assert plane.status()["restart_required"] == []
