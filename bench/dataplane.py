@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import statistics
@@ -168,14 +169,24 @@ listen postgres
 """
 
 
+def run_tool(argv: list[str]) -> str:
+    """A load generator's stdout; when it fails, stop the harness saying what ran and what
+    it said (wrk tells why on stderr: "unable to connect to 127.0.0.1:...")."""
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        streams = (("stderr", done.stderr), ("stdout", done.stdout))
+        said = [f"{name}:\n{text.strip()}" for name, text in streams if text.strip()]
+        sys.exit(f"{shlex.join(argv)} exited {done.returncode}\n" + ("\n".join(said) or "(silent)"))
+    return done.stdout
+
+
 def wrk(port: int, seconds: float, cpu: list[str]) -> dict[str, float]:
-    out = subprocess.run(
-        [*cpu, "wrk", "-t1", "-c50", f"-d{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    argv = [*cpu, "wrk", "-t1", "-c50", f"-d{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/"]
+    out = run_tool(argv)
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        sys.exit(f"{shlex.join(argv)} printed no Requests/sec:\n{out.strip()}")
+    rps = float(found.group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     return {
         "rps": rps,
@@ -191,7 +202,7 @@ def _ms(text: str) -> float:
 
 
 def redis_bench(port: int, requests: int, cpu: list[str]) -> dict[str, float]:
-    out = subprocess.run(
+    out = run_tool(
         [
             *cpu,
             "redis-benchmark",
@@ -205,18 +216,15 @@ def redis_bench(port: int, requests: int, cpu: list[str]) -> dict[str, float]:
             "-t",
             "get,set",
             "--csv",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+        ]
+    )
     rows = {line.split(",")[0].strip('"'): float(line.split(",")[1].strip('"')) for line in
             out.splitlines() if line.startswith('"') and not line.startswith('"test"')}  # fmt: skip
     return {"get_rps": rows["GET"], "set_rps": rows["SET"]}
 
 
 def pgbench(port: int, seconds: float, cpu: list[str]) -> dict[str, float]:
-    out = subprocess.run(
+    out = run_tool(
         [
             *cpu,
             str(PG_BIN / "pgbench"),
@@ -234,11 +242,8 @@ def pgbench(port: int, seconds: float, cpu: list[str]) -> dict[str, float]:
             "-T",
             str(int(seconds)),
             "postgres",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+        ]
+    )
     tps = re.search(r"tps = ([\d.]+)", out).group(1)  # type: ignore[union-attr]
     return {"tps": float(tps)}
 
@@ -306,7 +311,7 @@ def measure(args: argparse.Namespace) -> Results:
             )  # fmt: skip
             for port in ports.values():
                 wait_port(port)
-            subprocess.run(
+            run_tool(
                 [
                     str(PG_BIN / "pgbench"),
                     "-i",
@@ -320,9 +325,7 @@ def measure(args: argparse.Namespace) -> Results:
                     "-U",
                     "postgres",
                     "postgres",
-                ],
-                capture_output=True,
-                check=True,
+                ]
             )
             mesh_args = [
                 "--http", f"127.0.0.1:{mesh_ports['http']}={n}",

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.services import free_port
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -30,3 +32,19 @@ def test_engine_cpu_runs(args: list[str]) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert " us/request (" in done.stdout
+
+
+def test_a_failing_load_generator_stops_the_harness_saying_why() -> None:
+    """wrk refused at its first connect exits 1: the harness says the command and wrk's
+    own words, not a bare CalledProcessError."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import dataplane
+    finally:
+        sys.path.remove(str(BENCH))
+    port = free_port()  # nothing listens there
+    with pytest.raises(SystemExit) as info:
+        dataplane.wrk(port, 1, [])
+    said = str(info.value.code)
+    assert said.startswith(f"wrk -t1 -c50 -d1s --latency http://127.0.0.1:{port}/ exited 1\n")
+    assert f"unable to connect to 127.0.0.1:{port} Connection refused" in said
