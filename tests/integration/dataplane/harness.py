@@ -103,6 +103,13 @@ class Mesh:
         self.log.flush()
         return [json.loads(line) for line in self.sink.getvalue().splitlines()]
 
+    def explain(self) -> str:
+        """For an assertion's message: the clusters (what ``/clusters`` serves: health,
+        ejections, requests per endpoint) and the access log so far."""
+        lines = [json.dumps(r, sort_keys=True) for r in self.records()]
+        clusters = json.dumps(self.plane.clusters(), indent=1, sort_keys=True)
+        return f"\n/clusters: {clusters}\naccess log ({len(lines)}):\n" + "\n".join(lines)
+
 
 @contextlib.asynccontextmanager
 async def running(snap: Snapshot) -> AsyncIterator[Mesh]:
