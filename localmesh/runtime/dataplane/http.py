@@ -46,11 +46,14 @@ from localmesh.runtime.dataplane.tasks import spawn
 from localmesh.runtime.dataplane.upstream import (
     NO_TOKENS,
     REFRAMED,
+    Fields,
     Headers,
     UnsupportedTransferCoding,
     UpstreamConnection,
     UpstreamHost,
+    as_fields,
     lowered,
+    pairs,
     unconnected_closing,
     unconnected_write,
 )
@@ -1213,7 +1216,9 @@ class Exchange:
 
     # -- response side (UpstreamOwner) ------------------------------------------------------
 
-    def up_head(self, status: int, headers: Headers, kept: Headers, framing: int) -> None:
+    def up_head(self, status: int, every: Headers, kept: Fields, framing: int) -> None:
+        """The response head: ``every`` field as (name, value) for an upgrade (else empty),
+        the ``kept`` ones (hop-by-hop dropped) as wire pieces."""
         if self._try_timer is not None:
             self._try_timer.cancel()
             self._try_timer = None
@@ -1246,18 +1251,20 @@ class Exchange:
                 self._deadline_timer = None
             self.deadline = 0.0
             self.out.append(
-                self._upgrade_head(status, ops.apply(lowered(headers)) if ops else lowered(headers))
+                self._upgrade_head(status, ops.apply(lowered(every)) if ops else lowered(every))
             )
             return
         if ops is not None:  # what the route sets or adds is filtered like the rest
             conn = self.conn
             hop = conn.connection_tokens if conn is not None and conn.connection_tokens else None
-            kept = [
-                h for h in ops.apply_keeping_case(kept) if h[0].lower() not in (hop or HOP_BY_HOP)
-            ]
+            kept = as_fields([
+                h
+                for h in ops.apply_keeping_case(pairs(kept))
+                if h[0].lower() not in (hop or HOP_BY_HOP)
+            ])  # fmt: skip
         out = self.out
         out.append(STATUS_LINES.get(status) or wire.status_line(status))
-        _add_lines(out, kept)  # pieces of the one write up_after_data joins
+        out.extend(kept)  # pieces of the one write up_after_data joins
         if framing in REFRAMED:
             if self.http11:
                 self._down_chunked = True

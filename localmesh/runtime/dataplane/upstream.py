@@ -55,6 +55,13 @@ if TYPE_CHECKING:
     from localmesh.runtime.dataplane.http import Exchange
 
 Headers = list[tuple[bytes, bytes]]
+#: A response head's fields as they are written downstream: name, ": ", value, CRLF for
+#: each, names as the upstream wrote them. Kept as wire pieces from the parser's callback
+#: on, so the usual response makes no tuple per field and its head is one ``extend``.
+Fields = list[bytes]
+SEP: Final = b": "
+CRLF: Final = b"\r\n"
+NO_HEADERS: Final[Headers] = []  # never appended to
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,19 @@ def lowered(headers: Headers) -> Headers:
     return [(name.lower(), value) for name, value in headers]
 
 
+def pairs(fields: Fields) -> Headers:
+    """(name, value) of each field, for the rare heads that are edited (route header ops,
+    upgrades)."""
+    return [(fields[i], fields[i + 2]) for i in range(0, len(fields), 4)]
+
+
+def as_fields(headers: Headers) -> Fields:
+    fields: Fields = []
+    for name, value in headers:
+        fields += (name, SEP, value, CRLF)
+    return fields
+
+
 class UpstreamHost(EndpointState):
     """An endpoint plus its idle keep-alive connections."""
 
@@ -156,9 +176,9 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_bodyless",
         "_feed",
+        "_fields",
         "_framing",
         "_head_bytes",
-        "_headers",
         "_interim",
         "_keeps_alive",
         "_replace_parser",
@@ -198,7 +218,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.served = 0
         self.idle_since = 0.0
         self.reading_paused = False  # by the downstream's backpressure
-        self._headers: Headers = []
+        self._fields: Fields = []
         self._head_bytes = -1  # read while the response head is not complete; -1: not reading one
         self._bodyless = False
         # names a response's Connection header adds to the hop-by-hop set (rare)
@@ -222,7 +242,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Serve one request; ``bodyless``: the response has no body whatever it says (HEAD)."""
         self.owner = owner
         self.served += 1
-        self._headers = []
+        self._fields = []
         self._head_bytes = 0
         self._bodyless = bodyless
         self._framing = FRAMING_LENGTH
@@ -339,7 +359,11 @@ class UpstreamConnection(asyncio.Protocol):
     # -- llhttp callbacks -------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        fields = self._fields
+        fields.append(name)
+        fields.append(SEP)
+        fields.append(value)
+        fields.append(CRLF)
 
     def on_headers_complete(self) -> None:
         owner = self.owner
@@ -348,56 +372,59 @@ class UpstreamConnection(asyncio.Protocol):
         status = self._status = self._status_code()
         if 100 <= status < 200 and status != 101:
             self._interim = True  # 100/102/103: dropped, the final response follows
-            self._headers = []
+            self._fields = []
             return
-        headers = self._headers
+        fields = self._fields
         self._head_bytes = -1
         self.keep_alive = self._keeps_alive()  # llhttp forgets it at the end
+        # an upgrade's head is made from every field, hop-by-hop ones included
+        every = pairs(fields) if status == 101 or owner.upgrade else NO_HEADERS
         framing = FRAMING_CLOSE
-        size = 4 * len(headers)  # ": " and CRLF per line; a head that came in one read
-        kept: Headers = []  # one pass finds the framing and drops hop-by-hop headers
-        for item in headers:
-            name = item[0]
-            size += len(name) + len(item[1])
-            if not (_LOWERED >> len(name)) & 1:
-                kept.append(item)
-                continue
-            # The usual spellings are compared as they are, the rest lower-cased. (Compared,
-            # not looked up in a set: each name is a new object, hashing it costs more.)
-            if name == b"Content-Length" or name == b"content-length":  # noqa: PLR1714
-                low = b"content-length"
-            elif name == b"Connection" or name == b"connection":  # noqa: PLR1714
-                low = b"connection"
-            else:
-                low = name.lower()
-            if low == b"content-length":
-                kept.append(item)
-                framing = FRAMING_LENGTH
-            elif low == b"connection":
-                value = item[1]
-                if (
-                    value != b"keep-alive"  # noqa: PLR1714
-                    and value != b"close"
-                    and value.lower() not in _PLAIN_CONNECTION
-                ):
-                    extra = connection_tokens(value) - _NOT_NOMINABLE
-                    if extra:
-                        self.connection_tokens = extra | HOP_BY_HOP
-            elif low not in HOP_BY_HOP:
-                kept.append(item)
-            elif low == b"transfer-encoding":
-                if item[1].lower() != b"chunked":
-                    raise UnsupportedTransferCoding(item[1])
-                framing = FRAMING_CHUNKED
+        size = 0  # a head that came in one read
+        # One pass, from the end, finds the framing and drops the hop-by-hop fields (so an
+        # index not yet visited stays valid).
+        i = len(fields) - 4
+        while i >= 0:
+            name = fields[i]
+            size += len(name) + len(fields[i + 2]) + 4
+            if (_LOWERED >> len(name)) & 1:
+                # The usual spellings are compared as they are, the rest lower-cased.
+                # (Compared, not looked up in a set: each name is a new object, hashing it
+                # costs more.)
+                if name == b"Content-Length" or name == b"content-length":  # noqa: PLR1714
+                    low = b"content-length"
+                elif name == b"Connection" or name == b"connection":  # noqa: PLR1714
+                    low = b"connection"
+                else:
+                    low = name.lower()
+                if low == b"content-length":
+                    framing = FRAMING_LENGTH
+                elif low in HOP_BY_HOP:
+                    value = fields[i + 2]
+                    if low == b"connection":
+                        if (
+                            value != b"keep-alive"  # noqa: PLR1714
+                            and value != b"close"
+                            and value.lower() not in _PLAIN_CONNECTION
+                        ):
+                            extra = connection_tokens(value) - _NOT_NOMINABLE
+                            if extra:
+                                self.connection_tokens = extra | HOP_BY_HOP
+                    elif low == b"transfer-encoding":
+                        if value.lower() != b"chunked":
+                            raise UnsupportedTransferCoding(value)
+                        framing = FRAMING_CHUNKED
+                    del fields[i : i + 4]
+            i -= 4
         if size > MAX_RESPONSE_HEAD:
             raise HeadTooLarge  # out of feed_data as the cause of a parser error
         if self.connection_tokens:  # ``Connection: x-foo`` names more hop-by-hop headers
             tokens = self.connection_tokens
-            kept = [h for h in kept if h[0].lower() not in tokens]
+            fields = as_fields([h for h in pairs(fields) if h[0].lower() not in tokens])
         if self._bodyless or status in (204, 304):
             framing = FRAMING_NONE
         self._framing = framing
-        owner.up_head(status, headers, kept, framing)
+        owner.up_head(status, every, fields, framing)
         if self._bodyless and self.owner is owner:
             self._replace_parser = True
             self._framing = FRAMING_LENGTH
