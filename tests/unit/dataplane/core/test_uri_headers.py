@@ -9,7 +9,6 @@ import pytest
 
 from localmesh.runtime.dataplane.core.headers import (
     TraceIds,
-    _id_blocks,
     _id_lines,
     connection_tokens,
 )
@@ -269,9 +268,10 @@ def test_generated_ids_across_batches_are_distinct_and_consistent() -> None:
     assert len(seen) == 3 * TraceIds.BATCH + 1
 
 
-def test_batched_id_lines_are_the_per_request_ones() -> None:
-    """The column-wise batch builder lays out exactly what ``_id_lines`` makes per request."""
-    hexed = random.Random(5).randbytes(24 * 7).hex().encode()
-    blocks = _id_blocks(hexed)
+def test_fresh_ids_take_48_digits_of_the_batch_each() -> None:
+    """A batch's draw is split 48 hex digits to a request, in order, none used twice."""
+    hexed = random.Random(5).randbytes(24 * TraceIds.BATCH).hex().encode()
+    ids = TraceIds(random.Random(5))
+    blocks = [ids.fresh(None)[2] for _ in range(TraceIds.BATCH)]
     assert blocks == [_id_lines(hexed[i : i + 48]) for i in range(0, len(hexed), 48)]
-    assert len(set(blocks)) == 7
+    assert ids.fresh(None)[2] not in blocks  # the next batch is a new draw
