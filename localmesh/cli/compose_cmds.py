@@ -35,7 +35,6 @@ from localmesh.compose.generate import (
     COMPOSE_FILE,
     PLAN_FILE,
     STATE_DIR,
-    GenerateOptions,
     GenerateResult,
     generate,
     renew_certs,
@@ -141,16 +140,8 @@ def register(app: typer.Typer) -> None:
         cwd = working_directory()
         with errors_as_json(json):
             result = generate(
-                GenerateOptions(
-                    files=compose.files,
-                    env_files=compose.env_files,
-                    project_name=compose.project_name,
-                    profiles=compose.profiles,
-                    mesh_file=mesh,
-                    output=output,
-                    base_image=base_image,
-                    subnet=subnet,
-                    cwd=cwd,
+                compose.generate_options(
+                    mesh_file=mesh, output=output, base_image=base_image, subnet=subnet, cwd=cwd
                 )
             )
         if json:
@@ -213,15 +204,8 @@ def _up(
       localmesh up -d --build --scale api=3
     """
     options = lifecycle.UpOptions(
-        generate=GenerateOptions(
-            files=compose.files,
-            env_files=compose.env_files,
-            project_name=compose.project_name,
-            profiles=compose.profiles,
-            mesh_file=mesh,
-            output=output,
-            base_image=base_image,
-            subnet=subnet,
+        generate=compose.generate_options(
+            mesh_file=mesh, output=output, base_image=base_image, subnet=subnet
         ),
         compose_args=tuple(ctx.args),
         timeout=_seconds("--timeout", timeout),

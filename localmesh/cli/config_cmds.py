@@ -21,7 +21,7 @@ import typer
 import yaml
 
 from localmesh.cli.output import console, print_json, print_warning
-from localmesh.compose.generate import engine_facts
+from localmesh.compose.generate import GenerateOptions, engine_facts
 from localmesh.compose.project import (
     ComposeProject,
     discover_files,
@@ -93,6 +93,28 @@ class ComposeArgs:
         for w in project.warnings:  # generate keeps them in the plan and prints them there
             print_warning(w)
         return project
+
+    def generate_options(
+        self,
+        *,
+        mesh_file: Path | None,
+        output: Path | None,
+        base_image: str | None,
+        subnet: str | None,
+        cwd: Path | None = None,
+    ) -> GenerateOptions:
+        """What ``generate`` (and ``up``, which generates first) is asked to make."""
+        return GenerateOptions(
+            files=self.files,
+            env_files=self.env_files,
+            project_name=self.project_name,
+            profiles=self.profiles,
+            mesh_file=mesh_file,
+            output=output,
+            base_image=base_image,
+            subnet=subnet,
+            cwd=cwd,
+        )
 
 
 _COMPOSE_OPTIONS = [

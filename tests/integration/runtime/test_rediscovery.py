@@ -10,8 +10,10 @@ A resolver that times out for one service shows in that service's ``/status`` en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,25 @@ services:
 """
 
 
+@contextlib.asynccontextmanager
+async def running(
+    discovery: DnsDiscovery, tmp_path: Path
+) -> AsyncIterator[tuple[Runtime, int, int]]:
+    """A runtime on ``MESH`` with ``discovery``: api's two live backends (their ports are
+    yielded after the runtime), db's endpoint a dead port."""
+    with run_http_backend("a") as a, run_http_backend("b") as b:
+        mesh = tmp_path / "mesh.yaml"
+        listens = {f"listen_{n}": free_port() for n in ("a", "b", "db")}
+        mesh.write_text(MESH.format(a=a.port, b=b.port, dead=free_port(), **listens))
+        options = RunOptions(mesh=mesh, admin="127.0.0.1:0", access_log="off", drain_timeout=1.0)
+        runtime = Runtime(options, discovery=discovery)
+        await runtime.start()
+        try:
+            yield runtime, a.port, b.port
+        finally:
+            await runtime.stop()
+
+
 async def test_a_refused_upstream_makes_discovery_look_again_now(tmp_path: Path) -> None:
     lookups: list[str] = []
 
@@ -57,29 +78,20 @@ async def test_a_refused_upstream_makes_discovery_look_again_now(tmp_path: Path)
 
     # an interval far beyond the test: only a trigger can cause another lookup
     discovery = DnsDiscovery(PLAN, interval=3600.0, min_interval=0.0, resolve=resolve)
-    with run_http_backend("a") as a, run_http_backend("b") as b:
-        mesh = tmp_path / "mesh.yaml"
-        listens = {f"listen_{n}": free_port() for n in ("a", "b", "db")}
-        mesh.write_text(MESH.format(a=a.port, b=b.port, dead=free_port(), **listens))
-        options = RunOptions(mesh=mesh, admin="127.0.0.1:0", access_log="off", drain_timeout=1.0)
-        runtime = Runtime(options, discovery=discovery)
-        await runtime.start()
-        try:
-            db = "db.shop_localmesh"
-            await until(lambda: lookups.count(db) == 2, what="start-up lookups")  # start, run
-            async with aiohttp.ClientSession() as s:
-                async with s.get(listener_url(runtime, "db:8000") + "/") as r:
-                    assert r.status == 503
-                await until(lambda: lookups.count(db) == 3, what="a lookup after the failure")
-                for port, name in ((a.port, "a"), (b.port, "b")):
-                    async with s.get(listener_url(runtime, f"api:{port}") + "/") as r:
-                        assert r.headers["x-backend"] == name
-                async with s.get(admin_url(runtime) + "/status") as r:
-                    services = {svc["name"]: svc for svc in (await r.json())["services"]}
-        finally:
-            await runtime.stop()
+    async with running(discovery, tmp_path) as (runtime, a, b):
+        db = "db.shop_localmesh"
+        await until(lambda: lookups.count(db) == 2, what="start-up lookups")  # start, run
+        async with aiohttp.ClientSession() as s:
+            async with s.get(listener_url(runtime, "db:8000") + "/") as r:
+                assert r.status == 503
+            await until(lambda: lookups.count(db) == 3, what="a lookup after the failure")
+            for port, name in ((a, "a"), (b, "b")):
+                async with s.get(listener_url(runtime, f"api:{port}") + "/") as r:
+                    assert r.headers["x-backend"] == name
+            async with s.get(admin_url(runtime) + "/status") as r:
+                services = {svc["name"]: svc for svc in (await r.json())["services"]}
     endpoints = sorted(e["address"] for e in services["api"]["endpoints"])
-    assert endpoints == sorted([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"])
+    assert endpoints == sorted([f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
 
 
 async def test_a_failing_lookup_is_in_status_until_it_answers_again(tmp_path: Path) -> None:
@@ -93,32 +105,22 @@ async def test_a_failing_lookup_is_in_status_until_it_answers_again(tmp_path: Pa
         return ()
 
     discovery = DnsDiscovery(PLAN, interval=0.05, min_interval=0.0, resolve=resolve)
-    with run_http_backend("a") as a, run_http_backend("b") as b:
-        mesh = tmp_path / "mesh.yaml"
-        listens = {f"listen_{n}": free_port() for n in ("a", "b", "db")}
-        mesh.write_text(MESH.format(a=a.port, b=b.port, dead=free_port(), **listens))
-        options = RunOptions(mesh=mesh, admin="127.0.0.1:0", access_log="off", drain_timeout=1.0)
-        runtime = Runtime(options, discovery=discovery)
-        started = time.time()
-        await runtime.start()
-        try:
-            async with aiohttp.ClientSession() as s:
+    started = time.time()
+    async with running(discovery, tmp_path) as (runtime, _, _), aiohttp.ClientSession() as s:
 
-                async def services() -> dict[str, dict[str, Any]]:
-                    async with s.get(admin_url(runtime) + "/status") as r:
-                        return {svc["name"]: svc for svc in (await r.json())["services"]}
+        async def services() -> dict[str, dict[str, Any]]:
+            async with s.get(admin_url(runtime) + "/status") as r:
+                return {svc["name"]: svc for svc in (await r.json())["services"]}
 
-                found = await services()
-                assert found["api"]["discovery_error"] is None
-                error = found["db"]["discovery_error"]
-                assert error["message"] == (
-                    "looking up db.shop_localmesh failed: Temporary failure in name resolution"
-                )
-                assert started <= error["since"] <= time.time()
-                await asyncio.sleep(0.2)  # failing on: still since the first failure
-                assert (await services())["db"]["discovery_error"]["since"] == error["since"]
-                failing = False
-                await until(lambda: "db" not in discovery.failures, what="a lookup that answers")
-                assert (await services())["db"]["discovery_error"] is None
-        finally:
-            await runtime.stop()
+        found = await services()
+        assert found["api"]["discovery_error"] is None
+        error = found["db"]["discovery_error"]
+        assert error["message"] == (
+            "looking up db.shop_localmesh failed: Temporary failure in name resolution"
+        )
+        assert started <= error["since"] <= time.time()
+        await asyncio.sleep(0.2)  # failing on: still since the first failure
+        assert (await services())["db"]["discovery_error"]["since"] == error["since"]
+        failing = False
+        await until(lambda: "db" not in discovery.failures, what="a lookup that answers")
+        assert (await services())["db"]["discovery_error"] is None
