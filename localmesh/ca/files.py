@@ -35,7 +35,13 @@ def ca_dir() -> Path:
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (and parents) 0700, or check an existing one is not group/other-open."""
     if not path.exists():
-        path.mkdir(parents=True, mode=PRIVATE_DIR_MODE)
+        try:
+            path.mkdir(parents=True, mode=PRIVATE_DIR_MODE)
+        except OSError as exc:  # a file where a directory should be, a read-only place
+            raise CAError(
+                f"cannot create {path}: {exc.strerror or exc}",
+                hint=f"set {HOME_ENV} to a directory you can write (now: {localmesh_home()})",
+            ) from None
         os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask
     check_private(path)
     return path

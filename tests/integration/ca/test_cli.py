@@ -98,3 +98,11 @@ def test_user_errors_are_one_line_with_a_hint(home: Path) -> None:
     lines = _one_error_line(cli(home, "issue-client", "carol"))
     assert "mode 0640" in lines[0]
     assert "chmod 600" in lines[1]
+
+
+def test_a_home_that_cannot_be_made_is_a_user_error(tmp_path: Path) -> None:
+    """LOCALMESH_HOME under a regular file: one line naming the place, not an internal error."""
+    (tmp_path / "a-file").write_text("")
+    lines = _one_error_line(cli(tmp_path / "a-file" / "home", "init"))
+    assert f"cannot create {tmp_path / 'a-file' / 'home' / 'ca'}: Not a directory" in lines[0]
+    assert "set LOCALMESH_HOME to a directory you can write" in lines[1]
