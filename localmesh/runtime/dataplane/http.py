@@ -44,13 +44,16 @@ from localmesh.runtime.dataplane.core.wire import STATUS_LINES
 from localmesh.runtime.dataplane.mirror import send_mirror
 from localmesh.runtime.dataplane.tasks import spawn
 from localmesh.runtime.dataplane.upstream import (
+    CRLF,
     NO_TOKENS,
     REFRAMED,
+    SEP,
     Fields,
     Headers,
     UnsupportedTransferCoding,
     UpstreamConnection,
     UpstreamHost,
+    add_fields,
     as_fields,
     lowered,
     pairs,
@@ -77,8 +80,6 @@ PAUSE_UPSTREAM: Final = 2  # the upstream's write buffer is full, or we are stil
 PAUSE_DONE: Final = 4  # the connection will close after the current response
 PAUSE_UPGRADE: Final = 8  # an upgrade request waits for the upstream's 101
 
-CRLF: Final = b"\r\n"
-SEP: Final = b": "
 HTTP11: Final = b" HTTP/1.1\r\n"
 CHUNK_END: Final = b"0\r\n\r\n"
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -893,7 +894,7 @@ class Exchange:
             if query
             else [self.method, b" ", path, HTTP11]
         )
-        _add_lines(parts, out)
+        add_fields(parts, out)
         parts.append(generated)
         if xff is None and (xfp is None or sanitize):
             parts.append(down.forwarded)  # per connection: x-forwarded-for + -proto
@@ -1541,15 +1542,6 @@ class Exchange:
                 traceparent=self.traceparent,
                 retries=self.retries,
             )
-
-
-def _add_lines(parts: list[bytes], headers: Headers) -> None:
-    """Header lines as pieces of a later join (no bytes object per line)."""
-    for name, value in headers:
-        parts.append(name)
-        parts.append(SEP)
-        parts.append(value)
-        parts.append(CRLF)
 
 
 def _mirror_head(head: bytes) -> bytes:

@@ -133,10 +133,18 @@ def pairs(fields: Fields) -> Headers:
     return [(fields[i], fields[i + 2]) for i in range(0, len(fields), 4)]
 
 
+def add_fields(parts: list[bytes], headers: Headers) -> None:
+    """Header lines as pieces of a later join (no bytes object per line)."""
+    for name, value in headers:
+        parts.append(name)
+        parts.append(SEP)
+        parts.append(value)
+        parts.append(CRLF)
+
+
 def as_fields(headers: Headers) -> Fields:
     fields: Fields = []
-    for name, value in headers:
-        fields += (name, SEP, value, CRLF)
+    add_fields(fields, headers)
     return fields
 
 
